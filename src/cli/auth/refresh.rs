@@ -1,0 +1,158 @@
+//! `mailpilot auth refresh [ACCOUNT]`: refresh now, when needed, or when older than an age — the
+//! keep-alive a weekly timer runs so rarely used grants do not expire from inactivity.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::cli::Ctx;
+use crate::clock::span;
+use crate::config::Account;
+use crate::exit::{classify, Exit};
+use crate::oauth::{Fetch, FileStore, TokenSource, TokenStore};
+use crate::output::{error_text, report_error, JSON_SCHEMA_VERSION};
+
+/// Refreshes one account's token, or every account that has a stored grant.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Only this account [default: every account with a stored grant]
+    account: Option<String>,
+    /// Refresh even if the access token is still valid
+    #[arg(long, conflicts_with = "if_older_than")]
+    force: bool,
+    /// Refresh only if the last refresh is older than this (e.g. 7d, 12h)
+    #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration)]
+    if_older_than: Option<Duration>,
+}
+
+#[derive(Serialize)]
+struct RefreshJson {
+    version: u32,
+    accounts: Vec<Outcome>,
+}
+
+#[derive(Serialize)]
+struct Outcome {
+    account: String,
+    /// `refreshed`, `fresh` (not needed), `adopted` (a peer refreshed), `skipped` or `error`.
+    result: &'static str,
+    expires_at: Option<u64>,
+    error: Option<String>,
+    exit_code: u8,
+}
+
+impl Args {
+    /// Runs the command.
+    ///
+    /// # Errors
+    /// With one account, its failure; with several, failures are reported per account and the
+    /// worst exit status is returned.
+    pub async fn run(self, ctx: &Ctx) -> Result<Exit> {
+        let config = ctx.config()?;
+        let store = ctx.store()?;
+        let accounts: Vec<&Account> = match &self.account {
+            Some(name) => vec![config.account(name)?],
+            None => {
+                let mut with_grant = Vec::new();
+                for account in config.accounts.values() {
+                    if store.load(&account.name)?.is_some() {
+                        with_grant.push(account);
+                    }
+                }
+                with_grant
+            }
+        };
+        if accounts.is_empty() {
+            ctx.out
+                .info("no account has a stored grant; nothing to refresh");
+        }
+        let mut outcomes = Vec::new();
+        let mut worst = Exit::Success;
+        for account in accounts {
+            let outcome = match self.refresh_one(ctx, account, &store).await {
+                Ok(outcome) => outcome,
+                Err(e) if self.account.is_some() => return Err(e),
+                Err(e) => {
+                    report_error(&e);
+                    let exit = classify(&e);
+                    if exit.severity() > worst.severity() {
+                        worst = exit;
+                    }
+                    Outcome {
+                        account: account.name.clone(),
+                        result: "error",
+                        expires_at: None,
+                        error: Some(error_text(e.as_ref())),
+                        exit_code: exit.code(),
+                    }
+                }
+            };
+            outcomes.push(outcome);
+        }
+        if ctx.out.is_json() {
+            ctx.out.json(&RefreshJson {
+                version: JSON_SCHEMA_VERSION,
+                accounts: outcomes,
+            })?;
+        }
+        Ok(worst)
+    }
+
+    async fn refresh_one(
+        &self,
+        ctx: &Ctx,
+        account: &Account,
+        store: &FileStore,
+    ) -> Result<Outcome> {
+        let now = ctx.clock.now();
+        let source = TokenSource::new(account, store, ctx.clock.as_ref());
+        let fetch = match self.if_older_than {
+            Some(age) => {
+                let current = source.access_token(Fetch::IfNeeded).await?;
+                let since = now.saturating_sub(current.token.refreshed_at);
+                if current.refreshed || since < age.as_secs() {
+                    ctx.out.info(&format!(
+                        "{}: last refreshed {} ago; not refreshing",
+                        account.name,
+                        span(since)
+                    ));
+                    return Ok(self.outcome(account, "skipped", current.token.expires_at));
+                }
+                Fetch::Force
+            }
+            None if self.force => Fetch::Force,
+            None => Fetch::IfNeeded,
+        };
+        let obtained = source.access_token(fetch).await?;
+        let left = span(u64::try_from(obtained.token.remaining(ctx.clock.now())).unwrap_or(0));
+        let result = match (obtained.refreshed, fetch) {
+            (true, _) => "refreshed",
+            (false, Fetch::Force) => "adopted",
+            (false, Fetch::IfNeeded) => "fresh",
+        };
+        let message = match result {
+            "refreshed" => format!("{}: refreshed; access token valid for {left}", account.name),
+            "adopted" => format!(
+                "{}: another process just refreshed it; access token valid for {left}",
+                account.name
+            ),
+            _ => format!(
+                "{}: access token still valid for {left}; not refreshing (use --force)",
+                account.name
+            ),
+        };
+        ctx.out.info(&message);
+        Ok(self.outcome(account, result, obtained.token.expires_at))
+    }
+
+    fn outcome(&self, account: &Account, result: &'static str, expires_at: u64) -> Outcome {
+        Outcome {
+            account: account.name.clone(),
+            result,
+            expires_at: Some(expires_at),
+            error: None,
+            exit_code: 0,
+        }
+    }
+}

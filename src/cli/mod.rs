@@ -1,0 +1,128 @@
+//! The command line: clap definitions (one file per subcommand, each with `Args` and `run`) and the
+//! context every command receives.
+
+mod auth;
+mod config;
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::clock::{Clock, SystemClock};
+use crate::config::Config;
+use crate::exit::Exit;
+use crate::oauth::FileStore;
+use crate::output::Output;
+use crate::paths::Env;
+
+const AFTER_HELP: &str = "\
+Exit status:
+  0   success
+  1   failed (the message says what to look at)
+  2   bad command line or configuration
+  75  temporary failure (network, server, busy lock): retry later, nothing was lost
+  77  the account needs authorization: run the `mailpilot auth ...` command printed in the hint
+
+Files:
+  config  --config, else $MAILPILOT_CONFIG, else $XDG_CONFIG_HOME/mailpilot/config.toml
+  state   $XDG_STATE_HOME/mailpilot/ (default ~/.local/state/mailpilot/): tokens/ (mode 0700)";
+
+/// Send and read mail from unattended jobs over SMTP and IMAP with OAuth2 (Gmail, Microsoft 365,
+/// any XOAUTH2/OAUTHBEARER server), keeping tokens fresh without ever asking you to log in again
+/// while the grant is valid.
+#[derive(Debug, Parser)]
+#[command(name = "mailpilot", version, after_help = AFTER_HELP, max_term_width = 100)]
+pub struct Cli {
+    /// Configuration file [default: $MAILPILOT_CONFIG or $XDG_CONFIG_HOME/mailpilot/config.toml]
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// More log output on stderr (-v info, -vv debug, -vvv trace); RUST_LOG overrides
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Only errors on stderr
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Machine-readable JSON on stdout
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// What to do
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Top-level commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Manage OAuth2 grants: import, token, status, refresh, logout
+    #[command(subcommand)]
+    Auth(auth::AuthCommand),
+    /// Inspect the configuration
+    #[command(subcommand)]
+    Config(config::ConfigCommand),
+}
+
+/// What every command gets: resolved paths, output settings, the clock.
+pub struct Ctx {
+    env: Env,
+    config_flag: Option<PathBuf>,
+    /// Where output goes.
+    pub out: Output,
+    /// "Now".
+    pub clock: Box<dyn Clock>,
+}
+
+impl Ctx {
+    /// Loads and validates the configuration.
+    ///
+    /// # Errors
+    /// See [`Config::load`].
+    pub fn config(&self) -> Result<Config> {
+        Config::load(&self.env.config_path(self.config_flag.clone())?)
+    }
+
+    /// The state directory.
+    ///
+    /// # Errors
+    /// No `$XDG_STATE_HOME` or `$HOME`.
+    pub fn state_dir(&self) -> Result<PathBuf> {
+        self.env.state_dir()
+    }
+
+    /// The token store.
+    ///
+    /// # Errors
+    /// No `$XDG_STATE_HOME` or `$HOME`.
+    pub fn store(&self) -> Result<FileStore> {
+        Ok(FileStore::new(self.state_dir()?.join("tokens")))
+    }
+}
+
+/// Runs the parsed command line.
+///
+/// # Errors
+/// Whatever the command fails with; `main` turns it into a report and an exit status.
+pub async fn run(cli: Cli, env: Env) -> Result<Exit> {
+    let ctx = Ctx {
+        env,
+        config_flag: cli.config,
+        out: Output::new(cli.json, cli.quiet),
+        clock: Box::new(SystemClock),
+    };
+    match cli.command {
+        Command::Auth(cmd) => cmd.run(&ctx).await,
+        Command::Config(cmd) => cmd.run(&ctx),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// The clap definitions are consistent.
+    #[test]
+    fn cli_debug_assert() {
+        Cli::command().debug_assert();
+    }
+}

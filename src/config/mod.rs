@@ -1,0 +1,343 @@
+//! Configuration: `config.toml` → [`raw`] serde mirror → validated [`Config`].
+//!
+//! Validation happens once, here, and reports every problem with its key path; everything after it
+//! works with resolved values (presets applied, paths absolute, durations parsed). Secrets are
+//! described by a [`SecretSource`] and resolved only when a command needs them.
+
+mod provider;
+pub mod raw;
+mod validate;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+
+pub use provider::{Provider, ServerPreset, PROVIDER_NAMES};
+
+use crate::secret::Secret;
+
+/// A validated configuration.
+#[derive(Debug)]
+pub struct Config {
+    /// The file it was read from.
+    pub path: PathBuf,
+    /// Accounts by name, sorted.
+    pub accounts: BTreeMap<String, Account>,
+}
+
+/// One account: who we are, how to get tokens, which servers to talk to.
+#[derive(Debug, Clone)]
+pub struct Account {
+    /// The `NAME` of `[accounts.NAME]`; safe to use in file names.
+    pub name: String,
+    /// Preset in use.
+    pub provider: Provider,
+    /// Mailbox address and SASL user.
+    pub email: String,
+    /// OAuth2 client id.
+    pub client_id: String,
+    /// Where the client secret comes from; `None` for public clients.
+    pub client_secret: Option<SecretSource>,
+    /// How the client authenticates to the token endpoint.
+    pub client_auth: ClientAuth,
+    /// Scopes requested.
+    pub scopes: Vec<String>,
+    /// OAuth2 endpoints.
+    pub endpoints: Endpoints,
+    /// Whether refresh requests repeat the scopes.
+    pub scope_on_refresh: bool,
+    /// A token with less than this left is refreshed before use.
+    pub refresh_margin: Duration,
+    /// Timeout of one token endpoint request.
+    pub token_timeout: Duration,
+    /// Outgoing server, if the account sends.
+    pub smtp: Option<Server>,
+    /// Incoming server, if the account reads.
+    pub imap: Option<Server>,
+}
+
+/// OAuth2 endpoints of an account.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    /// Authorization endpoint (browser logins).
+    pub auth_url: Option<String>,
+    /// Token endpoint (refresh grant).
+    pub token_url: String,
+    /// Device authorization endpoint.
+    pub device_url: Option<String>,
+    /// Revocation endpoint.
+    pub revoke_url: Option<String>,
+}
+
+/// A mail server of an account.
+#[derive(Debug, Clone)]
+pub struct Server {
+    /// Host name or address.
+    pub host: String,
+    /// TCP port.
+    pub port: u16,
+    /// TLS mode.
+    pub tls: Tls,
+    /// Extra root certificate (absolute path).
+    pub ca_file: Option<PathBuf>,
+    /// SASL mechanism.
+    pub mechanism: Mechanism,
+}
+
+/// How the connection is protected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tls {
+    /// TLS from the first byte (465, 993).
+    Implicit,
+    /// Plain connect, then STARTTLS (587, 143).
+    Starttls,
+    /// No TLS: allowed to loopback hosts only.
+    None,
+}
+
+/// SASL mechanism carrying the bearer token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mechanism {
+    /// Google's XOAUTH2 (Google and Microsoft).
+    Xoauth2,
+    /// RFC 7628 OAUTHBEARER (Google, Dovecot; not Microsoft).
+    Oauthbearer,
+}
+
+/// Client authentication at the token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientAuth {
+    /// `client_id`/`client_secret` in the form body.
+    Body,
+    /// HTTP Basic.
+    Basic,
+}
+
+/// Where a client secret comes from.
+#[derive(Debug, Clone)]
+pub enum SecretSource {
+    /// Written in the config file (which must not be world-readable).
+    Inline(Secret),
+    /// An environment variable.
+    Env(String),
+    /// A file; a trailing newline is dropped.
+    File(PathBuf),
+    /// A shell command whose stdout is the secret.
+    Cmd(String),
+}
+
+/// A problem found in the configuration, with the key path it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// `accounts.work.smtp.port`, or `line 3, column 7` for syntax errors.
+    pub path: String,
+    /// What is wrong, and what would be right.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.message)
+    }
+}
+
+/// Configuration failures a caller branches on (exit code 2).
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// No file at the resolved path.
+    #[error("configuration file {} not found", path.display())]
+    NotFound {
+        /// The path looked at.
+        path: PathBuf,
+    },
+    /// The file has problems; all of them are listed.
+    #[error("invalid configuration in {} ({} problem{})", path.display(), problems.len(), if problems.len() == 1 { "" } else { "s" })]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// Every problem found.
+        problems: Vec<Problem>,
+    },
+    /// A command names an account the config does not have.
+    #[error("no account named \"{name}\" in {}", path.display())]
+    UnknownAccount {
+        /// The name asked for.
+        name: String,
+        /// The config file.
+        path: PathBuf,
+        /// Names that do exist.
+        known: Vec<String>,
+    },
+}
+
+impl ConfigError {
+    /// A command that would fix it, where one exists.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            ConfigError::NotFound { path } => Some(format!(
+                "create {} (start from examples/config.toml in the mailpilot repository) or pass --config FILE",
+                path.display()
+            )),
+            ConfigError::Invalid { .. } => None,
+            ConfigError::UnknownAccount { known, .. } if known.is_empty() => {
+                Some("add an [accounts.NAME] table to the configuration".into())
+            }
+            ConfigError::UnknownAccount { known, .. } => {
+                Some(format!("configured accounts: {}", known.join(", ")))
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the configuration file at `path`.
+    ///
+    /// # Errors
+    /// [`ConfigError::NotFound`] or [`ConfigError::Invalid`] (with every problem), or an I/O error
+    /// with the file's path.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ConfigError::NotFound {
+                    path: path.to_path_buf(),
+                }
+                .into())
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("failed to read configuration file {}", path.display())
+                })
+            }
+        };
+        let world_readable = file_mode(path)? & 0o004 != 0;
+        validate::parse(&text, path, world_readable).map_err(|problems| {
+            ConfigError::Invalid {
+                path: path.to_path_buf(),
+                problems,
+            }
+            .into()
+        })
+    }
+
+    /// The account called `name`.
+    ///
+    /// # Errors
+    /// [`ConfigError::UnknownAccount`] listing the configured names.
+    pub fn account(&self, name: &str) -> Result<&Account> {
+        self.accounts.get(name).ok_or_else(|| {
+            ConfigError::UnknownAccount {
+                name: name.to_string(),
+                path: self.path.clone(),
+                known: self.accounts.keys().cloned().collect(),
+            }
+            .into()
+        })
+    }
+}
+
+fn file_mode(path: &Path) -> Result<u32> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("failed to read metadata of {}", path.display()))?;
+    Ok(meta.permissions().mode())
+}
+
+impl Tls {
+    /// The config spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Tls::Implicit => "implicit",
+            Tls::Starttls => "starttls",
+            Tls::None => "none",
+        }
+    }
+}
+
+impl Mechanism {
+    /// The config spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            Mechanism::Xoauth2 => "xoauth2",
+            Mechanism::Oauthbearer => "oauthbearer",
+        }
+    }
+}
+
+impl ClientAuth {
+    /// The config spelling.
+    pub fn name(self) -> &'static str {
+        match self {
+            ClientAuth::Body => "body",
+            ClientAuth::Basic => "basic",
+        }
+    }
+}
+
+impl SecretSource {
+    /// Says where the secret comes from, without showing it.
+    pub fn describe(&self) -> String {
+        match self {
+            SecretSource::Inline(_) => "inline in the config file [redacted]".into(),
+            SecretSource::Env(var) => {
+                let state = if std::env::var_os(var).is_some() {
+                    "set"
+                } else {
+                    "NOT SET"
+                };
+                format!("environment variable {var} ({state})")
+            }
+            SecretSource::File(path) => format!("file {}", path.display()),
+            SecretSource::Cmd(cmd) => format!("command `{cmd}`"),
+        }
+    }
+
+    /// Produces the secret. `what` names it in errors (`client secret of account "work"`).
+    ///
+    /// # Errors
+    /// The variable is unset, the file unreadable, the command fails, or the result is empty.
+    pub fn resolve(&self, what: &str) -> Result<Secret> {
+        let value = match self {
+            SecretSource::Inline(secret) => secret.expose().to_string(),
+            SecretSource::Env(var) => std::env::var(var).with_context(|| {
+                format!("failed to read the {what} from environment variable {var}")
+            })?,
+            SecretSource::File(path) => std::fs::read_to_string(path)
+                .with_context(|| format!("failed to read the {what} from {}", path.display()))?,
+            SecretSource::Cmd(cmd) => run_secret_cmd(cmd)
+                .with_context(|| format!("failed to get the {what} from command `{cmd}`"))?,
+        };
+        let value = value.trim_end_matches(['\r', '\n']);
+        if value.is_empty() {
+            bail!("the {what} is empty ({})", self.describe());
+        }
+        Ok(Secret::new(value))
+    }
+}
+
+fn run_secret_cmd(cmd: &str) -> Result<String> {
+    let mut child = Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("failed to start sh")?;
+    let mut out = String::new();
+    if let Some(mut stdout) = child.stdout.take() {
+        stdout
+            .read_to_string(&mut out)
+            .context("failed to read the command's output")?;
+    }
+    let status = child.wait().context("failed to wait for the command")?;
+    if !status.success() {
+        bail!("the command exited with {status}");
+    }
+    Ok(out)
+}

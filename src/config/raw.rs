@@ -1,0 +1,122 @@
+//! The serde mirror of `config.toml`: every field optional and loosely typed, so that validation can
+//! report *all* problems with their key paths instead of stopping at the first.
+//!
+//! Unknown keys are not rejected here (`deny_unknown_fields` would stop at the first one); the loader
+//! collects them with `serde_ignored` and reports each with a "did you mean".
+
+use std::path::PathBuf;
+
+use serde::de::{self, Deserializer, Visitor};
+use serde::Deserialize;
+
+use crate::secret::Secret;
+
+/// `[accounts.NAME]` as written.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawAccount {
+    /// `google`, `microsoft` or `custom`.
+    pub provider: Option<String>,
+    /// The mailbox address; also the SASL user name.
+    pub email: Option<String>,
+    /// OAuth2 client id.
+    pub client_id: Option<String>,
+    /// Inline client secret (refused when the config file is world-readable).
+    pub client_secret: Option<Secret>,
+    /// Name of an environment variable holding the client secret.
+    pub client_secret_env: Option<String>,
+    /// File holding the client secret.
+    pub client_secret_file: Option<PathBuf>,
+    /// Command printing the client secret.
+    pub client_secret_cmd: Option<String>,
+    /// `body` or `basic`: how the client authenticates to the token endpoint.
+    pub client_auth: Option<String>,
+    /// Microsoft tenant.
+    pub tenant: Option<String>,
+    /// Scope override.
+    pub scopes: Option<Vec<String>>,
+    /// Authorization endpoint override.
+    pub auth_url: Option<String>,
+    /// Token endpoint override (required for `custom`).
+    pub token_url: Option<String>,
+    /// Device authorization endpoint override.
+    pub device_url: Option<String>,
+    /// Revocation endpoint override.
+    pub revoke_url: Option<String>,
+    /// Refresh when the access token has less than this left (`5m`).
+    pub refresh_margin: Option<String>,
+    /// Timeout of one token endpoint request (`30s`).
+    pub token_timeout: Option<String>,
+    /// Outgoing server.
+    pub smtp: Option<RawServer>,
+    /// Incoming server.
+    pub imap: Option<RawServer>,
+}
+
+/// `[accounts.NAME.smtp]` or `[accounts.NAME.imap]` as written.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawServer {
+    /// Host name or address.
+    pub host: Option<String>,
+    /// TCP port; `i64` so that out-of-range values get our own message.
+    pub port: Option<i64>,
+    /// `implicit`, `starttls` or `none`.
+    pub tls: Option<String>,
+    /// Extra root certificate (PEM), relative to the config file's directory.
+    pub ca_file: Option<PathBuf>,
+    /// `xoauth2` or `oauthbearer`.
+    pub mechanism: Option<String>,
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer).map(Secret::new)
+    }
+}
+
+/// The field names serde knows for `T`, for "did you mean" suggestions.
+///
+/// Runs `T::deserialize` against a deserializer that records the field list passed to
+/// `deserialize_struct` and then fails; no data is involved.
+pub fn field_names<T: for<'de> Deserialize<'de>>() -> &'static [&'static str] {
+    let mut fields: &'static [&'static str] = &[];
+    let _ = T::deserialize(FieldCapture(&mut fields));
+    fields
+}
+
+struct FieldCapture<'a>(&'a mut &'static [&'static str]);
+
+impl<'de> Deserializer<'de> for FieldCapture<'_> {
+    type Error = de::value::Error;
+
+    fn deserialize_any<V: Visitor<'de>>(self, _visitor: V) -> Result<V::Value, Self::Error> {
+        Err(de::Error::custom("field capture"))
+    }
+
+    fn deserialize_struct<V: Visitor<'de>>(
+        self,
+        _name: &'static str,
+        fields: &'static [&'static str],
+        _visitor: V,
+    ) -> Result<V::Value, Self::Error> {
+        *self.0 = fields;
+        Err(de::Error::custom("field capture"))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes byte_buf option
+        unit unit_struct newtype_struct seq tuple tuple_struct map enum identifier ignored_any
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The capture sees the real field lists.
+    #[test]
+    fn captures_field_names() {
+        let server = field_names::<RawServer>();
+        assert_eq!(server, ["host", "port", "tls", "ca_file", "mechanism"]);
+        assert!(field_names::<RawAccount>().contains(&"client_secret_cmd"));
+    }
+}

@@ -1,0 +1,26 @@
+//! mailpilot: unattended mail over SMTP and IMAP with OAuth2.
+//!
+//! # Layout
+//! - [`cli`]: clap definitions, one file per subcommand; resolves flags into a [`cli::Ctx`] and calls
+//!   the library. Never prints directly (uses [`output`]).
+//! - [`config`]: `config.toml` → validated [`config::Config`]; provider presets; secret sources.
+//!   Reads the config file only; resolves secrets only when asked.
+//! - [`oauth`]: the token lifecycle — [`oauth::store`] (files, locks; never the network),
+//!   [`oauth::refresh`] (one refresh request; never files), [`oauth::source`] (when to refresh,
+//!   locking, adopting a peer's token).
+//! - [`sasl`]: XOAUTH2 / OAUTHBEARER strings; pure.
+//! - [`output`]: the only place that prints; stdout is data only.
+//! - [`exit`]: exit statuses and the mapping from errors to them, in one place.
+//! - [`paths`]: environment variables for paths, read once at start-up.
+//! - [`clock`]: "now" as a parameter, and time formatting.
+//! - [`secret`]: the redacting string type for tokens and client secrets.
+
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod exit;
+pub mod oauth;
+pub mod output;
+pub mod paths;
+pub mod sasl;
+pub mod secret;

@@ -1,0 +1,324 @@
+//! One `refresh_token` grant request with the `oauth2` crate, and the classification of its failure
+//! into needs-authorization, transient and failed. Never touches files.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use oauth2::basic::{BasicClient, BasicErrorResponse, BasicErrorResponseType};
+use oauth2::{
+    AsyncHttpClient, AuthType, ClientId, ClientSecret, HttpRequest, HttpResponse, RefreshToken,
+    RequestTokenError, Scope, TokenResponse, TokenUrl,
+};
+
+use super::{login_command, AuthError, BoxError};
+use crate::config::{Account, ClientAuth, Provider};
+use crate::secret::Secret;
+
+/// What a successful refresh returned.
+#[derive(Debug)]
+pub struct Refreshed {
+    /// The new access token.
+    pub access_token: Secret,
+    /// Its lifetime as the server stated it.
+    pub expires_in: Option<Duration>,
+    /// A rotated refresh token, when the server sent one.
+    pub refresh_token: Option<Secret>,
+    /// Granted scopes, when the server said.
+    pub scope: Option<String>,
+}
+
+/// Makes refresh requests for one account.
+pub struct Refresher<'a> {
+    account: &'a Account,
+    http: reqwest::Client,
+}
+
+/// Google's "Testing" publishing status expires refresh tokens after 7 days; a refusal of a token
+/// about this old is explained as that.
+const GOOGLE_TESTING_LIFETIME: std::ops::RangeInclusive<u64> = (6 * 86_400)..=(8 * 86_400);
+
+impl<'a> Refresher<'a> {
+    /// A refresher with its own HTTP client: no redirects (a token endpoint never redirects, and
+    /// following one would resend the refresh token), the account's timeout.
+    ///
+    /// # Errors
+    /// The TLS stack cannot be initialised.
+    pub fn new(account: &'a Account) -> Result<Self, AuthError> {
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(account.token_timeout)
+            .connect_timeout(account.token_timeout)
+            .user_agent(concat!("mailpilot/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| AuthError::Failed {
+                account: account.name.clone(),
+                reason: "failed to set up the HTTP client".into(),
+                hint: None,
+                source: Some(Box::new(e)),
+            })?;
+        Ok(Self { account, http })
+    }
+
+    /// Exchanges `refresh_token` for a new access token. `client_secret` is the resolved secret
+    /// (`None` for public clients); `token_age` is how long ago the refresh token was obtained, used
+    /// only to explain a refusal.
+    ///
+    /// # Errors
+    /// An [`AuthError`] whose variant says whether a person must log in again or a retry may work.
+    pub async fn refresh(
+        &self,
+        refresh_token: &Secret,
+        client_secret: Option<&Secret>,
+        token_age: Option<u64>,
+    ) -> Result<Refreshed, AuthError> {
+        let account = self.account;
+        let url = &account.endpoints.token_url;
+        let token_url =
+            TokenUrl::new(url.clone()).map_err(|e| self.failed("invalid token_url", e))?;
+        let mut client = BasicClient::new(ClientId::new(account.client_id.clone()))
+            .set_token_uri(token_url)
+            .set_auth_type(match account.client_auth {
+                ClientAuth::Body => AuthType::RequestBody,
+                ClientAuth::Basic => AuthType::BasicAuth,
+            });
+        if let Some(secret) = client_secret {
+            client = client.set_client_secret(ClientSecret::new(secret.expose().to_string()));
+        }
+        let rt = RefreshToken::new(refresh_token.expose().to_string());
+        let mut request = client.exchange_refresh_token(&rt);
+        if account.scope_on_refresh {
+            request = request.add_scopes(account.scopes.iter().cloned().map(Scope::new));
+        }
+        // The oauth2 crate drops the HTTP status of error responses; keep it to tell a 503 from a 400.
+        let status = Mutex::new(None);
+        let http = |req: HttpRequest| {
+            let status = &status;
+            async move {
+                let response: HttpResponse = self.http.call(req).await?;
+                if let Ok(mut s) = status.lock() {
+                    *s = Some(response.status().as_u16());
+                }
+                Ok::<_, oauth2::HttpClientError<reqwest::Error>>(response)
+            }
+        };
+        tracing::debug!(account = %account.name, url = %url, "requesting a token refresh");
+        let result = request.request_async(&http).await;
+        let status = status.lock().ok().and_then(|s| *s);
+        match result {
+            Ok(tok) => {
+                tracing::debug!(account = %account.name, rotated = tok.refresh_token().is_some(), "refresh succeeded");
+                Ok(Refreshed {
+                    access_token: Secret::new(tok.access_token().secret().clone()),
+                    expires_in: tok.expires_in(),
+                    refresh_token: tok.refresh_token().map(|t| Secret::new(t.secret().clone())),
+                    scope: tok
+                        .scopes()
+                        .map(|s| s.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(" ")),
+                })
+            }
+            Err(e) => Err(self.classify(e, status, token_age)),
+        }
+    }
+
+    fn failed(&self, reason: &str, source: impl Into<BoxError>) -> AuthError {
+        AuthError::Failed {
+            account: self.account.name.clone(),
+            reason: reason.into(),
+            hint: None,
+            source: Some(source.into()),
+        }
+    }
+
+    fn transient(&self, reason: String, source: Option<BoxError>) -> AuthError {
+        AuthError::Transient {
+            account: self.account.name.clone(),
+            reason,
+            source,
+        }
+    }
+
+    fn classify(
+        &self,
+        error: RequestTokenError<oauth2::HttpClientError<reqwest::Error>, BasicErrorResponse>,
+        status: Option<u16>,
+        token_age: Option<u64>,
+    ) -> AuthError {
+        let url = &self.account.endpoints.token_url;
+        let http = status.map_or(String::new(), |s| format!("HTTP {s}"));
+        let server_side = status.is_some_and(|s| s == 408 || s == 429 || s >= 500);
+        match error {
+            RequestTokenError::ServerResponse(resp) => {
+                let code = resp.error().as_ref().to_string();
+                let description = resp
+                    .error_description()
+                    .map(|d| d.lines().next().unwrap_or_default().trim().to_string());
+                let said = match &description {
+                    Some(d) => format!("{code}: {d}"),
+                    None => code.clone(),
+                };
+                let temporary = matches!(resp.error(), BasicErrorResponseType::Extension(c) if c == "temporarily_unavailable" || c == "server_error");
+                if server_side || temporary {
+                    self.transient(format!("{url} answered {http} ({said})"), None)
+                } else {
+                    AuthError::NeedsAuthorization {
+                        account: self.account.name.clone(),
+                        reason: format!("the token endpoint refused the refresh ({said})"),
+                        hint: reauth_hint(self.account, &code, description.as_deref(), token_age),
+                    }
+                }
+            }
+            RequestTokenError::Request(e) => {
+                let reason = if is_timeout(&e) {
+                    format!(
+                        "the request to {url} timed out after {}",
+                        humantime::format_duration(self.account.token_timeout)
+                    )
+                } else {
+                    format!("the request to {url} failed")
+                };
+                self.transient(reason, Some(Box::new(e)))
+            }
+            RequestTokenError::Parse(e, _body) => {
+                let reason =
+                    format!("{url} answered {http} with a body that is not a token response");
+                if status.is_some_and(|s| (400..500).contains(&s)) && !server_side {
+                    AuthError::Failed {
+                        account: self.account.name.clone(),
+                        reason,
+                        hint: Some(format!(
+                            "check token_url of account \"{}\" (`mailpilot config check`)",
+                            self.account.name
+                        )),
+                        source: Some(Box::new(e)),
+                    }
+                } else {
+                    self.transient(reason, Some(Box::new(e)))
+                }
+            }
+            RequestTokenError::Other(message) => {
+                let reason = format!("{url} answered {http} unexpectedly ({message})");
+                if status.is_some_and(|s| (400..500).contains(&s)) && !server_side {
+                    AuthError::Failed {
+                        account: self.account.name.clone(),
+                        reason,
+                        hint: Some(format!(
+                            "check token_url of account \"{}\" (`mailpilot config check`)",
+                            self.account.name
+                        )),
+                        source: None,
+                    }
+                } else {
+                    self.transient(reason, None)
+                }
+            }
+        }
+    }
+}
+
+fn is_timeout(e: &oauth2::HttpClientError<reqwest::Error>) -> bool {
+    matches!(e, oauth2::HttpClientError::Reqwest(r) if r.is_timeout())
+}
+
+/// What to do about a refused refresh, specific where the provider's error code says why.
+fn reauth_hint(
+    account: &Account,
+    code: &str,
+    description: Option<&str>,
+    token_age: Option<u64>,
+) -> String {
+    let name = &account.name;
+    let login = login_command(name);
+    let aadsts = description
+        .and_then(|d| d.strip_prefix("AADSTS"))
+        .map(|d| {
+            d.split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap_or_default()
+        })
+        .unwrap_or_default();
+    match (&account.provider, code, aadsts) {
+        (Provider::Google, "invalid_grant", _)
+            if token_age.is_some_and(|age| GOOGLE_TESTING_LIFETIME.contains(&age)) =>
+        {
+            format!("this refresh token is about 7 days old: Google expires refresh tokens after 7 days while the app's OAuth consent screen is in \"Testing\"; set its publishing status to \"In production\", then run `{login}`")
+        }
+        (_, _, "700082") => format!(
+            "the refresh token expired after 90 days without use; run `{login}`, then keep it alive with `mailpilot auth refresh {name} --if-older-than 7d` from a weekly timer"
+        ),
+        (_, _, "50076" | "50079" | "50078" | "70043" | "70044") => format!(
+            "your tenant's Conditional Access / sign-in frequency policy requires a new sign-in (tenant policy, not a mailpilot fault); run `{login}`"
+        ),
+        (_, _, "65001") => format!(
+            "the app lacks consent for these scopes: an administrator must grant consent in the Entra admin center (Enterprise applications → the app → Permissions), then run `{login}`"
+        ),
+        (_, "invalid_client" | "unauthorized_client", _) | (_, _, "7000215" | "700016" | "7000222") => format!(
+            "check client_id and the client secret of account \"{name}\" (`mailpilot config check`); the provider does not accept them"
+        ),
+        (_, "invalid_scope", _) | (_, _, "900144" | "70011") => format!(
+            "check scopes of account \"{name}\" (`mailpilot config check`), then run `{login}`"
+        ),
+        _ => format!("the grant was revoked or has expired; get a new refresh token and run `{login}`"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Endpoints;
+
+    fn account(provider: Provider) -> Account {
+        Account {
+            name: "work".into(),
+            provider,
+            email: "a@example.com".into(),
+            client_id: "id".into(),
+            client_secret: None,
+            client_auth: ClientAuth::Body,
+            scopes: vec![],
+            endpoints: Endpoints {
+                auth_url: None,
+                token_url: "http://127.0.0.1:9/token".into(),
+                device_url: None,
+                revoke_url: None,
+            },
+            scope_on_refresh: false,
+            refresh_margin: Duration::from_secs(300),
+            token_timeout: Duration::from_secs(30),
+            smtp: None,
+            imap: None,
+        }
+    }
+
+    /// Google's 7-day Testing expiry is recognised by the token's age.
+    #[test]
+    fn google_testing_hint() {
+        let a = account(Provider::Google);
+        let hint = reauth_hint(
+            &a,
+            "invalid_grant",
+            Some("Token has been expired or revoked."),
+            Some(7 * 86_400 + 5),
+        );
+        assert!(hint.contains("\"Testing\""), "{hint}");
+        let hint = reauth_hint(&a, "invalid_grant", None, Some(30 * 86_400));
+        assert!(
+            hint.starts_with("the grant was revoked or has expired"),
+            "{hint}"
+        );
+    }
+
+    /// Microsoft AADSTS codes map to their causes.
+    #[test]
+    fn microsoft_hints() {
+        let a = account(Provider::Microsoft {
+            tenant: "common".into(),
+        });
+        let h = |d: &str| reauth_hint(&a, "invalid_grant", Some(d), None);
+        assert!(
+            h("AADSTS700082: The refresh token has expired due to inactivity.").contains("90 days")
+        );
+        assert!(h("AADSTS50076: Due to a configuration change").contains("Conditional Access"));
+        assert!(h("AADSTS65001: The user or administrator has not consented").contains("consent"));
+        assert!(reauth_hint(&a, "invalid_client", None, None).contains("client secret"));
+    }
+}

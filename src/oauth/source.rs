@@ -1,0 +1,264 @@
+//! "A valid access token for this account": the refresh protocol of DESIGN.md.
+//!
+//! 1. Read the store without a lock; a token valid for longer than the margin is used as is.
+//! 2. Otherwise take the account's exclusive lock and **re-read**: if a peer refreshed while we
+//!    waited, adopt its token (N processes starting together make one request).
+//! 3. Otherwise refresh, persist the new grant (a rotated refresh token is written before the access
+//!    token is handed out; a response without one keeps the old), release the lock.
+//! 4. A refused refresh re-reads the store once: a peer outside our lock may have rotated the token.
+//!
+//! Transient failures never modify the grant; they are recorded for `auth status` only.
+
+use std::time::Duration;
+
+use anyhow::Result;
+
+use super::{login_command, AuthError, LastError, Refreshed, Refresher, StoredToken, TokenStore};
+use crate::clock::Clock;
+use crate::config::Account;
+use crate::secret::Secret;
+
+/// How often a waiting process retries the lock.
+const LOCK_POLL: Duration = Duration::from_millis(20);
+/// How long to wait for a peer's refresh beyond the account's request timeout (file I/O, start-up).
+const LOCK_SLACK: Duration = Duration::from_secs(15);
+/// A peer's freshly refreshed token is adopted if it is valid for at least this long, even when that
+/// is less than the refresh margin (a provider issuing short tokens would otherwise make every
+/// waiting process refresh again).
+const MIN_ADOPT: Duration = Duration::from_secs(10);
+/// Lifetime assumed when a token response has no `expires_in` (RFC 6749 makes it optional; an hour
+/// is what Google and Microsoft issue).
+const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// Whether to refresh a token that is still fresh.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetch {
+    /// Refresh only when the token is within the refresh margin of expiry.
+    IfNeeded,
+    /// Refresh now (unless a peer refreshed while we waited for the lock).
+    Force,
+}
+
+/// The token handed out, and how it was obtained.
+#[derive(Debug)]
+pub struct Obtained {
+    /// The grant now in the store.
+    pub token: StoredToken,
+    /// `true` when this process made a refresh request.
+    pub refreshed: bool,
+}
+
+/// Takes `account`'s refresh lock, waiting up to `wait` for a peer to release it.
+///
+/// # Errors
+/// [`AuthError::Transient`] when the wait runs out; store errors.
+pub async fn wait_for_lock<S: TokenStore>(
+    store: &S,
+    account: &str,
+    wait: Duration,
+) -> Result<S::Lock> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        if let Some(lock) = store.try_lock(account)? {
+            return Ok(lock);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(AuthError::Transient {
+                account: account.to_string(),
+                reason: format!(
+                    "another mailpilot process has held the token lock for over {}",
+                    humantime::format_duration(wait)
+                ),
+                source: None,
+            }
+            .into());
+        }
+        tokio::time::sleep(LOCK_POLL).await;
+    }
+}
+
+/// Hands out valid access tokens for one account.
+pub struct TokenSource<'a, S: TokenStore> {
+    account: &'a Account,
+    store: &'a S,
+    clock: &'a dyn Clock,
+}
+
+impl<'a, S: TokenStore> TokenSource<'a, S> {
+    /// A source for `account` backed by `store`.
+    pub fn new(account: &'a Account, store: &'a S, clock: &'a dyn Clock) -> Self {
+        Self {
+            account,
+            store,
+            clock,
+        }
+    }
+
+    /// A valid access token, refreshing if needed (or if `fetch` is [`Fetch::Force`]).
+    ///
+    /// # Errors
+    /// [`AuthError`] for refresh failures and a missing grant; store errors with their paths.
+    pub async fn access_token(&self, fetch: Fetch) -> Result<Obtained> {
+        let first = self.load_required()?;
+        if fetch == Fetch::IfNeeded && first.fresh(self.clock.now(), self.account.refresh_margin) {
+            return Ok(Obtained {
+                token: first,
+                refreshed: false,
+            });
+        }
+        let _lock = self.lock().await?;
+        let current = self.load_required()?;
+        let now = self.clock.now();
+        let peer_refreshed = current != first && current.fresh(now, MIN_ADOPT);
+        if peer_refreshed
+            || (fetch == Fetch::IfNeeded && current.fresh(now, self.account.refresh_margin))
+        {
+            tracing::debug!(account = %self.account.name, "adopted a token refreshed by another process");
+            return Ok(Obtained {
+                token: current,
+                refreshed: false,
+            });
+        }
+        let token = self.refresh_locked(current).await?;
+        Ok(Obtained {
+            token,
+            refreshed: true,
+        })
+    }
+
+    /// Stores a new grant from a refresh token obtained elsewhere, after proving it with one refresh.
+    /// Nothing is stored if the refresh fails.
+    ///
+    /// # Errors
+    /// [`AuthError`] from the refresh, or a store error.
+    pub async fn import(&self, refresh_token: Secret) -> Result<StoredToken> {
+        let _lock = self.lock().await?;
+        let refreshed = self.request(&refresh_token, None).await?;
+        let now = self.clock.now();
+        let token = self.merge(None, refresh_token, refreshed, now);
+        self.store.save(&token)?;
+        self.clear_error();
+        Ok(token)
+    }
+
+    fn load_required(&self) -> Result<StoredToken> {
+        match self.store.load(&self.account.name)? {
+            Some(token) => Ok(token),
+            None => Err(AuthError::NeedsAuthorization {
+                account: self.account.name.clone(),
+                reason: "no token is stored for it".into(),
+                hint: format!("run `{}`", login_command(&self.account.name)),
+            }
+            .into()),
+        }
+    }
+
+    async fn lock(&self) -> Result<S::Lock> {
+        wait_for_lock(
+            self.store,
+            &self.account.name,
+            self.account.token_timeout + LOCK_SLACK,
+        )
+        .await
+    }
+
+    /// Refreshes `current` while holding the lock and persists the result.
+    async fn refresh_locked(&self, current: StoredToken) -> Result<StoredToken> {
+        let age = current.refresh_token_age(self.clock.now());
+        let mut used = current.refresh_token.clone();
+        let mut result = self.request(&used, Some(age)).await;
+        if let Err(AuthError::NeedsAuthorization { .. }) = &result {
+            // A process that does not honour our lock (another host on a shared disk, an older
+            // build) may have rotated the refresh token: give the newest one a single chance.
+            if let Some(latest) = self.store.load(&self.account.name)? {
+                if latest.refresh_token != used {
+                    tracing::info!(account = %self.account.name, "refresh token changed on disk; retrying once with it");
+                    used = latest.refresh_token.clone();
+                    result = self.request(&used, Some(age)).await;
+                }
+            }
+        }
+        match result {
+            Ok(refreshed) => {
+                let now = self.clock.now();
+                let token = self.merge(Some(&current), used, refreshed, now);
+                self.store.save(&token)?;
+                self.clear_error();
+                Ok(token)
+            }
+            Err(e) => {
+                self.record_error(&e);
+                Err(e.into())
+            }
+        }
+    }
+
+    async fn request(
+        &self,
+        refresh_token: &Secret,
+        age: Option<u64>,
+    ) -> Result<Refreshed, AuthError> {
+        let secret = match &self.account.client_secret {
+            Some(source) => Some(
+                source
+                    .resolve(&format!("client secret of account \"{}\"", self.account.name))
+                    .map_err(|e| AuthError::Failed {
+                        account: self.account.name.clone(),
+                        reason: "the client secret is unavailable".into(),
+                        hint: Some("check client_secret_env / client_secret_file / client_secret_cmd (`mailpilot config check`)".into()),
+                        source: Some(e.into()),
+                    })?,
+            ),
+            None => None,
+        };
+        Refresher::new(self.account)?
+            .refresh(refresh_token, secret.as_ref(), age)
+            .await
+    }
+
+    /// The grant after a successful refresh: a rotated refresh token replaces the one used (and
+    /// restarts its age); without one the used token stays.
+    fn merge(
+        &self,
+        previous: Option<&StoredToken>,
+        used: Secret,
+        r: Refreshed,
+        now: u64,
+    ) -> StoredToken {
+        let lifetime = r.expires_in.unwrap_or(DEFAULT_LIFETIME).as_secs();
+        let rotated = r.refresh_token.filter(|t| !t.is_empty());
+        let kept_age = previous
+            .filter(|p| p.refresh_token == used)
+            .map(|p| p.obtained_at);
+        let obtained_at = match (&rotated, kept_age) {
+            (None, Some(at)) => at,
+            _ => now,
+        };
+        StoredToken {
+            account: self.account.name.clone(),
+            access_token: r.access_token,
+            expires_at: now.saturating_add(lifetime),
+            refresh_token: rotated.unwrap_or(used),
+            scope: r.scope.or_else(|| previous.and_then(|p| p.scope.clone())),
+            obtained_at,
+            refreshed_at: now,
+        }
+    }
+
+    fn record_error(&self, e: &AuthError) {
+        let record = LastError {
+            at: self.clock.now(),
+            kind: e.kind().into(),
+            message: crate::output::error_text(e),
+        };
+        if let Err(err) = self.store.set_last_error(&self.account.name, Some(&record)) {
+            tracing::warn!(account = %self.account.name, error = %format!("{err:#}"), "could not record the refresh error");
+        }
+    }
+
+    fn clear_error(&self) {
+        if let Err(err) = self.store.set_last_error(&self.account.name, None) {
+            tracing::warn!(account = %self.account.name, error = %format!("{err:#}"), "could not clear the refresh error record");
+        }
+    }
+}

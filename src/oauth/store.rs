@@ -1,0 +1,420 @@
+//! Token files: `tokens/<account>.json` (the grant), `tokens/<account>.lock` (the refresh lock) and
+//! `tokens/<account>.error.json` (the last refresh failure, for `auth status`).
+//!
+//! Never talks to the network. Files are 0600 in a 0700 directory and are replaced atomically (temp
+//! file in the same directory, fsync, rename, fsync of the directory), so a crash at any moment leaves
+//! either the old or the new file. A corrupt file or one written by a newer mailpilot is an error that
+//! names it; it is never overwritten behind the user's back.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{ErrorKind, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::token::StoredToken;
+use crate::secret::Secret;
+
+/// The token file format this build reads and writes.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Where grants live. A trait so that a shared backend (a database with advisory locks) can replace
+/// the files when several machines share accounts.
+pub trait TokenStore {
+    /// Proof of holding an account's refresh lock; dropping it releases the lock.
+    type Lock;
+
+    /// The stored grant of `account`, if any.
+    ///
+    /// # Errors
+    /// The file cannot be read, is corrupt, or has a foreign format version.
+    fn load(&self, account: &str) -> Result<Option<StoredToken>>;
+
+    /// Replaces the grant of `token.account` atomically.
+    ///
+    /// # Errors
+    /// Any filesystem failure, with the path.
+    fn save(&self, token: &StoredToken) -> Result<()>;
+
+    /// Deletes the grant and its error record; `false` when there was none.
+    ///
+    /// # Errors
+    /// Any filesystem failure, with the path.
+    fn delete(&self, account: &str) -> Result<bool>;
+
+    /// Takes the account's exclusive refresh lock if nobody holds it.
+    ///
+    /// # Errors
+    /// The lock file cannot be created or locked for a reason other than contention.
+    fn try_lock(&self, account: &str) -> Result<Option<Self::Lock>>;
+
+    /// The last recorded refresh failure.
+    ///
+    /// # Errors
+    /// The record cannot be read or parsed.
+    fn last_error(&self, account: &str) -> Result<Option<LastError>>;
+
+    /// Records (or with `None` clears) the last refresh failure.
+    ///
+    /// # Errors
+    /// Any filesystem failure, with the path.
+    fn set_last_error(&self, account: &str, error: Option<&LastError>) -> Result<()>;
+}
+
+/// A refresh failure as remembered for `auth status`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LastError {
+    /// When it happened, unix seconds.
+    pub at: u64,
+    /// `needs_authorization`, `transient` or `failed`.
+    pub kind: String,
+    /// The error text (never contains a secret).
+    pub message: String,
+}
+
+/// The file-backed store under `$XDG_STATE_HOME/mailpilot/tokens`.
+#[derive(Debug, Clone)]
+pub struct FileStore {
+    dir: PathBuf,
+}
+
+/// A held `flock` on `<account>.lock`; released when dropped or when the process dies.
+#[derive(Debug)]
+pub struct FileLock {
+    _file: File,
+}
+
+/// The on-disk shape, version 1. Separate from [`StoredToken`] so that the secret-bearing strings
+/// exist in plain form only inside this module.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TokenFileV1 {
+    version: u32,
+    account: String,
+    access_token: String,
+    expires_at: u64,
+    refresh_token: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    scope: Option<String>,
+    obtained_at: u64,
+    refreshed_at: u64,
+}
+
+impl FileStore {
+    /// A store in `dir` (created 0700 on first write).
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    /// The directory holding the files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The grant file of `account`.
+    pub fn token_path(&self, account: &str) -> PathBuf {
+        self.dir.join(format!("{account}.json"))
+    }
+
+    fn error_path(&self, account: &str) -> PathBuf {
+        self.dir.join(format!("{account}.error.json"))
+    }
+
+    fn lock_path(&self, account: &str) -> PathBuf {
+        self.dir.join(format!("{account}.lock"))
+    }
+
+    /// Creates the directory (and its parent, the state directory) with mode 0700, tightening
+    /// looser modes left by someone else.
+    fn ensure_dir(&self) -> Result<()> {
+        if let Some(parent) = self.dir.parent() {
+            private_dir(parent)?;
+        }
+        private_dir(&self.dir)
+    }
+}
+
+fn private_dir(dir: &Path) -> Result<()> {
+    match fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+    {
+        Ok(()) => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("failed to create directory {}", dir.display()))
+        }
+    }
+    let mode = fs::metadata(dir)
+        .with_context(|| format!("failed to read metadata of {}", dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("failed to set mode 0700 on {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` atomically with mode 0600: temp file in the same directory, fsync,
+/// rename over the target, fsync of the directory so the rename itself survives a power cut.
+/// Leftover temp files from a process killed mid-write are removed first (callers hold the lock).
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let prefix = format!(".{name}.tmp.");
+    remove_stale_temp_files(dir, &prefix);
+    let tmp = dir.join(format!("{prefix}{}", std::process::id()));
+    let result = (|| -> Result<()> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("failed to create {}", tmp.display()))?;
+        file.write_all(bytes)
+            .with_context(|| format!("failed to write {}", tmp.display()))?;
+        file.sync_all()
+            .with_context(|| format!("failed to fsync {}", tmp.display()))?;
+        fs::rename(&tmp, path)
+            .with_context(|| format!("failed to rename {} to {}", tmp.display(), path.display()))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("failed to fsync directory {}", dir.display()))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn remove_stale_temp_files(dir: &Path, prefix: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(prefix) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
+
+fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("failed to read {}", path.display())),
+    }
+}
+
+fn remove_optional(path: &Path) -> Result<bool> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(e).with_context(|| format!("failed to delete {}", path.display())),
+    }
+}
+
+/// Parses a token file, checking its version before its shape so a newer format gets the right
+/// message.
+fn parse_token_file(bytes: &[u8], path: &Path, account: &str) -> Result<StoredToken> {
+    #[derive(Deserialize)]
+    struct Version {
+        version: Option<u32>,
+    }
+    let version: Version = serde_json::from_slice(bytes).with_context(|| {
+        format!(
+            "token file {} is corrupt (not a JSON object)",
+            path.display()
+        )
+    })?;
+    match version.version {
+        Some(FORMAT_VERSION) => {}
+        Some(v) => bail!(
+            "token file {} has format version {v}, but this mailpilot reads version {FORMAT_VERSION} (was it written by a newer mailpilot?)",
+            path.display()
+        ),
+        None => bail!("token file {} is corrupt (no \"version\" field)", path.display()),
+    }
+    let file: TokenFileV1 = serde_json::from_slice(bytes)
+        .with_context(|| format!("token file {} is corrupt", path.display()))?;
+    if file.account != account {
+        bail!(
+            "token file {} belongs to account \"{}\", not \"{account}\"",
+            path.display(),
+            file.account
+        );
+    }
+    Ok(StoredToken {
+        account: file.account,
+        access_token: Secret::new(file.access_token),
+        expires_at: file.expires_at,
+        refresh_token: Secret::new(file.refresh_token),
+        scope: file.scope,
+        obtained_at: file.obtained_at,
+        refreshed_at: file.refreshed_at,
+    })
+}
+
+impl TokenStore for FileStore {
+    type Lock = FileLock;
+
+    fn load(&self, account: &str) -> Result<Option<StoredToken>> {
+        let path = self.token_path(account);
+        read_optional(&path)?
+            .map(|bytes| parse_token_file(&bytes, &path, account))
+            .transpose()
+    }
+
+    fn save(&self, token: &StoredToken) -> Result<()> {
+        self.ensure_dir()?;
+        let file = TokenFileV1 {
+            version: FORMAT_VERSION,
+            account: token.account.clone(),
+            access_token: token.access_token.expose().to_string(),
+            expires_at: token.expires_at,
+            refresh_token: token.refresh_token.expose().to_string(),
+            scope: token.scope.clone(),
+            obtained_at: token.obtained_at,
+            refreshed_at: token.refreshed_at,
+        };
+        let mut bytes = serde_json::to_vec_pretty(&file).context("failed to encode token file")?;
+        bytes.push(b'\n');
+        write_atomic(&self.token_path(&token.account), &bytes)
+    }
+
+    fn delete(&self, account: &str) -> Result<bool> {
+        remove_optional(&self.error_path(account))?;
+        let existed = remove_optional(&self.token_path(account))?;
+        if existed {
+            File::open(&self.dir)
+                .and_then(|d| d.sync_all())
+                .with_context(|| format!("failed to fsync directory {}", self.dir.display()))?;
+        }
+        Ok(existed)
+    }
+
+    fn try_lock(&self, account: &str) -> Result<Option<FileLock>> {
+        self.ensure_dir()?;
+        let path = self.lock_path(account);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("failed to open lock file {}", path.display()))?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(FileLock { _file: file })),
+            Err(fs::TryLockError::WouldBlock) => Ok(None),
+            Err(fs::TryLockError::Error(e)) => {
+                Err(e).with_context(|| format!("failed to lock {}", path.display()))
+            }
+        }
+    }
+
+    fn last_error(&self, account: &str) -> Result<Option<LastError>> {
+        let path = self.error_path(account);
+        read_optional(&path)?
+            .map(|bytes| {
+                serde_json::from_slice(&bytes)
+                    .with_context(|| format!("{} is corrupt", path.display()))
+            })
+            .transpose()
+    }
+
+    fn set_last_error(&self, account: &str, error: Option<&LastError>) -> Result<()> {
+        let path = self.error_path(account);
+        match error {
+            None => remove_optional(&path).map(|_| ()),
+            Some(error) => {
+                self.ensure_dir()?;
+                let bytes =
+                    serde_json::to_vec_pretty(error).context("failed to encode error record")?;
+                write_atomic(&path, &bytes)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(account: &str) -> StoredToken {
+        StoredToken {
+            account: account.into(),
+            access_token: Secret::new("at-1"),
+            expires_at: 2_000,
+            refresh_token: Secret::new("rt-1"),
+            scope: Some("mail".into()),
+            obtained_at: 1_000,
+            refreshed_at: 1_000,
+        }
+    }
+
+    /// Save then load round-trips; files are 0600 in a 0700 directory; no temp file remains.
+    #[test]
+    fn round_trip_and_modes() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = FileStore::new(tmp.path().join("state/tokens"));
+        store.save(&token("work")).expect("save");
+        assert_eq!(store.load("work").expect("load"), Some(token("work")));
+        let mode = |p: &Path| fs::metadata(p).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode(&store.token_path("work")), 0o600);
+        assert_eq!(mode(store.dir()), 0o700);
+        assert_eq!(mode(&tmp.path().join("state")), 0o700);
+        let names: Vec<_> = fs::read_dir(store.dir())
+            .expect("dir")
+            .map(|e| e.expect("entry").file_name())
+            .collect();
+        assert_eq!(names, ["work.json"]);
+    }
+
+    /// Corrupt and foreign-version files are errors naming the file, and are left as they were.
+    #[test]
+    fn corrupt_and_foreign_files() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = FileStore::new(tmp.path());
+        let path = store.token_path("work");
+        fs::write(&path, "{\"access_tok").expect("write");
+        let err = format!("{:#}", store.load("work").expect_err("corrupt"));
+        assert!(
+            err.contains(&format!("token file {} is corrupt", path.display())),
+            "{err}"
+        );
+        fs::write(&path, "{\"version\": 2}").expect("write");
+        let err = format!("{:#}", store.load("work").expect_err("foreign"));
+        assert!(err.contains("has format version 2"), "{err}");
+        assert_eq!(fs::read_to_string(&path).expect("read"), "{\"version\": 2}");
+    }
+
+    /// A second lock attempt on the same account fails while the first is held.
+    #[test]
+    fn lock_is_exclusive() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = FileStore::new(tmp.path());
+        let held = store.try_lock("work").expect("lock").expect("free");
+        assert!(store.try_lock("work").expect("lock").is_none());
+        assert!(store.try_lock("other").expect("lock").is_some());
+        drop(held);
+        assert!(store.try_lock("work").expect("lock").is_some());
+    }
+
+    /// Stale temp files from a killed writer are cleaned up by the next write.
+    #[test]
+    fn stale_temp_files_removed() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let store = FileStore::new(tmp.path());
+        fs::write(tmp.path().join(".work.json.tmp.99999"), "half").expect("write");
+        store.save(&token("work")).expect("save");
+        assert!(!tmp.path().join(".work.json.tmp.99999").exists());
+    }
+}

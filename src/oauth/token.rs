@@ -1,0 +1,70 @@
+//! The stored grant of one account and the expiry arithmetic on it.
+
+use std::time::Duration;
+
+use crate::secret::Secret;
+
+/// What the store keeps per account.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredToken {
+    /// The account name.
+    pub account: String,
+    /// The current access token.
+    pub access_token: Secret,
+    /// When the access token expires, unix seconds (absolute: never `expires_in`).
+    pub expires_at: u64,
+    /// The refresh token (the latest one, when the provider rotates them).
+    pub refresh_token: Secret,
+    /// Scopes the server reported granting, if it said.
+    pub scope: Option<String>,
+    /// When the current refresh token was received (import, login or rotation), unix seconds.
+    pub obtained_at: u64,
+    /// When the last successful refresh happened, unix seconds.
+    pub refreshed_at: u64,
+}
+
+impl StoredToken {
+    /// Seconds until the access token expires (negative when expired).
+    pub fn remaining(&self, now: u64) -> i64 {
+        i64::try_from(self.expires_at).unwrap_or(i64::MAX) - i64::try_from(now).unwrap_or(i64::MAX)
+    }
+
+    /// Whether the token is valid for longer than `margin` from `now`.
+    pub fn fresh(&self, now: u64, margin: Duration) -> bool {
+        self.remaining(now) > i64::try_from(margin.as_secs()).unwrap_or(i64::MAX)
+    }
+
+    /// Seconds since the refresh token was obtained.
+    pub fn refresh_token_age(&self, now: u64) -> u64 {
+        now.saturating_sub(self.obtained_at)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token(expires_at: u64) -> StoredToken {
+        StoredToken {
+            account: "a".into(),
+            access_token: Secret::new("at"),
+            expires_at,
+            refresh_token: Secret::new("rt"),
+            scope: None,
+            obtained_at: 100,
+            refreshed_at: 100,
+        }
+    }
+
+    /// A token is fresh only with strictly more than the margin left.
+    #[test]
+    fn freshness_uses_margin() {
+        let t = token(1_000);
+        let margin = Duration::from_secs(300);
+        assert!(t.fresh(699, margin));
+        assert!(!t.fresh(700, margin));
+        assert!(!t.fresh(2_000, margin));
+        assert_eq!(t.remaining(1_010), -10);
+        assert_eq!(t.refresh_token_age(160), 60);
+    }
+}

@@ -1,0 +1,137 @@
+//! The only place that prints. stdout carries data (JSON with `--json`); messages, warnings and
+//! errors go to stderr.
+
+use std::io::{self, Write};
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+use crate::exit;
+use crate::secret::Secret;
+
+/// Version of every `--json` document; bumped on incompatible changes.
+pub const JSON_SCHEMA_VERSION: u32 = 1;
+
+/// Output settings resolved from the global flags.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Output {
+    json: bool,
+    quiet: bool,
+}
+
+impl Output {
+    /// `json`: machine-readable stdout; `quiet`: no informational messages on stderr.
+    pub fn new(json: bool, quiet: bool) -> Self {
+        Self { json, quiet }
+    }
+
+    /// Whether `--json` was given.
+    pub fn is_json(&self) -> bool {
+        self.json
+    }
+
+    /// Writes one line of data to stdout.
+    ///
+    /// # Errors
+    /// stdout is closed.
+    pub fn data(&self, line: &str) -> Result<()> {
+        let mut out = io::stdout().lock();
+        writeln!(out, "{line}")
+            .and_then(|()| out.flush())
+            .context("failed to write to stdout")
+    }
+
+    /// Writes a secret to stdout: only for commands whose purpose is to hand it to another program
+    /// (`auth token`).
+    ///
+    /// # Errors
+    /// stdout is closed.
+    pub fn secret(&self, secret: &Secret) -> Result<()> {
+        self.data(secret.expose())
+    }
+
+    /// Writes a JSON document (one line) to stdout.
+    ///
+    /// # Errors
+    /// stdout is closed or the value cannot be encoded.
+    pub fn json<T: Serialize>(&self, value: &T) -> Result<()> {
+        let text = serde_json::to_string(value).context("failed to encode JSON output")?;
+        self.data(&text)
+    }
+
+    /// An informational message on stderr (suppressed by `-q`).
+    pub fn info(&self, message: &str) {
+        if !self.quiet {
+            eprintln!("{message}");
+        }
+    }
+
+    /// A warning on stderr (always shown).
+    pub fn warn(&self, message: &str) {
+        eprintln!("warning: {message}");
+    }
+}
+
+/// The lines of an error report: `error: …`, then `  caused by: …` for each cause whose text does
+/// not repeat the line before it, then the details and the `hint: …`.
+pub fn error_report(err: &anyhow::Error) -> Vec<String> {
+    let mut lines = vec![format!("error: {err}")];
+    let mut previous = err.to_string();
+    for cause in err.chain().skip(1) {
+        let text = cause.to_string();
+        if text.is_empty() || previous.contains(&text) {
+            continue;
+        }
+        lines.push(format!("  caused by: {text}"));
+        previous = text;
+    }
+    lines.extend(exit::details(err).into_iter().map(|d| format!("  {d}")));
+    if let Some(hint) = exit::hint(err) {
+        lines.push(format!("hint: {hint}"));
+    }
+    lines
+}
+
+/// Prints [`error_report`] to stderr.
+pub fn report_error(err: &anyhow::Error) {
+    let mut stderr = io::stderr().lock();
+    for line in error_report(err) {
+        let _ = writeln!(stderr, "{line}");
+    }
+}
+
+/// An error and its causes on one line (`a: b: c`), for records such as the last refresh error.
+pub fn error_text(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let s = cause.to_string();
+        if !text.contains(&s) {
+            text.push_str(": ");
+            text.push_str(&s);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Causes that repeat the previous line are dropped; hints come last.
+    #[test]
+    fn report_drops_repeats() {
+        let inner = anyhow::anyhow!("connection refused");
+        let err = inner
+            .context("connection refused")
+            .context("failed to reach the token endpoint");
+        assert_eq!(
+            error_report(&err),
+            [
+                "error: failed to reach the token endpoint",
+                "  caused by: connection refused"
+            ]
+        );
+    }
+}
