@@ -1,1 +1,8 @@
-fn main() {}
+//! Integration tests: the real `mailpilot` binary in a temp HOME against real (or, for fault
+//! injection, in-process) servers.
+
+mod support;
+
+mod auth;
+mod config;
+mod secrets;

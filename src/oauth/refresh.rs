@@ -176,7 +176,12 @@ impl<'a> Refresher<'a> {
                 } else {
                     format!("the request to {url} failed")
                 };
-                self.transient(reason, Some(Box::new(e)))
+                // Skip oauth2's wrapper: its text only repeats "client error".
+                let source: BoxError = match e {
+                    oauth2::HttpClientError::Reqwest(inner) => inner,
+                    other => Box::new(other),
+                };
+                self.transient(reason, Some(source))
             }
             RequestTokenError::Parse(e, _body) => {
                 let reason =

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, dependency policy, unit and integration
+# tests. Usage: scripts/test.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 CARGO_TERM_COLOR=never
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+
+echo "== cargo clippy --all-targets -- -D warnings"
+cargo clippy --locked --all-targets -- -D warnings
+
+echo "== dependency policy"
+scripts/check-deps.sh
+
+echo "== cargo test"
+cargo test --locked

@@ -1,0 +1,200 @@
+//! Test harness: a temp HOME/XDG directory per test, the real `mailpilot` binary, and the servers.
+
+#![allow(
+    dead_code,
+    unused_imports,
+    reason = "each test binary uses a different part of the support code"
+)]
+
+pub mod oauth_server;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+
+pub use oauth_server::{Fault, OAuthServer};
+
+/// The result of one run of the binary.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit status (-1 when killed by a signal).
+    pub code: i32,
+    /// stdout as text.
+    pub stdout: String,
+    /// stderr as text.
+    pub stderr: String,
+}
+
+impl Run {
+    fn from(out: Output) -> Self {
+        Self {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Panics with both streams unless the exit status is `code`.
+    pub fn expect_code(&self, code: i32) -> &Self {
+        assert_eq!(
+            self.code, code,
+            "unexpected exit status\nstdout:\n{}\nstderr:\n{}",
+            self.stdout, self.stderr
+        );
+        self
+    }
+}
+
+/// A private HOME with XDG directories and a config file.
+pub struct TestEnv {
+    dir: tempfile::TempDir,
+}
+
+impl Default for TestEnv {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl TestEnv {
+    /// A fresh, empty environment.
+    pub fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for sub in ["home", "config/mailpilot", "state"] {
+            fs::create_dir_all(dir.path().join(sub)).expect("mkdir");
+        }
+        Self { dir }
+    }
+
+    /// The root of the temp directory.
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// `$XDG_CONFIG_HOME/mailpilot/config.toml`.
+    pub fn config_path(&self) -> PathBuf {
+        self.root().join("config/mailpilot/config.toml")
+    }
+
+    /// `$XDG_STATE_HOME/mailpilot`.
+    pub fn state_dir(&self) -> PathBuf {
+        self.root().join("state/mailpilot")
+    }
+
+    /// The token file of `account`.
+    pub fn token_file(&self, account: &str) -> PathBuf {
+        self.state_dir().join(format!("tokens/{account}.json"))
+    }
+
+    /// The token file parsed as JSON.
+    pub fn token_json(&self, account: &str) -> serde_json::Value {
+        let text = fs::read_to_string(self.token_file(account)).expect("token file");
+        serde_json::from_str(&text).expect("token file is valid JSON")
+    }
+
+    /// Writes the config file with mode 0600.
+    pub fn write_config(&self, text: &str) {
+        self.write_config_mode(text, 0o600);
+    }
+
+    /// Writes the config file with `mode`.
+    pub fn write_config_mode(&self, text: &str, mode: u32) {
+        let path = self.config_path();
+        fs::write(&path, text).expect("write config");
+        fs::set_permissions(&path, fs::Permissions::from_mode(mode)).expect("chmod config");
+    }
+
+    /// A command for the real binary with this environment (and nothing inherited that matters).
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailpilot"));
+        cmd.args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", self.root().join("home"))
+            .env("XDG_CONFIG_HOME", self.root().join("config"))
+            .env("XDG_STATE_HOME", self.root().join("state"))
+            .env("RUST_BACKTRACE", "0")
+            .env("RUST_LIB_BACKTRACE", "0")
+            .stdin(Stdio::null());
+        cmd
+    }
+
+    /// Runs the binary to completion.
+    pub fn run(&self, args: &[&str]) -> Run {
+        Run::from(self.cmd(args).output().expect("run mailpilot"))
+    }
+
+    /// Runs the binary with `input` on stdin.
+    pub fn run_stdin(&self, args: &[&str], input: &str) -> Run {
+        let mut child = self
+            .cmd(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn mailpilot");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+        Run::from(child.wait_with_output().expect("wait mailpilot"))
+    }
+
+    /// Starts the binary without waiting.
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.cmd(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn mailpilot")
+    }
+
+    /// Writes a config with one custom account `work` against `server`, plus `extra` lines in the
+    /// account table.
+    pub fn config_for(&self, server: &OAuthServer, extra: &str) {
+        self.write_config(&format!(
+            r#"
+[accounts.work]
+provider = "custom"
+email = "ops@example.com"
+client_id = "test-client"
+client_secret_env = "MP_TEST_SECRET"
+token_url = "{}"
+{extra}
+"#,
+            server.token_url()
+        ));
+    }
+
+    /// `auth import work` with a fresh grant from `server`; returns the refresh token.
+    pub fn import(&self, server: &OAuthServer) -> String {
+        let rt = server.issue_grant("ops@example.com");
+        let mut cmd = self.cmd(&["auth", "import", "work"]);
+        cmd.env("MP_TEST_SECRET", server.client_secret());
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(rt.as_bytes())
+            .expect("stdin");
+        Run::from(child.wait_with_output().expect("wait")).expect_code(0);
+        rt
+    }
+
+    /// Runs with the test client secret in the environment.
+    pub fn run_with_secret(&self, server: &OAuthServer, args: &[&str]) -> Run {
+        let mut cmd = self.cmd(args);
+        cmd.env("MP_TEST_SECRET", server.client_secret());
+        Run::from(cmd.output().expect("run mailpilot"))
+    }
+}

@@ -1,0 +1,461 @@
+//! An in-process OAuth2 server for tests, on 127.0.0.1:0: the refresh grant (with optional
+//! rotation), RFC 7662 introspection (for Dovecot), revocation, fault injection and request counters.
+//!
+//! Deliberately small and strict: refresh tokens are single-use when rotation is on, so a client that
+//! refreshes twice with the same token gets `invalid_grant`, as from Microsoft.
+
+#![allow(
+    dead_code,
+    reason = "each test binary uses a different part of the support code"
+)]
+
+use std::collections::HashMap;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine;
+
+/// What the token endpoint does instead of answering normally.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Fault {
+    /// Answer normally.
+    None,
+    /// Answer with this status, content type and body.
+    Http(u16, &'static str, &'static str),
+    /// Read the request, wait this long, then close without answering (and without processing).
+    Hang(Duration),
+    /// 200 with a body that is not JSON.
+    Garbage,
+    /// Read the request, then close the connection.
+    Reset,
+    /// 400 `invalid_grant` with a description.
+    InvalidGrant,
+}
+
+#[derive(Debug, Clone)]
+struct Grant {
+    email: String,
+    scope: String,
+}
+
+#[derive(Debug, Clone)]
+struct Access {
+    email: String,
+    scope: String,
+    expires_at: u64,
+}
+
+/// One request as the server saw it.
+#[derive(Debug, Clone, Default)]
+pub struct Seen {
+    /// Decoded form fields.
+    pub form: HashMap<String, String>,
+    /// `Authorization` header, if any.
+    pub authorization: Option<String>,
+}
+
+#[derive(Debug)]
+struct State {
+    grants: HashMap<String, Grant>,
+    access: HashMap<String, Access>,
+    client_id: String,
+    client_secret: Option<String>,
+    expires_in: u64,
+    real_lifetime: Option<u64>,
+    rotate: bool,
+    fault: Fault,
+    token_len: usize,
+    refresh_requests: u64,
+    introspections: u64,
+    last_token_request: Option<Seen>,
+    issued_access: Vec<String>,
+    issued_refresh: Vec<String>,
+}
+
+/// The running server; stops accepting when dropped.
+pub struct OAuthServer {
+    addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    stop: Arc<AtomicBool>,
+}
+
+static SERIAL: AtomicU64 = AtomicU64::new(1);
+
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// A distinctive random-looking string (unique per process run), padded to `len`.
+fn mint(prefix: &str, len: usize) -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let n = SERIAL.fetch_add(1, Ordering::Relaxed);
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u64(n);
+    let mut s = format!("{prefix}{n}x{:016x}", h.finish());
+    while s.len() < len {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_usize(s.len());
+        s.push_str(&format!("{:016x}", h.finish()));
+    }
+    s.truncate(len.max(prefix.len() + 8));
+    s
+}
+
+impl OAuthServer {
+    /// Starts a server for client `test-client` with secret `test-secret`.
+    pub fn start() -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let addr = listener.local_addr().expect("local addr");
+        let state = Arc::new(Mutex::new(State {
+            grants: HashMap::new(),
+            access: HashMap::new(),
+            client_id: "test-client".into(),
+            client_secret: Some("test-secret-5f3a9c".into()),
+            expires_in: 3600,
+            real_lifetime: None,
+            rotate: false,
+            fault: Fault::None,
+            token_len: 48,
+            refresh_requests: 0,
+            introspections: 0,
+            last_token_request: None,
+            issued_access: Vec::new(),
+            issued_refresh: Vec::new(),
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, sp) = (state.clone(), stop.clone());
+        thread::spawn(move || {
+            for conn in listener.incoming() {
+                if sp.load(Ordering::Relaxed) {
+                    break;
+                }
+                let Ok(conn) = conn else { continue };
+                let st = st.clone();
+                thread::spawn(move || handle(conn, &st));
+            }
+        });
+        Self { addr, state, stop }
+    }
+
+    fn st(&self) -> MutexGuard<'_, State> {
+        self.state.lock().expect("oauth server state")
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The token endpoint.
+    pub fn token_url(&self) -> String {
+        format!("{}/token", self.base_url())
+    }
+
+    /// The RFC 7662 introspection endpoint.
+    pub fn introspect_url(&self) -> String {
+        format!("{}/introspect", self.base_url())
+    }
+
+    /// The client secret the server expects.
+    pub fn client_secret(&self) -> String {
+        self.st().client_secret.clone().unwrap_or_default()
+    }
+
+    /// Makes the client public (no secret expected).
+    pub fn set_public_client(&self) {
+        self.st().client_secret = None;
+    }
+
+    /// Creates a grant for `email` and returns its refresh token.
+    pub fn issue_grant(&self, email: &str) -> String {
+        let rt = mint("rt-", 40);
+        let mut st = self.st();
+        st.grants.insert(
+            rt.clone(),
+            Grant {
+                email: email.into(),
+                scope: "mail".into(),
+            },
+        );
+        st.issued_refresh.push(rt.clone());
+        rt
+    }
+
+    /// Revokes every grant and access token (as a user removing the app's access would).
+    pub fn revoke_all(&self) {
+        let mut st = self.st();
+        st.grants.clear();
+        st.access.clear();
+    }
+
+    /// `expires_in` of new access tokens.
+    pub fn set_expires_in(&self, secs: u64) {
+        self.st().expires_in = secs;
+    }
+
+    /// How long new access tokens really stay valid at introspection (default: `expires_in`).
+    pub fn set_real_lifetime(&self, secs: Option<u64>) {
+        self.st().real_lifetime = secs;
+    }
+
+    /// Whether each refresh returns a new refresh token and invalidates the old one.
+    pub fn set_rotation(&self, on: bool) {
+        self.st().rotate = on;
+    }
+
+    /// Length of new access tokens.
+    pub fn set_token_len(&self, len: usize) {
+        self.st().token_len = len;
+    }
+
+    /// Fault mode of the token endpoint.
+    pub fn set_fault(&self, fault: Fault) {
+        self.st().fault = fault;
+    }
+
+    /// Requests to the token endpoint so far (including failed ones).
+    pub fn refresh_count(&self) -> u64 {
+        self.st().refresh_requests
+    }
+
+    /// Introspection requests so far.
+    pub fn introspection_count(&self) -> u64 {
+        self.st().introspections
+    }
+
+    /// The last token request.
+    pub fn last_token_request(&self) -> Option<Seen> {
+        self.st().last_token_request.clone()
+    }
+
+    /// The refresh tokens that are valid now.
+    pub fn live_refresh_tokens(&self) -> Vec<String> {
+        self.st().grants.keys().cloned().collect()
+    }
+
+    /// Every access and refresh token ever issued, plus the client secret (for leak checks).
+    pub fn all_secrets(&self) -> Vec<String> {
+        let st = self.st();
+        let mut v: Vec<String> = st
+            .issued_access
+            .iter()
+            .chain(&st.issued_refresh)
+            .cloned()
+            .collect();
+        v.extend(st.client_secret.clone());
+        v
+    }
+
+    /// The newest access token issued.
+    pub fn last_access_token(&self) -> Option<String> {
+        self.st().issued_access.last().cloned()
+    }
+}
+
+impl Drop for OAuthServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = TcpStream::connect(self.addr);
+    }
+}
+
+struct Request {
+    path: String,
+    headers: HashMap<String, String>,
+    body: Vec<u8>,
+}
+
+fn read_request(conn: &TcpStream) -> Option<Request> {
+    let mut reader = BufReader::new(conn);
+    let mut line = String::new();
+    reader.read_line(&mut line).ok()?;
+    let path = line.split_whitespace().nth(1)?.to_string();
+    let mut headers = HashMap::new();
+    loop {
+        let mut h = String::new();
+        reader.read_line(&mut h).ok()?;
+        let h = h.trim_end();
+        if h.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let len: usize = headers
+        .get("content-length")
+        .and_then(|l| l.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    reader.read_exact(&mut body).ok()?;
+    Some(Request {
+        path,
+        headers,
+        body,
+    })
+}
+
+fn respond(mut conn: &TcpStream, status: u16, content_type: &str, body: &str) {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        401 => "Unauthorized",
+        404 => "Not Found",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Status",
+    };
+    let _ = write!(
+        conn,
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = conn.flush();
+}
+
+fn json(conn: &TcpStream, status: u16, value: serde_json::Value) {
+    respond(conn, status, "application/json", &value.to_string());
+}
+
+fn handle(conn: TcpStream, state: &Mutex<State>) {
+    let Some(req) = read_request(&conn) else {
+        return;
+    };
+    let form: HashMap<String, String> = form_urlencoded::parse(&req.body).into_owned().collect();
+    match req.path.as_str() {
+        "/token" => token(&conn, state, &req, form),
+        "/introspect" => introspect(&conn, state, &form),
+        _ => respond(&conn, 404, "text/plain", "not found"),
+    }
+}
+
+fn introspect(conn: &TcpStream, state: &Mutex<State>, form: &HashMap<String, String>) {
+    let mut st = state.lock().expect("state");
+    st.introspections += 1;
+    let token = form.get("token").cloned().unwrap_or_default();
+    match st.access.get(&token) {
+        Some(a) if a.expires_at > now() => json(
+            conn,
+            200,
+            serde_json::json!({"active": true, "username": a.email, "scope": a.scope, "exp": a.expires_at}),
+        ),
+        _ => json(conn, 200, serde_json::json!({"active": false})),
+    }
+}
+
+fn token(conn: &TcpStream, state: &Mutex<State>, req: &Request, form: HashMap<String, String>) {
+    let fault = {
+        let mut st = state.lock().expect("state");
+        st.refresh_requests += 1;
+        st.last_token_request = Some(Seen {
+            form: form.clone(),
+            authorization: req.headers.get("authorization").cloned(),
+        });
+        st.fault.clone()
+    };
+    match fault {
+        Fault::None => {}
+        Fault::Http(status, ct, body) => return respond(conn, status, ct, body),
+        Fault::Hang(d) => return thread::sleep(d),
+        Fault::Garbage => return respond(conn, 200, "application/json", "<html>this is not json"),
+        Fault::Reset => return,
+        Fault::InvalidGrant => {
+            return json(
+                conn,
+                400,
+                serde_json::json!({"error": "invalid_grant", "error_description": "Token has been expired or revoked."}),
+            )
+        }
+    }
+    let mut st = state.lock().expect("state");
+    if let Err(e) = check_client(&st, req, &form) {
+        return json(
+            conn,
+            401,
+            serde_json::json!({"error": "invalid_client", "error_description": e}),
+        );
+    }
+    if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
+        return json(
+            conn,
+            400,
+            serde_json::json!({"error": "unsupported_grant_type"}),
+        );
+    }
+    let rt = form.get("refresh_token").cloned().unwrap_or_default();
+    let Some(grant) = st.grants.get(&rt).cloned() else {
+        return json(
+            conn,
+            400,
+            serde_json::json!({"error": "invalid_grant", "error_description": "Token has been expired or revoked."}),
+        );
+    };
+    let access = mint("at-", st.token_len);
+    let lifetime = st.real_lifetime.unwrap_or(st.expires_in);
+    st.access.insert(
+        access.clone(),
+        Access {
+            email: grant.email.clone(),
+            scope: grant.scope.clone(),
+            expires_at: now() + lifetime,
+        },
+    );
+    st.issued_access.push(access.clone());
+    let mut body = serde_json::json!({
+        "access_token": access,
+        "token_type": "Bearer",
+        "expires_in": st.expires_in,
+        "scope": grant.scope,
+    });
+    if st.rotate {
+        let new_rt = mint("rt-", 40);
+        st.grants.remove(&rt);
+        st.grants.insert(new_rt.clone(), grant);
+        st.issued_refresh.push(new_rt.clone());
+        body["refresh_token"] = serde_json::Value::String(new_rt);
+    }
+    drop(st);
+    json(conn, 200, body);
+}
+
+fn check_client(st: &State, req: &Request, form: &HashMap<String, String>) -> Result<(), String> {
+    let (id, secret) = match req
+        .headers
+        .get("authorization")
+        .and_then(|h| h.strip_prefix("Basic "))
+    {
+        Some(b64) => {
+            let raw = String::from_utf8(STANDARD.decode(b64).map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+            let (id, secret) = raw.split_once(':').ok_or("bad basic auth")?;
+            let dec = |s: &str| {
+                form_urlencoded::parse(format!("x={s}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+                    .unwrap_or_default()
+            };
+            (dec(id), Some(dec(secret)))
+        }
+        None => (
+            form.get("client_id").cloned().unwrap_or_default(),
+            form.get("client_secret").cloned(),
+        ),
+    };
+    if id != st.client_id {
+        return Err(format!("unknown client {id:?}"));
+    }
+    match (&st.client_secret, secret) {
+        (Some(want), Some(got)) if *want == got => Ok(()),
+        (None, None) => Ok(()),
+        (None, Some(s)) if s.is_empty() => Ok(()),
+        _ => Err("client authentication failed".into()),
+    }
+}
