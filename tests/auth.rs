@@ -432,28 +432,18 @@ fn failed_import_stores_nothing() {
     let server = OAuthServer::start();
     let env = TestEnv::new();
     env.config_for(&server, "");
-    let mut cmd = env.cmd(&["auth", "import", "work"]);
-    cmd.env("MP_TEST_SECRET", server.client_secret());
     let run = env.run_stdin(&["auth", "import", "work"], "rt-not-a-real-token\n");
     // Without the secret in the environment the import cannot even authenticate the client.
     run.expect_code(1);
     assert!(run.stderr.contains("MP_TEST_SECRET"), "{}", run.stderr);
     assert!(!env.token_file("work").exists());
-    let mut child = cmd
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(b"rt-not-a-real-token\n")
-        .expect("write");
-    let out = child.wait_with_output().expect("wait");
-    assert_eq!(out.status.code(), Some(77));
+    let secret = server.client_secret();
+    let run = env.run_full(
+        &["auth", "import", "work"],
+        &[("MP_TEST_SECRET", &secret)],
+        Some("rt-not-a-real-token\n"),
+    );
+    run.expect_code(77);
     assert!(!env.token_file("work").exists());
     let run = env.run_stdin(&["auth", "import", "work"], "  \n");
     run.expect_code(2);

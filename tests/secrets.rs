@@ -16,34 +16,12 @@ fn nothing_leaks_at_trace_level() {
     let env = TestEnv::new();
     env.config_for(&server, "");
     let rt = server.issue_grant("ops@example.com");
+    let secret = server.client_secret();
     let traced = |args: &[&str], stdin: Option<&str>| {
-        let mut cmd = env.cmd(args);
-        cmd.arg("-vvv")
-            .env("RUST_LOG", "trace")
-            .env("MP_TEST_SECRET", server.client_secret());
-        let out = match stdin {
-            Some(input) => {
-                use std::io::Write;
-                let mut child = cmd
-                    .stdin(std::process::Stdio::piped())
-                    .stdout(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .expect("spawn");
-                child
-                    .stdin
-                    .take()
-                    .expect("stdin")
-                    .write_all(input.as_bytes())
-                    .expect("write");
-                child.wait_with_output().expect("wait")
-            }
-            None => cmd.output().expect("run"),
-        };
-        (
-            String::from_utf8_lossy(&out.stdout).into_owned(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
+        let args: Vec<&str> = args.iter().copied().chain(["-vvv"]).collect();
+        let vars = [("RUST_LOG", "trace"), ("MP_TEST_SECRET", secret.as_str())];
+        let run = env.run_full(&args, &vars, stdin);
+        (run.stdout, run.stderr)
     };
     let (out, err) = traced(&["auth", "import", "work"], Some(&rt));
     assert!(

@@ -844,6 +844,17 @@ mod tests {
         assert!(!p.join("").contains("s3cr3t"));
     }
 
+    /// `Debug` of the validated config never shows an inline secret.
+    #[test]
+    fn debug_redacts_inline_secret() {
+        let text = format!("{GOOD}client_secret = \"GOCSPX-do-not-print\"\n")
+            .replace("client_secret_env = \"SECRET\"\n", "");
+        let cfg = parse(&text, Path::new("/c.toml"), false).expect("valid");
+        let debug = format!("{cfg:?}");
+        assert!(debug.contains("Inline([redacted])"), "{debug}");
+        assert!(!debug.contains("GOCSPX-do-not-print"));
+    }
+
     /// "Did you mean" only for near misses.
     #[test]
     fn suggestions() {

@@ -186,36 +186,35 @@ impl<'a> Refresher<'a> {
             RequestTokenError::Parse(e, _body) => {
                 let reason =
                     format!("{url} answered {http} with a body that is not a token response");
-                if status.is_some_and(|s| (400..500).contains(&s)) && !server_side {
-                    AuthError::Failed {
-                        account: self.account.name.clone(),
-                        reason,
-                        hint: Some(format!(
-                            "check token_url of account \"{}\" (`mailpilot config check`)",
-                            self.account.name
-                        )),
-                        source: Some(Box::new(e)),
-                    }
-                } else {
-                    self.transient(reason, Some(Box::new(e)))
-                }
+                self.unexpected(reason, status, Some(Box::new(e)))
             }
             RequestTokenError::Other(message) => {
                 let reason = format!("{url} answered {http} unexpectedly ({message})");
-                if status.is_some_and(|s| (400..500).contains(&s)) && !server_side {
-                    AuthError::Failed {
-                        account: self.account.name.clone(),
-                        reason,
-                        hint: Some(format!(
-                            "check token_url of account \"{}\" (`mailpilot config check`)",
-                            self.account.name
-                        )),
-                        source: None,
-                    }
-                } else {
-                    self.transient(reason, None)
-                }
+                self.unexpected(reason, status, None)
             }
+        }
+    }
+
+    /// An answer that is not OAuth: a client error status (404, 405...) means a wrong `token_url`
+    /// that no retry fixes; anything else (2xx, 5xx, no status) may be a proxy or outage.
+    fn unexpected(
+        &self,
+        reason: String,
+        status: Option<u16>,
+        source: Option<BoxError>,
+    ) -> AuthError {
+        let client_error = status.is_some_and(|s| (400..500).contains(&s) && s != 408 && s != 429);
+        if !client_error {
+            return self.transient(reason, source);
+        }
+        AuthError::Failed {
+            account: self.account.name.clone(),
+            reason,
+            hint: Some(format!(
+                "check token_url of account \"{}\" (`mailpilot config check`)",
+                self.account.name
+            )),
+            source,
         }
     }
 }

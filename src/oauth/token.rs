@@ -56,6 +56,17 @@ mod tests {
         }
     }
 
+    /// `Debug` shows neither token.
+    #[test]
+    fn debug_redacts() {
+        let debug = format!("{:?}", token(1));
+        assert!(
+            !debug.contains("\"at\"") && !debug.contains("\"rt\""),
+            "{debug}"
+        );
+        assert!(debug.contains("access_token: [redacted]"), "{debug}");
+    }
+
     /// A token is fresh only with strictly more than the margin left.
     #[test]
     fn freshness_uses_margin() {

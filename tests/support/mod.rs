@@ -121,15 +121,14 @@ impl TestEnv {
         cmd
     }
 
-    /// Runs the binary to completion.
-    pub fn run(&self, args: &[&str]) -> Run {
-        Run::from(self.cmd(args).output().expect("run mailpilot"))
-    }
-
-    /// Runs the binary with `input` on stdin.
-    pub fn run_stdin(&self, args: &[&str], input: &str) -> Run {
-        let mut child = self
-            .cmd(args)
+    /// Runs the binary to completion with extra environment variables and optional stdin.
+    pub fn run_full(&self, args: &[&str], vars: &[(&str, &str)], stdin: Option<&str>) -> Run {
+        let mut cmd = self.cmd(args);
+        cmd.envs(vars.iter().copied());
+        let Some(input) = stdin else {
+            return Run::from(cmd.output().expect("run mailpilot"));
+        };
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -142,6 +141,16 @@ impl TestEnv {
             .write_all(input.as_bytes())
             .expect("write stdin");
         Run::from(child.wait_with_output().expect("wait mailpilot"))
+    }
+
+    /// Runs the binary to completion.
+    pub fn run(&self, args: &[&str]) -> Run {
+        self.run_full(args, &[], None)
+    }
+
+    /// Runs the binary with `input` on stdin.
+    pub fn run_stdin(&self, args: &[&str], input: &str) -> Run {
+        self.run_full(args, &[], Some(input))
     }
 
     /// Starts the binary without waiting.
@@ -173,28 +182,18 @@ token_url = "{}"
     /// `auth import work` with a fresh grant from `server`; returns the refresh token.
     pub fn import(&self, server: &OAuthServer) -> String {
         let rt = server.issue_grant("ops@example.com");
-        let mut cmd = self.cmd(&["auth", "import", "work"]);
-        cmd.env("MP_TEST_SECRET", server.client_secret());
-        let mut child = cmd
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn");
-        child
-            .stdin
-            .take()
-            .expect("stdin")
-            .write_all(rt.as_bytes())
-            .expect("stdin");
-        Run::from(child.wait_with_output().expect("wait")).expect_code(0);
+        let secret = server.client_secret();
+        self.run_full(
+            &["auth", "import", "work"],
+            &[("MP_TEST_SECRET", &secret)],
+            Some(&rt),
+        )
+        .expect_code(0);
         rt
     }
 
     /// Runs with the test client secret in the environment.
     pub fn run_with_secret(&self, server: &OAuthServer, args: &[&str]) -> Run {
-        let mut cmd = self.cmd(args);
-        cmd.env("MP_TEST_SECRET", server.client_secret());
-        Run::from(cmd.output().expect("run mailpilot"))
+        self.run_full(args, &[("MP_TEST_SECRET", &server.client_secret())], None)
     }
 }
