@@ -126,36 +126,25 @@ impl FileStore {
         self.dir.join(format!("{account}.lock"))
     }
 
-    /// Creates the directory (and its parent, the state directory) with mode 0700, tightening
-    /// looser modes left by someone else.
+    /// Creates the directory with mode 0700 (missing parents too, also 0700), and tightens the
+    /// directory's own mode if someone loosened it. Existing parents are left as they are: they
+    /// may be shared (`/tmp`, a home directory).
     fn ensure_dir(&self) -> Result<()> {
-        if let Some(parent) = self.dir.parent() {
-            private_dir(parent)?;
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.dir)
+            .with_context(|| format!("failed to create directory {}", self.dir.display()))?;
+        let mode = fs::metadata(&self.dir)
+            .with_context(|| format!("failed to read metadata of {}", self.dir.display()))?
+            .permissions()
+            .mode();
+        if mode & 0o077 != 0 {
+            fs::set_permissions(&self.dir, fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("failed to set mode 0700 on {}", self.dir.display()))?;
         }
-        private_dir(&self.dir)
+        Ok(())
     }
-}
-
-fn private_dir(dir: &Path) -> Result<()> {
-    match fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-    {
-        Ok(()) => {}
-        Err(e) => {
-            return Err(e).with_context(|| format!("failed to create directory {}", dir.display()))
-        }
-    }
-    let mode = fs::metadata(dir)
-        .with_context(|| format!("failed to read metadata of {}", dir.display()))?
-        .permissions()
-        .mode();
-    if mode & 0o077 != 0 {
-        fs::set_permissions(dir, fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("failed to set mode 0700 on {}", dir.display()))?;
-    }
-    Ok(())
 }
 
 /// Writes `bytes` to `path` atomically with mode 0600: temp file in the same directory, fsync,
@@ -376,6 +365,17 @@ mod tests {
             .map(|e| e.expect("entry").file_name())
             .collect();
         assert_eq!(names, ["work.json"]);
+    }
+
+    /// An existing parent directory keeps its mode (it may be /tmp or a home directory).
+    #[test]
+    fn existing_parent_untouched() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+        let store = FileStore::new(tmp.path().join("tokens"));
+        store.save(&token("work")).expect("save");
+        let mode = fs::metadata(tmp.path()).expect("meta").permissions().mode() & 0o777;
+        assert_eq!(mode, 0o755);
     }
 
     /// Corrupt and foreign-version files are errors naming the file, and are left as they were.
