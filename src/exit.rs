@@ -2,6 +2,7 @@
 
 use crate::config::ConfigError;
 use crate::oauth::AuthError;
+use crate::smtp::SmtpError;
 
 /// The process exit status. Documented in `--help` and the README.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -51,6 +52,13 @@ pub fn classify(err: &anyhow::Error) -> Exit {
                 AuthError::Failed { .. } => Exit::Failure,
             };
         }
+        if let Some(e) = cause.downcast_ref::<SmtpError>() {
+            return match e {
+                SmtpError::Transient { .. } => Exit::Transient,
+                SmtpError::LoginRefused { .. } => Exit::NeedsAuthorization,
+                SmtpError::Failed { .. } => Exit::Failure,
+            };
+        }
         if cause.downcast_ref::<ConfigError>().is_some()
             || cause.downcast_ref::<UsageError>().is_some()
         {
@@ -64,6 +72,9 @@ pub fn classify(err: &anyhow::Error) -> Exit {
 pub fn hint(err: &anyhow::Error) -> Option<String> {
     err.chain().find_map(|cause| {
         if let Some(e) = cause.downcast_ref::<AuthError>() {
+            return e.hint().map(str::to_string);
+        }
+        if let Some(e) = cause.downcast_ref::<SmtpError>() {
             return e.hint().map(str::to_string);
         }
         cause

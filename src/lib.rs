@@ -8,7 +8,10 @@
 //! - [`oauth`]: the token lifecycle — [`oauth::store`] (files, locks; never the network),
 //!   [`oauth::refresh`] (one refresh request; never files), [`oauth::source`] (when to refresh,
 //!   locking, adopting a peer's token).
-//! - [`sasl`]: XOAUTH2 / OAUTHBEARER strings; pure.
+//! - [`sasl`]: XOAUTH2 / OAUTHBEARER strings and server error challenges; pure.
+//! - [`smtp`]: connect, TLS, AUTH (with one refresh-and-retry on a rejected token), send; owns no
+//!   token storage (asks a `TokenSource`).
+//! - [`compose`]: drafts → RFC 5322 messages (lettre); validates addresses and header values.
 //! - [`output`]: the only place that prints; stdout is data only.
 //! - [`exit`]: exit statuses and the mapping from errors to them, in one place.
 //! - [`paths`]: environment variables for paths, read once at start-up.
@@ -17,6 +20,7 @@
 
 pub mod cli;
 pub mod clock;
+pub mod compose;
 pub mod config;
 pub mod exit;
 pub mod oauth;
@@ -24,3 +28,4 @@ pub mod output;
 pub mod paths;
 pub mod sasl;
 pub mod secret;
+pub mod smtp;

@@ -8,7 +8,103 @@
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
+use crate::config::Mechanism;
 use crate::secret::Secret;
+
+/// The base64 initial response for `mechanism`.
+pub fn initial_response(
+    mechanism: Mechanism,
+    user: &str,
+    server: (&str, u16),
+    token: &Secret,
+) -> Secret {
+    match mechanism {
+        Mechanism::Xoauth2 => xoauth2(user, token),
+        Mechanism::Oauthbearer => oauthbearer(user, Some(server), token),
+    }
+}
+
+/// What the client sends after a server's error challenge, so the server can finish with its
+/// final failure reply: an empty line for XOAUTH2, `%x01` (base64 `AQ==`) for OAUTHBEARER
+/// (RFC 7628 §3.2.3).
+pub fn cancel_reply(mechanism: Mechanism) -> &'static str {
+    match mechanism {
+        Mechanism::Xoauth2 => "",
+        Mechanism::Oauthbearer => "AQ==",
+    }
+}
+
+/// A server's reason for refusing a token: the base64 JSON error challenge (`334 <b64>` in SMTP,
+/// `+ <b64>` in IMAP), e.g. `{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// `401`, `400`, `invalid_token`, ...
+    pub status: Option<String>,
+    /// Accepted schemes (`bearer`).
+    pub schemes: Option<String>,
+    /// Scope the server requires.
+    pub scope: Option<String>,
+    /// The decoded text when it was not the expected JSON.
+    pub other: Option<String>,
+}
+
+impl Rejection {
+    /// Decodes a challenge; `None` if it is not base64.
+    pub fn decode(challenge: &str) -> Option<Rejection> {
+        let bytes = STANDARD.decode(challenge.trim()).ok()?;
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let field = |v: &serde_json::Value, k: &str| match v.get(k) {
+            Some(serde_json::Value::String(s)) => Some(s.clone()),
+            Some(other) if !other.is_null() => Some(other.to_string()),
+            _ => None,
+        };
+        Some(match serde_json::from_str::<serde_json::Value>(&text) {
+            Ok(v) if v.is_object() => Rejection {
+                status: field(&v, "status"),
+                schemes: field(&v, "schemes"),
+                scope: field(&v, "scope"),
+                other: None,
+            },
+            _ => Rejection {
+                status: None,
+                schemes: None,
+                scope: None,
+                other: Some(text),
+            },
+        })
+    }
+
+    /// Whether the server says the token itself is bad (expired, revoked, unknown): then one
+    /// forced refresh may help.
+    pub fn token_invalid(&self) -> bool {
+        matches!(self.status.as_deref(), Some("401" | "invalid_token"))
+    }
+}
+
+impl std::fmt::Display for Rejection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(s) = &self.status {
+            let meaning = match s.as_str() {
+                "401" | "invalid_token" => " (token invalid or expired)",
+                "400" => " (bad request)",
+                "403" | "insufficient_scope" => " (insufficient scope)",
+                _ => "",
+            };
+            parts.push(format!("status {s}{meaning}"));
+        }
+        if let Some(s) = &self.schemes {
+            parts.push(format!("schemes {s}"));
+        }
+        if let Some(s) = &self.scope {
+            parts.push(format!("required scope {s}"));
+        }
+        if let Some(o) = &self.other {
+            parts.push(format!("\"{}\"", o.escape_debug()));
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
 
 /// The base64 XOAUTH2 initial response.
 pub fn xoauth2(user: &str, token: &Secret) -> Secret {
@@ -49,6 +145,33 @@ mod tests {
         assert_eq!(
             s.expose(),
             "dXNlcj1zb21ldXNlckBleGFtcGxlLmNvbQFhdXRoPUJlYXJlciB5YTI5LnZGOWRmdDRxbVRjMk52YjNSbGNrQmhkSFJoZG1semRHRXVZMjl0Q2cBAQ=="
+        );
+    }
+
+    /// Error challenges decode into their fields and a readable summary.
+    #[test]
+    fn rejection_decodes() {
+        let r = Rejection::decode(
+            "eyJzdGF0dXMiOiI0MDEiLCJzY2hlbWVzIjoiYmVhcmVyIiwic2NvcGUiOiJtYWlsIn0=",
+        )
+        .expect("b64");
+        assert!(r.token_invalid());
+        assert_eq!(
+            r.to_string(),
+            "status 401 (token invalid or expired), schemes bearer, required scope mail"
+        );
+        let r = Rejection::decode(&STANDARD.encode(r#"{"status":"invalid_token"}"#)).expect("b64");
+        assert!(r.token_invalid());
+        let r = Rejection::decode(&STANDARD.encode("nope")).expect("b64");
+        assert!(!r.token_invalid());
+        assert_eq!(r.to_string(), "\"nope\"");
+        assert_eq!(Rejection::decode("***"), None);
+        assert_eq!(cancel_reply(Mechanism::Oauthbearer), "AQ==");
+        assert_eq!(
+            STANDARD
+                .decode(cancel_reply(Mechanism::Oauthbearer))
+                .expect("b64"),
+            [1]
         );
     }
 

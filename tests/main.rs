@@ -6,3 +6,5 @@ mod support;
 mod auth;
 mod config;
 mod secrets;
+mod send;
+mod stack;

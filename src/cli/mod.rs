@@ -3,6 +3,7 @@
 
 mod auth;
 mod config;
+mod send;
 
 use std::path::PathBuf;
 
@@ -60,6 +61,8 @@ pub enum Command {
     /// Inspect the configuration
     #[command(subcommand)]
     Config(config::ConfigCommand),
+    /// Send one message through an account's SMTP server
+    Send(Box<send::Args>),
 }
 
 /// What every command gets: resolved paths, output settings, the clock.
@@ -112,6 +115,7 @@ pub async fn run(cli: Cli, env: Env) -> Result<Exit> {
     match cli.command {
         Command::Auth(cmd) => cmd.run(&ctx).await,
         Command::Config(cmd) => cmd.run(&ctx),
+        Command::Send(args) => args.run(&ctx).await,
     }
 }
 

@@ -6,6 +6,7 @@
     reason = "each test binary uses a different part of the support code"
 )]
 
+pub mod mailstack;
 pub mod oauth_server;
 
 use std::fs;
@@ -14,7 +15,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 
-pub use oauth_server::{Fault, OAuthServer};
+pub use mailstack::MailStack;
+pub use oauth_server::{Fault, OAuthServer, Policy};
 
 /// The result of one run of the binary.
 #[derive(Debug)]
@@ -181,7 +183,12 @@ token_url = "{}"
 
     /// `auth import work` with a fresh grant from `server`; returns the refresh token.
     pub fn import(&self, server: &OAuthServer) -> String {
-        let rt = server.issue_grant("ops@example.com");
+        self.import_for(server, "ops@example.com")
+    }
+
+    /// `auth import work` with a fresh grant for `email`; returns the refresh token.
+    pub fn import_for(&self, server: &OAuthServer, email: &str) -> String {
+        let rt = server.issue_grant(email);
         let secret = server.client_secret();
         self.run_full(
             &["auth", "import", "work"],
@@ -190,6 +197,37 @@ token_url = "{}"
         )
         .expect_code(0);
         rt
+    }
+
+    /// Writes a config whose account `work` is `user` on the stack, sending through `port` with
+    /// `tls` and `mechanism`, trusting `ca_file`.
+    pub fn config_for_stack(
+        &self,
+        stack: &MailStack,
+        user: &str,
+        smtp: (u16, &str, &str),
+        ca_file: &Path,
+    ) {
+        let (port, tls, mechanism) = smtp;
+        self.write_config(&format!(
+            r#"
+[accounts.work]
+provider = "custom"
+email = "{user}"
+client_id = "test-client"
+client_secret_env = "MP_TEST_SECRET"
+token_url = "{token_url}"
+
+[accounts.work.smtp]
+host = "127.0.0.1"
+port = {port}
+tls = "{tls}"
+mechanism = "{mechanism}"
+ca_file = "{ca}"
+"#,
+            token_url = stack.oauth.token_url(),
+            ca = ca_file.display(),
+        ));
     }
 
     /// Runs with the test client secret in the environment.

@@ -37,6 +37,18 @@ pub enum Fault {
     InvalidGrant,
 }
 
+/// Per-user behaviour, so tests sharing one server (and one Dovecot) stay independent.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    /// How long this user's new access tokens really stay valid at introspection.
+    pub real_lifetime: Option<u64>,
+    /// Length of this user's new access tokens.
+    pub token_len: Option<usize>,
+    /// Introspection of this user's tokens fails with HTTP 500 (the mail server's token
+    /// validation is down).
+    pub introspection_down: bool,
+}
+
 #[derive(Debug, Clone)]
 struct Grant {
     email: String,
@@ -75,6 +87,10 @@ struct State {
     last_token_request: Option<Seen>,
     issued_access: Vec<String>,
     issued_refresh: Vec<String>,
+    policies: HashMap<String, Policy>,
+    rt_owner: HashMap<String, String>,
+    user_refreshes: HashMap<String, u64>,
+    user_introspections: HashMap<String, u64>,
 }
 
 /// The running server; stops accepting when dropped.
@@ -128,6 +144,10 @@ impl OAuthServer {
             last_token_request: None,
             issued_access: Vec::new(),
             issued_refresh: Vec::new(),
+            policies: HashMap::new(),
+            rt_owner: HashMap::new(),
+            user_refreshes: HashMap::new(),
+            user_introspections: HashMap::new(),
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let (st, sp) = (state.clone(), stop.clone());
@@ -185,7 +205,44 @@ impl OAuthServer {
             },
         );
         st.issued_refresh.push(rt.clone());
+        st.rt_owner.insert(rt.clone(), email.into());
         rt
+    }
+
+    /// Sets the behaviour for one user.
+    pub fn set_policy(&self, email: &str, policy: Policy) {
+        self.st().policies.insert(email.into(), policy);
+    }
+
+    /// Revokes one user's grants and access tokens.
+    pub fn revoke_user(&self, email: &str) {
+        let mut st = self.st();
+        st.grants.retain(|_, g| g.email != email);
+        st.access.retain(|_, a| a.email != email);
+    }
+
+    /// Token endpoint requests presenting one of this user's refresh tokens.
+    pub fn refresh_count_for(&self, email: &str) -> u64 {
+        self.st().user_refreshes.get(email).copied().unwrap_or(0)
+    }
+
+    /// Introspection requests for this user's tokens.
+    pub fn introspection_count_for(&self, email: &str) -> u64 {
+        self.st()
+            .user_introspections
+            .get(email)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// The newest access token issued to `email`.
+    pub fn last_access_token_for(&self, email: &str) -> Option<String> {
+        let st = self.st();
+        st.issued_access
+            .iter()
+            .rev()
+            .find(|t| st.access.get(*t).is_some_and(|a| a.email == email))
+            .cloned()
     }
 
     /// Revokes every grant and access token (as a user removing the app's access would).
@@ -341,6 +398,16 @@ fn introspect(conn: &TcpStream, state: &Mutex<State>, form: &HashMap<String, Str
     let mut st = state.lock().expect("state");
     st.introspections += 1;
     let token = form.get("token").cloned().unwrap_or_default();
+    if let Some(email) = st.access.get(&token).map(|a| a.email.clone()) {
+        *st.user_introspections.entry(email.clone()).or_default() += 1;
+        if st
+            .policies
+            .get(&email)
+            .is_some_and(|p| p.introspection_down)
+        {
+            return respond(conn, 500, "text/plain", "introspection backend down");
+        }
+    }
     match st.access.get(&token) {
         Some(a) if a.expires_at > now() => json(
             conn,
@@ -355,6 +422,13 @@ fn token(conn: &TcpStream, state: &Mutex<State>, req: &Request, form: HashMap<St
     let fault = {
         let mut st = state.lock().expect("state");
         st.refresh_requests += 1;
+        let owner = form
+            .get("refresh_token")
+            .and_then(|rt| st.rt_owner.get(rt))
+            .cloned();
+        if let Some(email) = owner {
+            *st.user_refreshes.entry(email).or_default() += 1;
+        }
         st.last_token_request = Some(Seen {
             form: form.clone(),
             authorization: req.headers.get("authorization").cloned(),
@@ -398,8 +472,12 @@ fn token(conn: &TcpStream, state: &Mutex<State>, req: &Request, form: HashMap<St
             serde_json::json!({"error": "invalid_grant", "error_description": "Token has been expired or revoked."}),
         );
     };
-    let access = mint("at-", st.token_len);
-    let lifetime = st.real_lifetime.unwrap_or(st.expires_in);
+    let policy = st.policies.get(&grant.email).cloned().unwrap_or_default();
+    let access = mint("at-", policy.token_len.unwrap_or(st.token_len));
+    let lifetime = policy
+        .real_lifetime
+        .or(st.real_lifetime)
+        .unwrap_or(st.expires_in);
     st.access.insert(
         access.clone(),
         Access {
@@ -418,8 +496,10 @@ fn token(conn: &TcpStream, state: &Mutex<State>, req: &Request, form: HashMap<St
     if st.rotate {
         let new_rt = mint("rt-", 40);
         st.grants.remove(&rt);
+        let grant_email = grant.email.clone();
         st.grants.insert(new_rt.clone(), grant);
         st.issued_refresh.push(new_rt.clone());
+        st.rt_owner.insert(new_rt.clone(), grant_email.clone());
         body["refresh_token"] = serde_json::Value::String(new_rt);
     }
     drop(st);

@@ -1,0 +1,489 @@
+//! SMTP on lettre's connection API: connect (implicit TLS or STARTTLS, never AUTH in clear text off
+//! loopback), authenticate with XOAUTH2 or OAUTHBEARER, send.
+//!
+//! lettre's own `Mechanism::Xoauth2` cannot answer a server's error challenge and has no
+//! OAUTHBEARER, so the AUTH exchange is driven here with `command()`: the `334 <base64 JSON>`
+//! challenge is decoded and answered, the final 535/454 read, and a rejected token triggers exactly
+//! one forced refresh and one retry. Every network step has a timeout.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use lettre::address::Envelope;
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
+use lettre::transport::smtp::extension::ClientId;
+use lettre::transport::smtp::response::Response;
+
+use crate::config::{Account, Server, Tls};
+use crate::oauth::{BoxError, Fetch, TokenSource, TokenStore};
+use crate::sasl::{self, Rejection};
+use crate::secret::Secret;
+
+/// Connecting, TLS and the greeting: long enough for a slow network, short enough for cron.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// One command and its reply (RFC 5321 §4.5.3.2 suggests minutes; servers answer in milliseconds).
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// The message body and the server's final reply (RFC 5321 §4.5.3.2.6: 10 minutes).
+const DATA_TIMEOUT: Duration = Duration::from_secs(600);
+/// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with its CRLF. Longer AUTH lines
+/// (Microsoft's 2.5 KB tokens) are sent as a bare `AUTH <mech>` and the response after `334`
+/// (Dovecot submission rejects command lines over ~1 KB).
+const MAX_COMMAND_LINE: usize = 512;
+
+/// SMTP failures a caller branches on; the variant decides the exit status.
+#[derive(Debug, thiserror::Error)]
+pub enum SmtpError {
+    /// A network failure, timeout or 4xx reply: retry later (exit 75).
+    #[error("{server}: {reason} (temporary; retry later)")]
+    Transient {
+        /// `host:port`.
+        server: String,
+        /// What happened.
+        reason: String,
+        /// The underlying error.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// The server refuses a freshly refreshed token: the grant does not give this account access
+    /// (exit 77).
+    #[error("{server} refused the login of account \"{account}\": {reason}")]
+    LoginRefused {
+        /// `host:port`.
+        server: String,
+        /// The account.
+        account: String,
+        /// The decoded server reason.
+        reason: String,
+        /// What to check.
+        hint: String,
+    },
+    /// A permanent failure no retry fixes: 5xx, TLS trust, protocol (exit 1).
+    #[error("{server}: {reason}")]
+    Failed {
+        /// `host:port`.
+        server: String,
+        /// What happened.
+        reason: String,
+        /// What to check.
+        hint: Option<String>,
+        /// The underlying error.
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+impl SmtpError {
+    /// The fix, if one is known.
+    pub fn hint(&self) -> Option<&str> {
+        match self {
+            SmtpError::Transient { .. } => None,
+            SmtpError::LoginRefused { hint, .. } => Some(hint),
+            SmtpError::Failed { hint, .. } => hint.as_deref(),
+        }
+    }
+}
+
+/// Why one login attempt failed.
+enum LoginFailure {
+    /// The server answered the AUTH with an error challenge and/or a 5xx.
+    Rejected {
+        challenge: Option<Rejection>,
+        reply: String,
+    },
+    /// Anything else, already classified.
+    Other(SmtpError),
+}
+
+/// An authenticated SMTP connection.
+pub struct Session {
+    conn: AsyncSmtpConnection,
+    server: String,
+}
+
+impl Session {
+    /// Connects to the account's SMTP server and logs in with a valid token, refreshing once if the
+    /// server says the token is invalid.
+    ///
+    /// # Errors
+    /// [`SmtpError`] or an [`crate::oauth::AuthError`] (possibly under context naming the server).
+    pub async fn open<S: TokenStore>(
+        account: &Account,
+        tokens: &TokenSource<'_, S>,
+    ) -> Result<Session> {
+        let server = account.smtp.as_ref().with_context(|| {
+            format!(
+                "account \"{}\" has no [accounts.{}.smtp] server",
+                account.name, account.name
+            )
+        })?;
+        let name = format!("{}:{}", server.host, server.port);
+        let token = tokens
+            .access_token(Fetch::IfNeeded)
+            .await?
+            .token
+            .access_token;
+        let rejection = match login(account, server, &token).await {
+            Ok(conn) => return Ok(Session { conn, server: name }),
+            Err(LoginFailure::Other(e)) => return Err(e.into()),
+            Err(LoginFailure::Rejected {
+                challenge: Some(c), ..
+            }) if c.token_invalid() => c,
+            Err(LoginFailure::Rejected { challenge, reply }) => {
+                return Err(refused_without_token_error(account, &name, challenge, &reply).into())
+            }
+        };
+        tracing::info!(account = %account.name, server = %name, reason = %rejection, "server rejected the access token; refreshing it once");
+        let fresh = tokens.access_token(Fetch::Force).await.with_context(|| {
+            format!(
+                "{name} rejected the access token of account \"{}\" ({rejection}), and refreshing it failed",
+                account.name
+            )
+        })?;
+        match login(account, server, &fresh.token.access_token).await {
+            Ok(conn) => Ok(Session { conn, server: name }),
+            Err(LoginFailure::Other(e)) => Err(e.into()),
+            Err(LoginFailure::Rejected { challenge, reply }) => {
+                let reason = challenge.map_or(reply, |c| c.to_string());
+                Err(SmtpError::LoginRefused {
+                    server: name,
+                    account: account.name.clone(),
+                    reason: format!("a freshly refreshed token was rejected too ({reason})"),
+                    hint: format!(
+                        "check that email = \"{}\" is the mailbox that granted access and that the grant includes the server's scope; then get a new grant with `{}`",
+                        account.email,
+                        crate::oauth::login_command(&account.name)
+                    ),
+                }
+                .into())
+            }
+        }
+    }
+
+    /// Sends one message. Returns the server's final reply.
+    ///
+    /// # Errors
+    /// [`SmtpError`]: 4xx and network failures are transient, 5xx permanent.
+    pub async fn send(
+        &mut self,
+        envelope: &Envelope,
+        message: &[u8],
+    ) -> Result<Response, SmtpError> {
+        let server = &self.server;
+        timed(
+            DATA_TIMEOUT,
+            server,
+            "sending the message",
+            self.conn.send(envelope, message),
+        )
+        .await
+    }
+
+    /// Ends the session politely; errors are ignored (the message is already accepted).
+    pub async fn quit(mut self) {
+        let _ = tokio::time::timeout(COMMAND_TIMEOUT, self.conn.quit()).await;
+    }
+}
+
+/// The error for a login refused without a usable "token invalid" challenge.
+fn refused_without_token_error(
+    account: &Account,
+    server: &str,
+    challenge: Option<Rejection>,
+    reply: &str,
+) -> SmtpError {
+    let disabled = reply.contains("5.7.139")
+        || reply.contains("5.7.3 ")
+        || reply.contains("SmtpClientAuthentication");
+    let hint = if disabled {
+        Some("Microsoft: SMTP AUTH is disabled for this mailbox or tenant; an admin must enable \"Authenticated SMTP\" (Exchange admin center → the mailbox → Email apps, or Set-CASMailbox -SmtpClientAuthenticationDisabled $false)".to_string())
+    } else {
+        Some(format!(
+            "check mechanism of [accounts.{}.smtp] and that the server accepts OAuth2 logins for {}",
+            account.name, account.email
+        ))
+    };
+    let reason = match challenge {
+        Some(c) => format!("login refused ({c}): {reply}"),
+        None => format!("login refused: {reply}"),
+    };
+    SmtpError::Failed {
+        server: server.to_string(),
+        reason,
+        hint,
+        source: None,
+    }
+}
+
+/// Runs `fut` with a timeout, classifying its lettre error.
+async fn timed<T>(
+    limit: Duration,
+    server: &str,
+    what: &str,
+    fut: impl Future<Output = Result<T, lettre::transport::smtp::Error>>,
+) -> Result<T, SmtpError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(classify(server, what, e)),
+        Err(_) => Err(SmtpError::Transient {
+            server: server.to_string(),
+            reason: format!(
+                "{what} timed out after {}",
+                humantime::format_duration(limit)
+            ),
+            source: None,
+        }),
+    }
+}
+
+/// 4xx and network trouble are transient; 5xx and TLS failures are not.
+fn classify(server: &str, what: &str, e: lettre::transport::smtp::Error) -> SmtpError {
+    let server = server.to_string();
+    if e.is_permanent() {
+        return SmtpError::Failed {
+            server,
+            reason: format!("{what} failed: {e}"),
+            hint: None,
+            source: None,
+        };
+    }
+    if e.is_transient() {
+        return SmtpError::Transient {
+            server,
+            reason: format!("{what} failed: {e}"),
+            source: None,
+        };
+    }
+    if let Some(tls) = tls_failure(&e) {
+        return SmtpError::Failed {
+            server,
+            reason: format!("{what} failed: the TLS handshake failed ({tls})"),
+            hint: Some("the server's certificate is not trusted for this host name: check host, or set ca_file to the CA that signed it".into()),
+            source: None,
+        };
+    }
+    SmtpError::Transient {
+        server,
+        reason: format!("{what} failed"),
+        source: Some(Box::new(e)),
+    }
+}
+
+/// A TLS alert or certificate error, as its innermost text: rustls errors reach us as
+/// `io::Error` of kind InvalidData (lettre's wrappers around it only repeat "Connection error").
+fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if let Some(io) = c.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::InvalidData {
+                return Some(io.to_string());
+            }
+        }
+        cause = c.source();
+    }
+    None
+}
+
+fn tls_parameters(server: &Server, name: &str) -> Result<TlsParameters, SmtpError> {
+    let failed = |reason: String, e: lettre::transport::smtp::Error| SmtpError::Failed {
+        server: name.to_string(),
+        reason,
+        hint: None,
+        source: Some(Box::new(e)),
+    };
+    let mut builder = TlsParameters::builder(server.host.clone());
+    if let Some(ca) = &server.ca_file {
+        let pem = std::fs::read(ca).map_err(|e| SmtpError::Failed {
+            server: name.to_string(),
+            reason: format!("failed to read ca_file {}", ca.display()),
+            hint: None,
+            source: Some(Box::new(e)),
+        })?;
+        let cert = Certificate::from_pem(&pem).map_err(|e| {
+            failed(
+                format!("ca_file {} holds no usable PEM certificate", ca.display()),
+                e,
+            )
+        })?;
+        builder = builder.add_root_certificate(cert);
+    }
+    builder
+        .build_rustls()
+        .map_err(|e| failed("failed to set up TLS".into(), e))
+}
+
+/// Connects, secures the connection as configured, and runs one AUTH exchange.
+async fn login(
+    account: &Account,
+    server: &Server,
+    token: &Secret,
+) -> Result<AsyncSmtpConnection, LoginFailure> {
+    let name = format!("{}:{}", server.host, server.port);
+    let other = LoginFailure::Other;
+    let hello = ClientId::default();
+    let addr = (server.host.as_str(), server.port);
+    let implicit = match server.tls {
+        Tls::Implicit => Some(tls_parameters(server, &name).map_err(other)?),
+        Tls::Starttls | Tls::None => None,
+    };
+    let connect =
+        AsyncSmtpConnection::connect_tokio1(addr, Some(CONNECT_TIMEOUT), &hello, implicit, None);
+    let mut conn = timed(CONNECT_TIMEOUT, &name, "connecting", connect)
+        .await
+        .map_err(other)?;
+    if server.tls == Tls::Starttls {
+        if !conn.can_starttls() {
+            conn.abort().await;
+            return Err(other(SmtpError::Failed {
+                server: name,
+                reason:
+                    "the server does not offer STARTTLS; refusing to send a token in clear text"
+                        .into(),
+                hint: Some("use tls = \"implicit\" with the server's TLS port (465)".into()),
+                source: None,
+            }));
+        }
+        let params = tls_parameters(server, &name).map_err(other)?;
+        timed(
+            CONNECT_TIMEOUT,
+            &name,
+            "STARTTLS",
+            conn.starttls(params, &hello),
+        )
+        .await
+        .map_err(other)?;
+    }
+    tracing::debug!(account = %account.name, server = %name, tls = server.tls.name(), "connected");
+    match authenticate(&mut conn, account, server, &name, token).await {
+        Ok(()) => Ok(conn),
+        Err(e) => {
+            conn.abort().await;
+            Err(e)
+        }
+    }
+}
+
+/// One AUTH exchange. The initial response goes on the AUTH line when that fits in 512 octets,
+/// else after a bare `AUTH <MECH>` and the server's empty `334`.
+async fn authenticate(
+    conn: &mut AsyncSmtpConnection,
+    account: &Account,
+    server: &Server,
+    name: &str,
+    token: &Secret,
+) -> Result<(), LoginFailure> {
+    let mech = server.mechanism.name().to_ascii_uppercase();
+    let response = sasl::initial_response(
+        server.mechanism,
+        &account.email,
+        (&server.host, server.port),
+        token,
+    );
+    let inline_len = "AUTH ".len() + mech.len() + 1 + response.expose().len() + 2;
+    tracing::trace!(server = %name, mechanism = %mech, inline = inline_len <= MAX_COMMAND_LINE, "AUTH {mech} [redacted]");
+    let first = if inline_len <= MAX_COMMAND_LINE {
+        command(conn, name, format!("AUTH {mech} {}\r\n", response.expose())).await
+    } else {
+        match command(conn, name, format!("AUTH {mech}\r\n")).await {
+            Ok(r) if r.has_code(334) => {
+                command(conn, name, format!("{}\r\n", response.expose())).await
+            }
+            other => other,
+        }
+    };
+    let reply = match first {
+        Ok(r) if r.has_code(235) => return Ok(()),
+        Ok(r) if r.has_code(334) => r,
+        Ok(r) => {
+            return Err(LoginFailure::Other(SmtpError::Failed {
+                server: name.to_string(),
+                reason: format!("unexpected reply to AUTH: {}", reply_text(&r)),
+                hint: None,
+                source: None,
+            }))
+        }
+        Err(AuthReply::Negative(e)) if e.is_transient() => {
+            return Err(LoginFailure::Other(SmtpError::Transient {
+                server: name.to_string(),
+                reason: format!("the server could not check the token now: {e}"),
+                source: None,
+            }))
+        }
+        Err(AuthReply::Negative(e)) => {
+            return Err(LoginFailure::Rejected {
+                challenge: None,
+                reply: e.to_string(),
+            })
+        }
+        Err(AuthReply::Failed(e)) => return Err(LoginFailure::Other(e)),
+    };
+    // An error challenge: decode it, let the server finish the exchange, read its final reply.
+    let challenge = reply.first_line().and_then(Rejection::decode);
+    let cancel = format!("{}\r\n", sasl::cancel_reply(server.mechanism));
+    match command(conn, name, cancel).await {
+        Err(AuthReply::Negative(e)) if e.is_transient() => {
+            Err(LoginFailure::Other(SmtpError::Transient {
+                server: name.to_string(),
+                reason: format!("the server could not check the token now: {e}"),
+                source: None,
+            }))
+        }
+        Err(AuthReply::Negative(e)) => Err(LoginFailure::Rejected {
+            challenge,
+            reply: e.to_string(),
+        }),
+        Err(AuthReply::Failed(e)) => Err(LoginFailure::Other(e)),
+        Ok(r) => Err(LoginFailure::Rejected {
+            challenge,
+            reply: reply_text(&r),
+        }),
+    }
+}
+
+/// A command's outcome: lettre turns 4xx/5xx replies into errors; keep them apart from failures to
+/// talk at all.
+enum AuthReply {
+    Negative(lettre::transport::smtp::Error),
+    Failed(SmtpError),
+}
+
+async fn command(
+    conn: &mut AsyncSmtpConnection,
+    name: &str,
+    line: String,
+) -> Result<Response, AuthReply> {
+    match tokio::time::timeout(COMMAND_TIMEOUT, conn.command(line)).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) if e.is_transient() || e.is_permanent() => Err(AuthReply::Negative(e)),
+        Ok(Err(e)) => Err(AuthReply::Failed(classify(name, "AUTH", e))),
+        Err(_) => Err(AuthReply::Failed(SmtpError::Transient {
+            server: name.to_string(),
+            reason: format!(
+                "AUTH timed out after {}",
+                humantime::format_duration(COMMAND_TIMEOUT)
+            ),
+            source: None,
+        })),
+    }
+}
+
+fn reply_text(r: &Response) -> String {
+    format!("{} {}", r.code(), r.message().collect::<Vec<_>>().join(" "))
+}
+
+/// Sends one message over a new session and returns the server's final reply.
+///
+/// # Errors
+/// As [`Session::open`] and [`Session::send`].
+pub async fn send_one<S: TokenStore>(
+    account: &Account,
+    tokens: &TokenSource<'_, S>,
+    message: &lettre::Message,
+) -> Result<Response> {
+    let mut session = Session::open(account, tokens).await?;
+    let reply = session
+        .send(message.envelope(), &message.formatted())
+        .await?;
+    session.quit().await;
+    Ok(reply)
+}
