@@ -402,13 +402,7 @@ async fn authenticate(
                 source: None,
             }))
         }
-        Err(AuthReply::Negative(e)) if e.is_transient() => {
-            return Err(LoginFailure::Other(SmtpError::Transient {
-                server: name.to_string(),
-                reason: format!("the server could not check the token now: {e}"),
-                source: None,
-            }))
-        }
+        Err(AuthReply::Negative(e)) if e.is_transient() => return Err(cannot_check_now(name, &e)),
         Err(AuthReply::Negative(e)) => {
             return Err(LoginFailure::Rejected {
                 challenge: None,
@@ -421,13 +415,7 @@ async fn authenticate(
     let challenge = reply.first_line().and_then(Rejection::decode);
     let cancel = format!("{}\r\n", sasl::cancel_reply(server.mechanism));
     match command(conn, name, cancel).await {
-        Err(AuthReply::Negative(e)) if e.is_transient() => {
-            Err(LoginFailure::Other(SmtpError::Transient {
-                server: name.to_string(),
-                reason: format!("the server could not check the token now: {e}"),
-                source: None,
-            }))
-        }
+        Err(AuthReply::Negative(e)) if e.is_transient() => Err(cannot_check_now(name, &e)),
         Err(AuthReply::Negative(e)) => Err(LoginFailure::Rejected {
             challenge,
             reply: e.to_string(),
@@ -438,6 +426,15 @@ async fn authenticate(
             reply: reply_text(&r),
         }),
     }
+}
+
+/// A 4xx reply to AUTH: the server's token validation is unavailable (Dovecot's 454).
+fn cannot_check_now(name: &str, e: &lettre::transport::smtp::Error) -> LoginFailure {
+    LoginFailure::Other(SmtpError::Transient {
+        server: name.to_string(),
+        reason: format!("the server could not check the token now: {e}"),
+        source: None,
+    })
 }
 
 /// A command's outcome: lettre turns 4xx/5xx replies into errors; keep them apart from failures to

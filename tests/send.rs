@@ -5,6 +5,7 @@ use std::fs;
 
 use mail_parser::{MessageParser, MimeHeaders};
 
+use crate::support::mailstack::{DEFER_DOMAIN, REJECT_DOMAIN};
 use crate::support::{MailStack, Policy, Run, TestEnv};
 
 const SECRET_VAR: &str = "MP_TEST_SECRET";
@@ -13,6 +14,15 @@ fn send(env: &TestEnv, stack: &MailStack, args: &[&str]) -> Run {
     let mut all = vec!["send"];
     all.extend_from_slice(args);
     env.run_full(&all, &[(SECRET_VAR, &stack.oauth.client_secret())], None)
+}
+
+/// A config for a fresh user of the stack sending through `smtp`; returns the env, the user and a
+/// recipient mailbox.
+fn setup(stack: &MailStack, test: &str, smtp: (u16, &str, &str)) -> (TestEnv, String, String) {
+    let (user, rcpt) = (stack.user(test), stack.user(&format!("{test}-rcpt")));
+    let env = TestEnv::new();
+    env.config_for_stack(stack, &user, smtp, &stack.ca_file);
+    (env, user, rcpt)
 }
 
 /// Bytes with every value, so any transfer-encoding damage shows.
@@ -25,9 +35,7 @@ fn binary_attachment(env: &TestEnv) -> (std::path::PathBuf, Vec<u8>) {
 
 fn full_message_roundtrip(test: &str, smtp: (u16, &str, &str)) {
     let stack = MailStack::get();
-    let (user, rcpt) = (stack.user(test), stack.user(&format!("{test}-rcpt")));
-    let env = TestEnv::new();
-    env.config_for_stack(stack, &user, smtp, &stack.ca_file);
+    let (env, user, rcpt) = setup(stack, test, smtp);
     env.import_for(&stack.oauth, &user);
     let (attachment, bytes) = binary_attachment(&env);
     let html = env.root().join("body.html");
@@ -116,13 +124,10 @@ fn dovecot_starttls_oauthbearer() {
 #[test]
 fn expired_at_server_refreshes_once() {
     let stack = MailStack::get();
-    let (user, rcpt) = (stack.user("expired"), stack.user("expired-rcpt"));
-    let env = TestEnv::new();
-    env.config_for_stack(
+    let (env, user, rcpt) = setup(
         stack,
-        &user,
+        "expired",
         (stack.ports.postfix_submission, "starttls", "xoauth2"),
-        &stack.ca_file,
     );
     stack.oauth.set_policy(
         &user,
@@ -158,13 +163,10 @@ fn expired_at_server_refreshes_once() {
 #[test]
 fn revoked_grant_needs_authorization() {
     let stack = MailStack::get();
-    let (user, rcpt) = (stack.user("revoked"), stack.user("revoked-rcpt"));
-    let env = TestEnv::new();
-    env.config_for_stack(
+    let (env, user, rcpt) = setup(
         stack,
-        &user,
+        "revoked",
         (stack.ports.postfix_submission, "starttls", "xoauth2"),
-        &stack.ca_file,
     );
     env.import_for(&stack.oauth, &user);
     stack.oauth.revoke_user(&user);
@@ -190,13 +192,10 @@ fn revoked_grant_needs_authorization() {
 #[test]
 fn validation_down_is_transient() {
     let stack = MailStack::get();
-    let (user, rcpt) = (stack.user("valdown"), stack.user("valdown-rcpt"));
-    let env = TestEnv::new();
-    env.config_for_stack(
+    let (env, user, rcpt) = setup(
         stack,
-        &user,
+        "valdown",
         (stack.ports.dovecot_submissions, "implicit", "xoauth2"),
-        &stack.ca_file,
     );
     env.import_for(&stack.oauth, &user);
     stack.oauth.set_policy(
@@ -335,13 +334,10 @@ fn untrusted_certificate_sends_no_auth() {
 #[test]
 fn nothing_leaks_at_trace_level() {
     let stack = MailStack::get();
-    let (user, rcpt) = (stack.user("leak"), stack.user("leak-rcpt"));
-    let env = TestEnv::new();
-    env.config_for_stack(
+    let (env, user, rcpt) = setup(
         stack,
-        &user,
+        "leak",
         (stack.ports.dovecot_submission, "starttls", "oauthbearer"),
-        &stack.ca_file,
     );
     stack.oauth.set_policy(
         &user,
@@ -386,6 +382,50 @@ fn nothing_leaks_at_trace_level() {
         assert!(!out.contains(s.trim()), "leaks the {sasl} string");
     }
     assert!(!out.contains(&token));
+}
+
+/// A recipient refused with 5xx fails the send (exit 1) with the server's reply; with 4xx it is
+/// transient (exit 75); in both cases nothing is delivered to the other recipient.
+#[test]
+fn refused_recipients() {
+    let stack = MailStack::get();
+    let (env, user, rcpt) = setup(
+        stack,
+        "rcpt",
+        (stack.ports.postfix_submission, "starttls", "xoauth2"),
+    );
+    env.import_for(&stack.oauth, &user);
+    let bad = format!("nobody@{REJECT_DOMAIN}");
+    let run = send(
+        &env,
+        stack,
+        &["--to", &rcpt, "--to", &bad, "--subject", "x", "--text", "x"],
+    );
+    run.expect_code(1);
+    assert!(run.stderr.contains("permanent error (550): 5.1.1 <nobody@reject.mailpilot.test>: Recipient address rejected: no such mailbox here"), "{}", run.stderr);
+    let later = format!("busy@{DEFER_DOMAIN}");
+    let run = send(
+        &env,
+        stack,
+        &[
+            "--to",
+            &rcpt,
+            "--to",
+            &later,
+            "--subject",
+            "x",
+            "--text",
+            "x",
+        ],
+    );
+    run.expect_code(75);
+    assert!(
+        run.stderr.contains("transient error (450): 4.2.1"),
+        "{}",
+        run.stderr
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert!(stack.delivered(&rcpt).is_empty(), "no partial delivery");
 }
 
 /// `--dry-run` prints the RFC 5322 message and needs no account when --from is given.

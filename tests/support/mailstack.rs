@@ -18,6 +18,11 @@ use super::OAuthServer;
 
 const INSTALL_HINT: &str = "install the test servers with `sudo scripts/install-test-deps.sh` (Debian packages dovecot-core dovecot-imapd dovecot-lmtpd dovecot-submissiond postfix openssl)";
 
+/// Postfix refuses recipients in this domain with `550 5.1.1`.
+pub const REJECT_DOMAIN: &str = "reject.mailpilot.test";
+/// Postfix refuses recipients in this domain with `450 4.2.1`.
+pub const DEFER_DOMAIN: &str = "defer.mailpilot.test";
+
 /// Loopback ports of the running servers.
 #[derive(Debug, Clone, Copy)]
 pub struct Ports {
@@ -301,6 +306,8 @@ default_transport = lmtp:inet:127.0.0.1:{lmtp}
 relay_transport = lmtp:inet:127.0.0.1:{lmtp}
 local_transport = lmtp:inet:127.0.0.1:{lmtp}
 smtpd_relay_restrictions = permit_mynetworks, permit_sasl_authenticated, reject
+# Recipients that fail on purpose: {reject_domain} permanently, {defer_domain} temporarily.
+smtpd_recipient_restrictions = check_recipient_access inline:{{ {{{reject_domain}=550 5.1.1 no such mailbox here}}, {{{defer_domain}=450 4.2.1 mailbox busy, try later}} }}
 smtpd_tls_cert_file = {r}/tls/server.crt
 smtpd_tls_key_file = {r}/tls/server.key
 smtpd_tls_security_level = may
@@ -309,7 +316,9 @@ smtpd_sasl_path = private/auth
 smtpd_sasl_auth_enable = no
 shlib_directory = /usr/lib/postfix
 "#,
-            lmtp = p.lmtp
+            lmtp = p.lmtp,
+            reject_domain = REJECT_DOMAIN,
+            defer_domain = DEFER_DOMAIN,
         );
         let auth = "-o smtpd_sasl_auth_enable=yes -o smtpd_relay_restrictions=permit_sasl_authenticated,reject";
         let master = format!(
