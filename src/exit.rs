@@ -42,6 +42,11 @@ impl Exit {
 #[error("{0}")]
 pub struct UsageError(pub String);
 
+/// Another process is doing the same work right now (a batch or job lock is held): retry later.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Busy(pub String);
+
 /// The exit status for `err`: the first typed error in its chain decides.
 pub fn classify(err: &anyhow::Error) -> Exit {
     for cause in err.chain() {
@@ -58,6 +63,9 @@ pub fn classify(err: &anyhow::Error) -> Exit {
                 SmtpError::LoginRefused { .. } => Exit::NeedsAuthorization,
                 SmtpError::Failed { .. } => Exit::Failure,
             };
+        }
+        if cause.downcast_ref::<Busy>().is_some() {
+            return Exit::Transient;
         }
         if cause.downcast_ref::<ConfigError>().is_some()
             || cause.downcast_ref::<UsageError>().is_some()

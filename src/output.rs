@@ -66,6 +66,25 @@ impl Output {
         }
     }
 
+    /// A one-line progress counter on stderr, redrawn in place; only when stderr is a terminal
+    /// (logs and cron mail stay clean) and not `-q`. Call [`Output::progress_end`] after the last.
+    pub fn progress(&self, what: &str, done: usize, total: usize) {
+        use std::io::IsTerminal;
+        if !self.quiet && io::stderr().is_terminal() {
+            let mut err = io::stderr().lock();
+            let _ = write!(err, "\r{what} {done}/{total}");
+            let _ = err.flush();
+        }
+    }
+
+    /// Ends a progress line.
+    pub fn progress_end(&self) {
+        use std::io::IsTerminal;
+        if !self.quiet && io::stderr().is_terminal() {
+            eprintln!();
+        }
+    }
+
     /// A warning on stderr (always shown).
     pub fn warn(&self, message: &str) {
         eprintln!("warning: {message}");

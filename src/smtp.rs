@@ -99,6 +99,8 @@ enum LoginFailure {
 pub struct Session {
     conn: AsyncSmtpConnection,
     server: String,
+    /// When the token this session logged in with expires (unix seconds).
+    token_expires_at: u64,
 }
 
 impl Session {
@@ -111,20 +113,23 @@ impl Session {
         account: &Account,
         tokens: &TokenSource<'_, S>,
     ) -> Result<Session> {
-        let server = account.smtp.as_ref().with_context(|| {
-            format!(
-                "account \"{}\" has no [accounts.{}.smtp] server",
+        let Some(server) = account.smtp.as_ref() else {
+            return Err(crate::exit::UsageError(format!(
+                "account \"{}\" has no SMTP server: add an [accounts.{}.smtp] table with host and port",
                 account.name, account.name
-            )
-        })?;
+            ))
+            .into());
+        };
         let name = format!("{}:{}", server.host, server.port);
-        let token = tokens
-            .access_token(Fetch::IfNeeded)
-            .await?
-            .token
-            .access_token;
-        let rejection = match login(account, server, &token).await {
-            Ok(conn) => return Ok(Session { conn, server: name }),
+        let obtained = tokens.access_token(Fetch::IfNeeded).await?.token;
+        let rejection = match login(account, server, &obtained.access_token).await {
+            Ok(conn) => {
+                return Ok(Session {
+                    conn,
+                    server: name,
+                    token_expires_at: obtained.expires_at,
+                })
+            }
             Err(LoginFailure::Other(e)) => return Err(e.into()),
             Err(LoginFailure::Rejected {
                 challenge: Some(c), ..
@@ -141,7 +146,11 @@ impl Session {
             )
         })?;
         match login(account, server, &fresh.token.access_token).await {
-            Ok(conn) => Ok(Session { conn, server: name }),
+            Ok(conn) => Ok(Session {
+                conn,
+                server: name,
+                token_expires_at: fresh.token.expires_at,
+            }),
             Err(LoginFailure::Other(e)) => Err(e.into()),
             Err(LoginFailure::Rejected { challenge, reply }) => {
                 let reason = challenge.map_or(reply, |c| c.to_string());
@@ -177,6 +186,17 @@ impl Session {
             self.conn.send(envelope, message),
         )
         .await
+    }
+
+    /// Whether the session's token has `margin` or less left at `now`: a long batch then
+    /// reconnects with a fresh token rather than outliving it.
+    pub fn token_expiring(&self, now: u64, margin: Duration) -> bool {
+        now.saturating_add(margin.as_secs()) >= self.token_expires_at
+    }
+
+    /// `host:port`.
+    pub fn server(&self) -> &str {
+        &self.server
     }
 
     /// Ends the session politely; errors are ignored (the message is already accepted).

@@ -5,6 +5,7 @@ mod support;
 
 mod auth;
 mod config;
+mod merge;
 mod secrets;
 mod send;
 mod stack;

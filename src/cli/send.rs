@@ -1,21 +1,27 @@
-//! `mailpilot send`: one message, now.
+//! `mailpilot send`: one message, one templated message, or a mail merge (`--each`).
 
 use std::io::{IsTerminal, Read};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::Serialize;
+use serde_json::{Map, Value};
 
 use super::Ctx;
-use crate::compose::{parse_header, Draft};
+use crate::compose::template::Templates;
+use crate::compose::{data, parse_header, Draft};
 use crate::config::{Account, Config};
 use crate::exit::{Exit, UsageError};
+use crate::journal::Journal;
 use crate::oauth::TokenSource;
 use crate::output::JSON_SCHEMA_VERSION;
+use crate::send::{self, BatchOptions, Merge, Prepared};
 use crate::smtp;
 
-/// Sends one message through the account's SMTP server (XOAUTH2/OAUTHBEARER with a fresh token).
-/// Exit 0 only when the server accepted every recipient.
+/// Sends one message, one message rendered from a template, or one message per data row (mail
+/// merge) through the account's SMTP server. Exit 0 only when the server accepted every message
+/// and recipient.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Account to send from [default: the only configured account]
@@ -34,26 +40,87 @@ pub struct Args {
     #[arg(long, value_name = "ADDR")]
     bcc: Vec<String>,
     /// Subject
-    #[arg(long, short, default_value = "")]
-    subject: String,
-    /// Plain-text body [default: read from stdin unless --html-file is given]
-    #[arg(long, conflicts_with = "text_file")]
+    #[arg(long, short, conflicts_with = "template")]
+    subject: Option<String>,
+    /// Plain-text body [default: read from stdin unless --html-file or --template is given]
+    #[arg(long, conflicts_with_all = ["text_file", "template"])]
     text: Option<String>,
     /// Plain-text body from a file
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "template")]
     text_file: Option<PathBuf>,
     /// HTML body from a file (sent as an alternative to the text)
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", conflicts_with = "template")]
     html_file: Option<PathBuf>,
+    /// Render subject, text and HTML from template NAME (NAME.j2 in the templates directory)
+    #[arg(long, short = 't', value_name = "NAME")]
+    template: Option<String>,
+    /// Template variable (repeatable), KEY=VALUE
+    #[arg(long, value_name = "KEY=VALUE", requires = "template")]
+    var: Vec<String>,
+    /// Template variables from a JSON object file
+    #[arg(long, value_name = "FILE.json", requires = "template")]
+    data: Option<PathBuf>,
+    /// Mail merge: one message per row of a CSV, JSON or JSON Lines file (columns `to`, `cc`,
+    /// `bcc`, `attachments`, `id` plus the template's variables)
+    #[arg(long, value_name = "FILE", requires = "template")]
+    each: Option<PathBuf>,
+    /// With --each: send the valid rows even if some are invalid (those are listed and skipped)
+    #[arg(long, requires = "each")]
+    skip_invalid: bool,
+    /// With --each: at most this many messages, e.g. 30/min, 2/s, 500/h
+    #[arg(long, value_name = "N/UNIT", requires = "each", value_parser = parse_rate)]
+    rate: Option<Duration>,
+    /// With --each: the journal name [default: derived from account, template and data file];
+    /// use a new name (e.g. with the date) to send the same rows again
+    #[arg(long, value_name = "NAME", requires = "each", value_parser = parse_batch)]
+    batch: Option<String>,
+    /// Templates directory [default: templates_dir from the config, or templates/ next to it]
+    #[arg(long, value_name = "DIR")]
+    templates_dir: Option<PathBuf>,
     /// Attach a file (repeatable); its MIME type is guessed from the extension
     #[arg(long, value_name = "FILE")]
     attach: Vec<PathBuf>,
     /// Extra header, "Name: value" (repeatable)
     #[arg(long, value_name = "HEADER")]
     header: Vec<String>,
-    /// Print the message (RFC 5322) to stdout instead of sending it
+    /// Print the message(s) (RFC 5322) to stdout instead of sending
     #[arg(long)]
     dry_run: bool,
+}
+
+/// `--rate`: the pause between messages.
+fn parse_rate(text: &str) -> Result<Duration, String> {
+    let (n, unit) = text.split_once('/').ok_or("expected N/UNIT, e.g. 30/min")?;
+    let n: u32 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("{n:?} is not a number"))?;
+    let per = match unit.trim() {
+        "s" | "sec" => 1,
+        "m" | "min" => 60,
+        "h" | "hour" => 3600,
+        other => return Err(format!("unknown unit {other:?} (use s, min or h)")),
+    };
+    if n == 0 {
+        return Err("the rate must be at least 1".into());
+    }
+    Ok(Duration::from_secs(per) / n)
+}
+
+fn parse_batch(text: &str) -> Result<String, String> {
+    if !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && text.len() <= 64
+    {
+        Ok(text.to_string())
+    } else {
+        Err(
+            "use letters, digits, '-', '_' and '.' (it names a file and goes into Message-IDs)"
+                .into(),
+        )
+    }
 }
 
 #[derive(Serialize)]
@@ -63,6 +130,26 @@ struct SentJson<'a> {
     message_id: Option<String>,
     recipients: usize,
     reply: String,
+}
+
+#[derive(Serialize)]
+struct MergeJson<'a> {
+    version: u32,
+    account: &'a str,
+    batch: &'a str,
+    journal: String,
+    rows: usize,
+    sent: usize,
+    already_sent: usize,
+    invalid: Vec<ProblemJson>,
+    rejected: Vec<ProblemJson>,
+    sessions: usize,
+}
+
+#[derive(Serialize)]
+struct ProblemJson {
+    row: String,
+    problem: String,
 }
 
 impl Args {
@@ -78,37 +165,237 @@ impl Args {
             _ => Some(ctx.config()?),
         };
         let account = config.as_ref().map(|c| self.account(c)).transpose()?;
-        let draft = self.draft(account)?;
-        let message = draft.build()?;
+        let base = self.base_draft(account)?;
+        if let Some(each) = &self.each {
+            let config_dir = config.as_ref().map(|c| c.templates_dir.clone());
+            return self.merge(ctx, account, &base, each, config_dir).await;
+        }
+        let message = match &self.template {
+            Some(name) => self.templated(name, &base, config.as_ref())?,
+            None => self.plain_body(base)?.build()?,
+        };
         if self.dry_run {
-            let text = String::from_utf8_lossy(&message.formatted()).into_owned();
-            ctx.out.data(text.trim_end_matches("\r\n"))?;
-            return Ok(Exit::Success);
+            return print_message(ctx, &message);
         }
         let account = account.context("internal: sending without an account")?;
+        self.send_one(ctx, account, &message).await
+    }
+
+    /// One message from a template: `--data`/`--var` are its variables, and may also give `to`,
+    /// `cc`, `bcc` and `attachments` as a merge row would.
+    fn templated(
+        &self,
+        name: &str,
+        base: &Draft,
+        config: Option<&Config>,
+    ) -> Result<lettre::Message> {
+        let templates =
+            Templates::new(&self.templates_dir(config.map(|c| c.templates_dir.clone())));
+        let globals = self.globals()?;
+        let data_file = self.data.clone().unwrap_or_else(|| PathBuf::from("--var"));
+        let merge = Merge {
+            template: name,
+            globals: &globals,
+            base,
+            data_file: &data_file,
+            batch: None,
+        };
+        let row = data::Row {
+            number: 1,
+            vars: Map::new(),
+        };
+        let (mut ok, bad) = send::prepare(&templates, &merge, std::slice::from_ref(&row));
+        match (ok.pop(), bad.into_iter().next()) {
+            (Some(p), _) => Ok(p.message),
+            (None, Some(bad)) => Err(UsageError(bad.problem).into()),
+            (None, None) => anyhow::bail!("internal: template rendered nothing"),
+        }
+    }
+
+    async fn send_one(
+        &self,
+        ctx: &Ctx,
+        account: &Account,
+        message: &lettre::Message,
+    ) -> Result<Exit> {
         let store = ctx.store()?;
         let tokens = TokenSource::new(account, &store, ctx.clock.as_ref());
-        let reply = smtp::send_one(account, &tokens, &message).await?;
+        let reply = smtp::send_one(account, &tokens, message).await?;
         let message_id = message.headers().get_raw("Message-ID").map(str::to_string);
         let recipients = message.envelope().to().len();
-        let reply_text = reply.message().collect::<Vec<_>>().join(" ");
+        let reply = format!(
+            "{} {}",
+            reply.code(),
+            reply.message().collect::<Vec<_>>().join(" ")
+        );
         if ctx.out.is_json() {
             ctx.out.json(&SentJson {
                 version: JSON_SCHEMA_VERSION,
                 account: &account.name,
                 message_id,
                 recipients,
-                reply: format!("{} {reply_text}", reply.code()),
+                reply,
             })?;
         } else {
             ctx.out.info(&format!(
-                "sent to {recipients} recipient{} via account \"{}\" ({} {reply_text})",
+                "sent to {recipients} recipient{} via account \"{}\" ({reply})",
                 if recipients == 1 { "" } else { "s" },
                 account.name,
-                reply.code()
             ));
         }
         Ok(Exit::Success)
+    }
+
+    async fn merge(
+        &self,
+        ctx: &Ctx,
+        account: Option<&Account>,
+        base: &Draft,
+        each: &Path,
+        config_templates: Option<PathBuf>,
+    ) -> Result<Exit> {
+        let template = self
+            .template
+            .as_deref()
+            .context("internal: --each without --template")?;
+        let templates = Templates::new(&self.templates_dir(config_templates));
+        crate::compose::template::check_exists(templates.dir(), template)?;
+        let rows = data::load(each)?;
+        let globals = self.globals()?;
+        let batch = match (&self.batch, account) {
+            (Some(b), _) => b.clone(),
+            (None, Some(a)) => send::batch_name(&a.name, template, each),
+            (None, None) => send::batch_name("", template, each),
+        };
+        let merge = Merge {
+            template,
+            globals: &globals,
+            base,
+            data_file: each,
+            batch: Some(&batch),
+        };
+        let (messages, invalid) = send::prepare(&templates, &merge, &rows);
+        for bad in &invalid {
+            ctx.out.warn(&format!("{}: {}", bad.label, bad.problem));
+        }
+        if !invalid.is_empty() && !self.skip_invalid {
+            return Err(UsageError(format!(
+                "{} of {} rows are invalid; nothing was sent (fix them, or pass --skip-invalid to send the {} valid ones)",
+                invalid.len(),
+                rows.len(),
+                messages.len()
+            ))
+            .into());
+        }
+        if self.dry_run {
+            for p in &messages {
+                ctx.out.data(&format!("--- {} (key {})", p.label, p.key))?;
+                print_message(ctx, &p.message)?;
+            }
+            return Ok(Exit::Success);
+        }
+        let account = account.context("internal: merge without an account")?;
+        self.send_merge(ctx, account, &batch, &messages, &invalid, rows.len())
+            .await
+    }
+
+    async fn send_merge(
+        &self,
+        ctx: &Ctx,
+        account: &Account,
+        batch: &str,
+        messages: &[Prepared],
+        invalid: &[send::Invalid],
+        rows: usize,
+    ) -> Result<Exit> {
+        let store = ctx.store()?;
+        let tokens = TokenSource::new(account, &store, ctx.clock.as_ref());
+        let mut journal = Journal::open(&send::journal_dir(&ctx.state_dir()?), batch)?;
+        let options = BatchOptions {
+            interval: self.rate,
+            token_margin: account.refresh_margin,
+        };
+        let mut progress = |done, total| ctx.out.progress("sending", done, total);
+        let result = send::run_batch(
+            account,
+            &tokens,
+            ctx.clock.as_ref(),
+            &mut journal,
+            messages,
+            options,
+            &mut progress,
+        )
+        .await;
+        ctx.out.progress_end();
+        let summary = result.with_context(|| {
+            format!(
+                "batch {batch} stopped; what was sent is in {} and a rerun resumes after it",
+                journal.path().display()
+            )
+        })?;
+        let problems = |v: Vec<(String, String)>| {
+            v.into_iter()
+                .map(|(row, problem)| ProblemJson { row, problem })
+                .collect()
+        };
+        if ctx.out.is_json() {
+            ctx.out.json(&MergeJson {
+                version: JSON_SCHEMA_VERSION,
+                account: &account.name,
+                batch,
+                journal: journal.path().display().to_string(),
+                rows,
+                sent: summary.sent,
+                already_sent: summary.already_done,
+                invalid: problems(
+                    invalid
+                        .iter()
+                        .map(|i| (i.label.clone(), i.problem.clone()))
+                        .collect(),
+                ),
+                rejected: problems(summary.rejected.clone()),
+                sessions: summary.sessions,
+            })?;
+        }
+        for (row, reply) in &summary.rejected {
+            ctx.out
+                .warn(&format!("{row}: refused by the server: {reply}"));
+        }
+        ctx.out.info(&format!(
+            "batch {batch}: {} sent, {} already sent before (skipped), {} invalid, {} refused; journal {}",
+            summary.sent,
+            summary.already_done,
+            invalid.len(),
+            summary.rejected.len(),
+            journal.path().display()
+        ));
+        Ok(if invalid.is_empty() && summary.rejected.is_empty() {
+            Exit::Success
+        } else {
+            Exit::Failure
+        })
+    }
+
+    fn templates_dir(&self, from_config: Option<PathBuf>) -> PathBuf {
+        self.templates_dir
+            .clone()
+            .or(from_config)
+            .unwrap_or_else(|| PathBuf::from("templates"))
+    }
+
+    /// `--data` then `--var` (a `--var` wins).
+    fn globals(&self) -> Result<Map<String, Value>> {
+        let mut vars = match &self.data {
+            Some(path) => data::load_object(path)?,
+            None => Map::new(),
+        };
+        for kv in &self.var {
+            let Some((k, v)) = kv.split_once('=') else {
+                return Err(UsageError(format!("--var {kv:?}: expected KEY=VALUE")).into());
+            };
+            vars.insert(k.trim().to_string(), Value::String(v.to_string()));
+        }
+        Ok(vars)
     }
 
     fn account<'c>(&self, config: &'c Config) -> Result<&'c Account> {
@@ -130,7 +417,29 @@ impl Args {
         }
     }
 
-    fn draft(&self, account: Option<&Account>) -> Result<Draft> {
+    /// Everything but the body: from, recipients, attachments, headers.
+    fn base_draft(&self, account: Option<&Account>) -> Result<Draft> {
+        Ok(Draft {
+            from: match (&self.from, account) {
+                (Some(f), _) => f.clone(),
+                (None, Some(a)) => a.email.clone(),
+                (None, None) => String::new(),
+            },
+            to: self.to.clone(),
+            cc: self.cc.clone(),
+            bcc: self.bcc.clone(),
+            subject: self.subject.clone().unwrap_or_default(),
+            attachments: self.attach.clone(),
+            headers: self
+                .header
+                .iter()
+                .map(|h| parse_header(h))
+                .collect::<Result<_>>()?,
+            ..Draft::default()
+        })
+    }
+
+    fn plain_body(&self, base: Draft) -> Result<Draft> {
         let read = |p: &PathBuf, what: &str| {
             std::fs::read_to_string(p)
                 .with_context(|| format!("failed to read {what} {}", p.display()))
@@ -146,36 +455,20 @@ impl Args {
             (None, None) if html.is_some() => None,
             (None, None) => Some(read_stdin()?),
         };
-        Ok(Draft {
-            from: match (&self.from, account) {
-                (Some(f), _) => f.clone(),
-                (None, Some(a)) => a.email.clone(),
-                (None, None) => String::new(),
-            },
-            to: self.to.clone(),
-            cc: self.cc.clone(),
-            bcc: self.bcc.clone(),
-            subject: self.subject.clone(),
-            text,
-            html,
-            attachments: self.attach.clone(),
-            headers: self
-                .header
-                .iter()
-                .map(|h| parse_header(h))
-                .collect::<Result<_>>()?,
-        })
+        Ok(Draft { text, html, ..base })
     }
+}
+
+fn print_message(ctx: &Ctx, message: &lettre::Message) -> Result<Exit> {
+    let text = String::from_utf8_lossy(&message.formatted()).into_owned();
+    ctx.out.data(text.trim_end_matches("\r\n"))?;
+    Ok(Exit::Success)
 }
 
 fn read_stdin() -> Result<String> {
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
-        return Err(UsageError(
-            "no message body: give --text, --text-file or --html-file, or pipe the text on stdin"
-                .into(),
-        )
-        .into());
+        return Err(UsageError("no message body: give --text, --text-file, --html-file or --template, or pipe the text on stdin".into()).into());
     }
     let mut text = String::new();
     stdin
@@ -183,4 +476,18 @@ fn read_stdin() -> Result<String> {
         .read_to_string(&mut text)
         .context("failed to read the message body from stdin")?;
     Ok(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rates become the pause between messages.
+    #[test]
+    fn rates() {
+        assert_eq!(parse_rate("30/min"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_rate("4/s"), Ok(Duration::from_millis(250)));
+        assert!(parse_rate("0/min").is_err());
+        assert!(parse_rate("5/week").is_err());
+    }
 }

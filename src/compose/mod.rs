@@ -2,7 +2,9 @@
 //! message (lettre's `Message`). Validates everything a user or a data file controls: addresses
 //! parse, header values carry no CR/LF, attachments exist.
 
+pub mod data;
 pub mod mime;
+pub mod template;
 
 use std::path::PathBuf;
 
@@ -34,6 +36,8 @@ pub struct Draft {
     pub attachments: Vec<PathBuf>,
     /// Extra headers, `(name, value)`.
     pub headers: Vec<(String, String)>,
+    /// The Message-ID (with angle brackets); generated when `None`.
+    pub message_id: Option<String>,
 }
 
 /// Headers mailpilot sets itself; `--header` may not replace them.
@@ -105,7 +109,7 @@ impl Draft {
         let mut builder = Message::builder()
             .from(mailbox(&self.from, "from address")?)
             .subject(self.subject.clone())
-            .message_id(None)
+            .message_id(self.message_id.clone())
             .user_agent(concat!("mailpilot/", env!("CARGO_PKG_VERSION")).to_string());
         for to in &self.to {
             builder = builder.to(mailbox(to, "--to")?);

@@ -28,6 +28,8 @@ pub struct Config {
     pub path: PathBuf,
     /// Accounts by name, sorted.
     pub accounts: BTreeMap<String, Account>,
+    /// Where mail templates live (`templates_dir`, default `templates/` next to the config file).
+    pub templates_dir: PathBuf,
 }
 
 /// One account: who we are, how to get tokens, which servers to talk to.

@@ -13,7 +13,7 @@ use super::{
 };
 
 /// Top-level keys; later features add theirs here.
-const ROOT_KEYS: &[&str] = &["accounts"];
+const ROOT_KEYS: &[&str] = &["accounts", "templates_dir"];
 
 /// Default for `refresh_margin`: refresh a token with less than 5 minutes left, so a command that
 /// starts with it still has minutes of validity for its SMTP/IMAP login.
@@ -72,10 +72,22 @@ pub(super) fn parse(text: &str, path: &Path, world_readable: bool) -> Result<Con
             format!("expected a table of accounts, found {}", other.type_str()),
         ),
     }
+    let templates_dir = match table.get("templates_dir") {
+        None => dir.join("templates"),
+        Some(toml::Value::String(d)) => dir.join(d),
+        Some(other) => {
+            problems.push(
+                "templates_dir",
+                format!("expected a directory path, found {}", other.type_str()),
+            );
+            dir.join("templates")
+        }
+    };
     if problems.0.is_empty() {
         Ok(Config {
             path: path.to_path_buf(),
             accounts,
+            templates_dir,
         })
     } else {
         Err(problems.0)

@@ -42,6 +42,8 @@ pub enum Fault {
 pub struct Policy {
     /// How long this user's new access tokens really stay valid at introspection.
     pub real_lifetime: Option<u64>,
+    /// `expires_in` of this user's new access tokens.
+    pub expires_in: Option<u64>,
     /// Length of this user's new access tokens.
     pub token_len: Option<usize>,
     /// Introspection of this user's tokens fails with HTTP 500 (the mail server's token
@@ -474,10 +476,11 @@ fn token(conn: &TcpStream, state: &Mutex<State>, req: &Request, form: HashMap<St
     };
     let policy = st.policies.get(&grant.email).cloned().unwrap_or_default();
     let access = mint("at-", policy.token_len.unwrap_or(st.token_len));
+    let expires_in = policy.expires_in.unwrap_or(st.expires_in);
     let lifetime = policy
         .real_lifetime
         .or(st.real_lifetime)
-        .unwrap_or(st.expires_in);
+        .unwrap_or(expires_in);
     st.access.insert(
         access.clone(),
         Access {
@@ -490,7 +493,7 @@ fn token(conn: &TcpStream, state: &Mutex<State>, req: &Request, form: HashMap<St
     let mut body = serde_json::json!({
         "access_token": access,
         "token_type": "Bearer",
-        "expires_in": st.expires_in,
+        "expires_in": expires_in,
         "scope": grant.scope,
     });
     if st.rotate {

@@ -1,0 +1,185 @@
+//! The send journal of a mail-merge batch: `journal/<batch>.jsonl`, one JSON line per message the
+//! server accepted (or refused permanently), appended and fsynced before the next message is sent,
+//! so a rerun of the batch skips what the journal holds. A line torn by a crash is cut off on the
+//! next open. `journal/<batch>.lock` stops two runs of one batch from overlapping.
+
+use std::collections::HashMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::exit::Busy;
+
+/// One journaled message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Entry {
+    /// The stable message key.
+    pub key: String,
+    /// Where the row came from (`rows.csv:7`).
+    pub row: String,
+    /// The Message-ID sent.
+    pub message_id: String,
+    /// When, unix seconds.
+    pub at: u64,
+    /// `sent` or `rejected`.
+    pub status: String,
+    /// The server's reply.
+    pub reply: String,
+}
+
+/// An open journal holding its batch lock.
+#[derive(Debug)]
+pub struct Journal {
+    path: PathBuf,
+    file: File,
+    entries: HashMap<String, Entry>,
+    _lock: File,
+}
+
+impl Journal {
+    /// Opens (or creates) the journal of `batch` in `dir` and takes the batch lock.
+    ///
+    /// # Errors
+    /// [`Busy`] when another run holds the lock; a corrupt line (not the last) names the file and
+    /// line; filesystem errors name the path.
+    pub fn open(dir: &Path, batch: &str) -> Result<Journal> {
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .with_context(|| format!("failed to create directory {}", dir.display()))?;
+        let lock_path = dir.join(format!("{batch}.lock"));
+        let lock = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock_path)
+            .with_context(|| format!("failed to open {}", lock_path.display()))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(Busy(format!(
+                    "another mailpilot process is sending batch {batch} right now"
+                ))
+                .into())
+            }
+            Err(fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("failed to lock {}", lock_path.display()))
+            }
+        }
+        let path = dir.join(format!("{batch}.jsonl"));
+        let mut file = OpenOptions::new()
+            .read(true)
+            .append(true)
+            .create(true)
+            .mode(0o600)
+            .open(&path)
+            .with_context(|| format!("failed to open journal {}", path.display()))?;
+        let entries = read_entries(&mut file, &path)?;
+        Ok(Journal {
+            path,
+            file,
+            entries,
+            _lock: lock,
+        })
+    }
+
+    /// The journal file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The entry for `key`, if that message was already handled.
+    pub fn get(&self, key: &str) -> Option<&Entry> {
+        self.entries.get(key)
+    }
+
+    /// Appends `entry` durably (write + fsync) before returning.
+    ///
+    /// # Errors
+    /// The write or fsync failed.
+    pub fn record(&mut self, entry: Entry) -> Result<()> {
+        let mut line = serde_json::to_vec(&entry).context("failed to encode journal entry")?;
+        line.push(b'\n');
+        self.file
+            .write_all(&line)
+            .and_then(|()| self.file.sync_data())
+            .with_context(|| format!("failed to append to journal {}", self.path.display()))?;
+        self.entries.insert(entry.key.clone(), entry);
+        Ok(())
+    }
+}
+
+/// Reads all entries; a last line without its newline (a crash mid-append) is cut off.
+fn read_entries(file: &mut File, path: &Path) -> Result<HashMap<String, Entry>> {
+    let bytes =
+        fs::read(path).with_context(|| format!("failed to read journal {}", path.display()))?;
+    let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    if complete < bytes.len() {
+        file.set_len(complete as u64)
+            .and_then(|()| file.sync_data())
+            .with_context(|| format!("failed to cut the torn last line of {}", path.display()))?;
+        file.seek(SeekFrom::End(0))
+            .with_context(|| format!("failed to seek in {}", path.display()))?;
+        tracing::warn!(journal = %path.display(), "cut off a torn last line (a run was killed mid-write)");
+    }
+    let mut entries = HashMap::new();
+    for (i, line) in bytes[..complete].split(|b| *b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        let entry: Entry = match serde_json::from_slice(line) {
+            Ok(e) => e,
+            Err(e) => bail!(
+                "journal {}:{} is corrupt ({e}); move it away to resend the whole batch",
+                path.display(),
+                i + 1
+            ),
+        };
+        entries.insert(entry.key.clone(), entry);
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(key: &str) -> Entry {
+        Entry {
+            key: key.into(),
+            row: "r.csv:2".into(),
+            message_id: format!("<{key}@x>"),
+            at: 1,
+            status: "sent".into(),
+            reply: "250 ok".into(),
+        }
+    }
+
+    /// Entries survive reopening; a torn last line is cut off; the lock is exclusive.
+    #[test]
+    fn reopen_torn_and_locked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut j = Journal::open(dir.path(), "b1").expect("open");
+        j.record(entry("k1")).expect("record");
+        j.record(entry("k2")).expect("record");
+        let busy = Journal::open(dir.path(), "b1").expect_err("locked");
+        assert!(busy.downcast_ref::<Busy>().is_some());
+        drop(j);
+        let path = dir.path().join("b1.jsonl");
+        let mut f = OpenOptions::new().append(true).open(&path).expect("open");
+        f.write_all(b"{\"key\":\"k3\",\"ro").expect("torn write");
+        let mut j = Journal::open(dir.path(), "b1").expect("reopen");
+        assert!(j.get("k1").is_some() && j.get("k2").is_some() && j.get("k3").is_none());
+        j.record(entry("k3")).expect("record after repair");
+        drop(j);
+        let j = Journal::open(dir.path(), "b1").expect("reopen");
+        assert!(j.get("k3").is_some());
+        assert_eq!(fs::read_to_string(&path).expect("read").lines().count(), 3);
+    }
+}

@@ -1,0 +1,382 @@
+//! Mail merge: one templated message per data row, validated up front, sent over one SMTP
+//! connection, each accepted message journaled before the next, so a rerun never sends twice.
+//!
+//! The message key of a row is its `id` (if it has one) or a hash of template, recipients and
+//! data; the Message-ID is derived from it, so the one message that can repeat after a crash (the
+//! server said 250, the process died before the journal write) carries the same Message-ID twice
+//! and receivers can tell.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Result;
+use lettre::Message;
+use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
+
+use crate::clock::Clock;
+use crate::compose::data::{list, row_label, Row};
+use crate::compose::template::Templates;
+use crate::compose::Draft;
+use crate::config::Account;
+use crate::journal::{Entry, Journal};
+use crate::oauth::{TokenSource, TokenStore};
+use crate::smtp::{Session, SmtpError};
+
+/// Attempts per message when the server answers 4xx or the connection drops.
+const MAX_ATTEMPTS: u32 = 3;
+/// First wait between attempts; doubles each time (1 s, then 2 s).
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+
+/// A message ready to send.
+#[derive(Debug)]
+pub struct Prepared {
+    /// `rows.csv:7`.
+    pub label: String,
+    /// The stable message key.
+    pub key: String,
+    /// The message (its Message-ID derived from the key).
+    pub message: Message,
+}
+
+/// A row that cannot become a message, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Invalid {
+    /// `rows.csv:7`.
+    pub label: String,
+    /// What is wrong.
+    pub problem: String,
+}
+
+/// What every message of a merge shares.
+#[derive(Debug, Clone)]
+pub struct Merge<'a> {
+    /// Template name.
+    pub template: &'a str,
+    /// Variables for every row (`--var`, `--data`); a row's own values win.
+    pub globals: &'a Map<String, Value>,
+    /// From, fixed recipients, attachments and headers for every message.
+    pub base: &'a Draft,
+    /// The data file (rows' attachment paths are relative to its directory).
+    pub data_file: &'a Path,
+    /// The batch name (part of every Message-ID); `None` for a one-off templated message, which
+    /// gets a fresh random Message-ID (its content may repeat day after day).
+    pub batch: Option<&'a str>,
+}
+
+/// Renders and builds every row, collecting every problem instead of stopping at the first.
+pub fn prepare(
+    templates: &Templates,
+    merge: &Merge<'_>,
+    rows: &[Row],
+) -> (Vec<Prepared>, Vec<Invalid>) {
+    let mut ok: Vec<Prepared> = Vec::new();
+    let mut bad = Vec::new();
+    let mut seen: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    for row in rows {
+        let label = row_label(merge.data_file, row.number);
+        match prepare_row(templates, merge, row) {
+            Ok((key, message)) => {
+                if let Some(first) = seen.insert(key.clone(), label.clone()) {
+                    bad.push(Invalid {
+                        label,
+                        problem: format!(
+                            "same message key `{key}` as {first} (give each row a distinct `id`)"
+                        ),
+                    });
+                } else {
+                    ok.push(Prepared {
+                        label,
+                        key,
+                        message,
+                    });
+                }
+            }
+            Err(e) => bad.push(Invalid {
+                label,
+                problem: crate::output::error_text(e.as_ref()),
+            }),
+        }
+    }
+    (ok, bad)
+}
+
+fn prepare_row(templates: &Templates, merge: &Merge<'_>, row: &Row) -> Result<(String, Message)> {
+    let mut vars = merge.globals.clone();
+    vars.extend(row.vars.clone());
+    let vars = Value::Object(vars);
+    let rendered = templates.render(merge.template, &vars)?;
+    let field = |k: &str| list(vars.get(k), k).map_err(anyhow::Error::msg);
+    let data_dir = merge.data_file.parent().unwrap_or(Path::new("."));
+    let mut draft = merge.base.clone();
+    draft.to.extend(field("to")?);
+    draft.cc.extend(field("cc")?);
+    draft.bcc.extend(field("bcc")?);
+    for a in field("attachments")? {
+        let path = data_dir.join(&a);
+        if !path.is_file() {
+            anyhow::bail!("attachment {} not found", path.display());
+        }
+        draft.attachments.push(path);
+    }
+    draft.subject = rendered.subject;
+    draft.text = Some(rendered.text);
+    draft.html = rendered.html;
+    let key = message_key(merge.template, &vars, &draft)?;
+    if let Some(batch) = merge.batch {
+        let domain = draft
+            .from
+            .rsplit_once('@')
+            .map_or("mailpilot.invalid", |(_, d)| d.trim_end_matches('>'));
+        draft.message_id = Some(format!("<{key}.{batch}@{domain}>"));
+    }
+    Ok((key, draft.build()?))
+}
+
+/// The row's `id` (made safe for a Message-ID), else a hash of template, recipients and data.
+fn message_key(template: &str, vars: &Value, draft: &Draft) -> Result<String> {
+    match vars.get("id") {
+        Some(Value::String(s)) if !s.trim().is_empty() => Ok(safe_key(s.trim())),
+        Some(Value::Number(n)) => Ok(safe_key(&n.to_string())),
+        Some(Value::Null) | None => {
+            let mut h = Sha256::new();
+            h.update(template.as_bytes());
+            for list in [&draft.to, &draft.cc, &draft.bcc] {
+                h.update(b"\0");
+                h.update(list.join("\x1f").as_bytes());
+            }
+            h.update(b"\0");
+            h.update(serde_json::to_vec(vars)?);
+            Ok(hex(&h.finalize()[..12]))
+        }
+        Some(Value::String(_)) => anyhow::bail!("`id` is empty"),
+        Some(other) => anyhow::bail!("`id` must be a string or number, found {other}"),
+    }
+}
+
+fn safe_key(id: &str) -> String {
+    let clean: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if clean == id && id.len() <= 64 {
+        clean
+    } else {
+        // Keep it readable but unique: the cleaned prefix plus a hash of the original.
+        format!(
+            "{}-{}",
+            &clean[..clean.len().min(32)],
+            hex(&Sha256::digest(id.as_bytes())[..6])
+        )
+    }
+}
+
+/// Lower-case hex.
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The default batch name: a hash of account, template and data file, so rerunning the same
+/// command resumes the same journal.
+pub fn batch_name(account: &str, template: &str, data_file: &Path) -> String {
+    let canonical = data_file
+        .canonicalize()
+        .unwrap_or_else(|_| data_file.to_path_buf());
+    let mut h = Sha256::new();
+    for part in [
+        account.as_bytes(),
+        template.as_bytes(),
+        canonical.as_os_str().as_encoded_bytes(),
+    ] {
+        h.update(part);
+        h.update(b"\0");
+    }
+    hex(&h.finalize()[..8])
+}
+
+/// The outcome of a batch.
+#[derive(Debug, Default)]
+pub struct Summary {
+    /// Accepted by the server in this run.
+    pub sent: usize,
+    /// Skipped because the journal has them (sent or rejected before).
+    pub already_done: usize,
+    /// Refused permanently in this run (row, reply).
+    pub rejected: Vec<(String, String)>,
+    /// SMTP sessions opened (logins).
+    pub sessions: usize,
+}
+
+/// Batch settings.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchOptions {
+    /// Pause between messages (`--rate N/min`).
+    pub interval: Option<Duration>,
+    /// Reconnect when the session's token has less than this left.
+    pub token_margin: Duration,
+}
+
+/// Sends `messages` in order over one session (reconnecting when its token nears expiry or the
+/// connection fails), skipping and recording through `journal`. `progress` is called after each
+/// message with (done, total).
+///
+/// # Errors
+/// Login failures (as [`Session::open`]), a journal write failure, or [`SmtpError::Transient`]
+/// after [`MAX_ATTEMPTS`] for one message; everything before it is journaled, so a rerun resumes.
+pub async fn run_batch<S: TokenStore>(
+    account: &Account,
+    tokens: &TokenSource<'_, S>,
+    clock: &dyn Clock,
+    journal: &mut Journal,
+    messages: &[Prepared],
+    options: BatchOptions,
+    progress: &mut dyn FnMut(usize, usize),
+) -> Result<Summary> {
+    let mut summary = Summary::default();
+    let mut session: Option<Session> = None;
+    for (i, p) in messages.iter().enumerate() {
+        if journal.get(&p.key).is_some() {
+            summary.already_done += 1;
+            progress(i + 1, messages.len());
+            continue;
+        }
+        if let (Some(pause), true) = (options.interval, summary.sent > 0) {
+            tokio::time::sleep(pause).await;
+        }
+        send_with_retries(
+            account,
+            tokens,
+            clock,
+            journal,
+            p,
+            options,
+            &mut session,
+            &mut summary,
+        )
+        .await?;
+        progress(i + 1, messages.len());
+    }
+    if let Some(s) = session {
+        s.quit().await;
+    }
+    Ok(summary)
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the loop state of one batch, passed explicitly"
+)]
+async fn send_with_retries<S: TokenStore>(
+    account: &Account,
+    tokens: &TokenSource<'_, S>,
+    clock: &dyn Clock,
+    journal: &mut Journal,
+    p: &Prepared,
+    options: BatchOptions,
+    session: &mut Option<Session>,
+    summary: &mut Summary,
+) -> Result<()> {
+    let message_id = p
+        .message
+        .headers()
+        .get_raw("Message-ID")
+        .unwrap_or_default()
+        .to_string();
+    let bytes = p.message.formatted();
+    let mut backoff = FIRST_BACKOFF;
+    for attempt in 1..=MAX_ATTEMPTS {
+        if session
+            .as_ref()
+            .is_some_and(|s| s.token_expiring(clock.now(), options.token_margin))
+        {
+            tracing::info!(account = %account.name, "token nearly expired; reconnecting with a fresh one");
+            if let Some(old) = session.take() {
+                old.quit().await;
+            }
+        }
+        if session.is_none() {
+            *session = Some(Session::open(account, tokens).await?);
+            summary.sessions += 1;
+        }
+        let Some(s) = session.as_mut() else { continue };
+        let result = s.send(p.message.envelope(), &bytes).await;
+        let (status, reply) = match result {
+            Ok(reply) => (
+                "sent",
+                format!(
+                    "{} {}",
+                    reply.code(),
+                    reply.message().collect::<Vec<_>>().join(" ")
+                ),
+            ),
+            Err(SmtpError::Failed { reason, .. }) => {
+                // lettre closes the connection after a refused command.
+                *session = None;
+                ("rejected", reason)
+            }
+            Err(e) if attempt == MAX_ATTEMPTS => return Err(e.into()),
+            Err(e) => {
+                tracing::warn!(row = %p.label, attempt, error = %e, "temporary failure; retrying");
+                *session = None;
+                tokio::time::sleep(backoff).await;
+                backoff *= 2;
+                continue;
+            }
+        };
+        journal.record(Entry {
+            key: p.key.clone(),
+            row: p.label.clone(),
+            message_id: message_id.clone(),
+            at: clock.now(),
+            status: status.into(),
+            reply: reply.clone(),
+        })?;
+        if status == "sent" {
+            summary.sent += 1;
+        } else {
+            summary.rejected.push((p.label.clone(), reply));
+        }
+        return Ok(());
+    }
+    Ok(())
+}
+
+/// Where journals live.
+pub fn journal_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("journal")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Keys: ids are kept when safe, hashed otherwise; without an id the hash covers recipients.
+    #[test]
+    fn message_keys() {
+        assert_eq!(safe_key("row-17"), "row-17");
+        let odd = safe_key("a b@c");
+        assert!(
+            odd.starts_with("a_b_c-") && odd.len() == "a_b_c-".len() + 12,
+            "{odd}"
+        );
+        let d1 = Draft {
+            to: vec!["a@x".into()],
+            ..Draft::default()
+        };
+        let d2 = Draft {
+            to: vec!["b@x".into()],
+            ..Draft::default()
+        };
+        let vars = serde_json::json!({"n": 1});
+        let k1 = message_key("t", &vars, &d1).expect("key");
+        assert_eq!(k1, message_key("t", &vars, &d1).expect("key"), "stable");
+        assert_ne!(k1, message_key("t", &vars, &d2).expect("key"));
+        assert_eq!(k1.len(), 24);
+    }
+}
