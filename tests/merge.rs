@@ -442,3 +442,35 @@ fn killed_batches_lose_nothing() {
         );
     }
 }
+
+/// The server drops the connection in the middle of a batch: mailpilot reconnects and completes;
+/// nothing is lost and at most the message in flight is doubled (with the same Message-ID).
+#[test]
+fn dropped_connection_mid_batch() {
+    let stack = MailStack::get();
+    let (env, user, rcpt) = setup(stack, "dropped");
+    let proxy =
+        crate::support::proxy::DroppingProxy::start(stack.ports.postfix_submissions, 30_000);
+    env.config_for_stack(
+        stack,
+        &user,
+        (proxy.port, "implicit", "xoauth2"),
+        &stack.ca_file,
+    );
+    env.import_for(&stack.oauth, &user);
+    let data = csv(&env, 60, &rcpt);
+    let run = merge(&env, stack, &data, &["--json"]);
+    run.expect_code(0);
+    let summary: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
+    assert_eq!(summary["sent"], 60);
+    assert!(proxy.connections() >= 2, "reconnected after the drop");
+    assert!(summary["sessions"].as_u64().expect("sessions") >= 2);
+    stack.wait_delivered(&rcpt, 60);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut by_id: HashMap<String, usize> = HashMap::new();
+    for (_, id) in received(stack, &rcpt) {
+        *by_id.entry(id).or_default() += 1;
+    }
+    assert_eq!(by_id.len(), 60, "every row delivered");
+    assert!(by_id.values().sum::<usize>() <= 61, "at most one doubled");
+}

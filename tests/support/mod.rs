@@ -8,6 +8,7 @@
 
 pub mod mailstack;
 pub mod oauth_server;
+pub mod proxy;
 
 use std::fs;
 use std::io::Write;
