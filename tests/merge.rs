@@ -474,3 +474,44 @@ fn dropped_connection_mid_batch() {
     assert_eq!(by_id.len(), 60, "every row delivered");
     assert!(by_id.values().sum::<usize>() <= 61, "at most one doubled");
 }
+
+/// One templated message with `--data` (which may name recipients and attachments) and `--var`
+/// is rendered and delivered.
+#[test]
+fn templated_single_message() {
+    let stack = MailStack::get();
+    let (env, user, rcpt) = setup(stack, "single");
+    env.import_for(&stack.oauth, &user);
+    fs::write(env.root().join("table.csv"), "a,b\n1,2\n").expect("attachment");
+    let data = env.root().join("vars.json");
+    fs::write(
+        &data,
+        format!(r#"{{"to": "{rcpt}", "attachments": ["table.csv"], "name": "Ann", "n": 7}}"#),
+    )
+    .expect("json");
+    let run = env.run_full(
+        &[
+            "send",
+            "-t",
+            "merge",
+            "--data",
+            data.to_str().expect("utf8"),
+            "--var",
+            "name=Bob",
+        ],
+        &[("MP_TEST_SECRET", &stack.oauth.client_secret())],
+        None,
+    );
+    run.expect_code(0);
+    let raw = stack.wait_delivered(&rcpt, 1).remove(0);
+    let m = MessageParser::default().parse(&raw).expect("parse");
+    assert_eq!(m.subject(), Some("Row 7 for Bob"), "--var wins over --data");
+    assert!(m
+        .body_html(0)
+        .expect("html")
+        .contains("<p>Hello Bob: 7</p>"));
+    assert_eq!(
+        m.attachments().next().map(|a| a.contents()),
+        Some(&b"a,b\n1,2\n"[..])
+    );
+}
