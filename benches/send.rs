@@ -112,6 +112,8 @@ fn main() {
     );
     stack.wait_delivered(&rcpt, 2 * RUNS);
 
+    let merge = merge_vs_processes(stack, &env, &secret, &rcpt);
+
     println!(
         "one-message send, {RUNS} sequential processes each, Postfix submission STARTTLS + XOAUTH2"
     );
@@ -130,4 +132,89 @@ fn main() {
             f.commands
         );
     }
+    println!();
+    println!("{MERGE_ROWS} messages: one process per message vs. one mail merge (--each)");
+    println!(
+        "{:<34} {:>10} {:>12} {:>16}",
+        "client", "total ms", "msgs/s", "SMTP logins"
+    );
+    for (name, ms, logins) in merge {
+        println!(
+            "{name:<34} {ms:>10.0} {:>12.1} {logins:>16}",
+            MERGE_ROWS as f64 / (ms / 1000.0)
+        );
+    }
+}
+
+const MERGE_ROWS: usize = 100;
+
+/// Sends MERGE_ROWS messages as MERGE_ROWS `send` processes, then as one merge; returns
+/// (label, wall ms, logins the server validated through token introspection).
+fn merge_vs_processes(
+    stack: &MailStack,
+    env: &TestEnv,
+    secret: &str,
+    rcpt: &str,
+) -> Vec<(&'static str, f64, u64)> {
+    let email = stack.user("bench");
+    let logins = || stack.oauth.introspection_count_for(&email);
+    let before = logins();
+    let started = Instant::now();
+    for i in 0..MERGE_ROWS {
+        let out = env
+            .cmd(&[
+                "send",
+                "--to",
+                rcpt,
+                "--subject",
+                &format!("process {i}"),
+                "--text",
+                "x",
+            ])
+            .env("MP_TEST_SECRET", secret)
+            .output()
+            .expect("mailpilot");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let processes = (started.elapsed().as_secs_f64() * 1000.0, logins() - before);
+    let dir = env.config_path().parent().expect("dir").join("templates");
+    std::fs::create_dir_all(&dir).expect("templates");
+    std::fs::write(
+        dir.join("bench.j2"),
+        "{% block subject %}merge {{ n }}{% endblock %}{% block text %}x{% endblock %}",
+    )
+    .expect("template");
+    let mut csv = String::from("to,n\n");
+    for i in 0..MERGE_ROWS {
+        csv.push_str(&format!("{rcpt},{i}\n"));
+    }
+    let data = env.root().join("bench.csv");
+    std::fs::write(&data, csv).expect("csv");
+    let before = logins();
+    let started = Instant::now();
+    let out = env
+        .cmd(&[
+            "send",
+            "-t",
+            "bench",
+            "--each",
+            data.to_str().expect("utf8"),
+        ])
+        .env("MP_TEST_SECRET", secret)
+        .output()
+        .expect("mailpilot");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let merged = (started.elapsed().as_secs_f64() * 1000.0, logins() - before);
+    vec![
+        ("baseline: one send per message", processes.0, processes.1),
+        ("mailpilot send --each (merge)", merged.0, merged.1),
+    ]
 }

@@ -1,8 +1,8 @@
 //! Exit statuses and the mapping from an error to one — decided here and nowhere else.
 
 use crate::config::ConfigError;
+use crate::login::ServerError;
 use crate::oauth::AuthError;
-use crate::smtp::SmtpError;
 
 /// The process exit status. Documented in `--help` and the README.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,11 +57,11 @@ pub fn classify(err: &anyhow::Error) -> Exit {
                 AuthError::Failed { .. } => Exit::Failure,
             };
         }
-        if let Some(e) = cause.downcast_ref::<SmtpError>() {
+        if let Some(e) = cause.downcast_ref::<ServerError>() {
             return match e {
-                SmtpError::Transient { .. } => Exit::Transient,
-                SmtpError::LoginRefused { .. } => Exit::NeedsAuthorization,
-                SmtpError::Failed { .. } => Exit::Failure,
+                ServerError::Transient { .. } => Exit::Transient,
+                ServerError::LoginRefused { .. } => Exit::NeedsAuthorization,
+                ServerError::Failed { .. } => Exit::Failure,
             };
         }
         if cause.downcast_ref::<Busy>().is_some() {
@@ -82,7 +82,7 @@ pub fn hint(err: &anyhow::Error) -> Option<String> {
         if let Some(e) = cause.downcast_ref::<AuthError>() {
             return e.hint().map(str::to_string);
         }
-        if let Some(e) = cause.downcast_ref::<SmtpError>() {
+        if let Some(e) = cause.downcast_ref::<ServerError>() {
             return e.hint().map(str::to_string);
         }
         cause

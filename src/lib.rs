@@ -9,8 +9,11 @@
 //!   [`oauth::refresh`] (one refresh request; never files), [`oauth::source`] (when to refresh,
 //!   locking, adopting a peer's token).
 //! - [`sasl`]: XOAUTH2 / OAUTHBEARER strings and server error challenges; pure.
-//! - [`smtp`]: connect, TLS, AUTH (with one refresh-and-retry on a rejected token), send; owns no
-//!   token storage (asks a `TokenSource`).
+//! - [`login`]: what SMTP and IMAP logins share: server errors and the one refresh-and-retry on
+//!   a rejected token.
+//! - [`smtp`]: connect, TLS, AUTH, send (lettre); owns no token storage (asks a `TokenSource`).
+//! - [`journal`]: the append-only send journal of a mail merge; never talks to the network.
+//! - [`send`]: mail merge: prepare every row, then send over one session with the journal.
 //! - [`compose`]: drafts → RFC 5322 messages (lettre); validates addresses and header values.
 //! - [`output`]: the only place that prints; stdout is data only.
 //! - [`exit`]: exit statuses and the mapping from errors to them, in one place.
@@ -24,6 +27,7 @@ pub mod compose;
 pub mod config;
 pub mod exit;
 pub mod journal;
+pub mod login;
 pub mod oauth;
 pub mod output;
 pub mod paths;

@@ -20,8 +20,9 @@ use crate::compose::template::Templates;
 use crate::compose::Draft;
 use crate::config::Account;
 use crate::journal::{Entry, Journal};
+use crate::login::ServerError;
 use crate::oauth::{TokenSource, TokenStore};
-use crate::smtp::{Session, SmtpError};
+use crate::smtp::Session;
 
 /// Attempts per message when the server answers 4xx or the connection drops.
 const MAX_ATTEMPTS: u32 = 3;
@@ -227,7 +228,7 @@ pub struct BatchOptions {
 /// message with (done, total).
 ///
 /// # Errors
-/// Login failures (as [`Session::open`]), a journal write failure, or [`SmtpError::Transient`]
+/// Login failures (as [`Session::open`]), a journal write failure, or [`ServerError::Transient`]
 /// after [`MAX_ATTEMPTS`] for one message; everything before it is journaled, so a rerun resumes.
 pub async fn run_batch<S: TokenStore>(
     account: &Account,
@@ -315,7 +316,7 @@ async fn send_with_retries<S: TokenStore>(
                     reply.message().collect::<Vec<_>>().join(" ")
                 ),
             ),
-            Err(SmtpError::Failed { reason, .. }) => {
+            Err(ServerError::Failed { reason, .. }) => {
                 // lettre closes the connection after a refused command.
                 *session = None;
                 ("rejected", reason)

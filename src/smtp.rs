@@ -9,14 +9,15 @@
 use std::future::Future;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use lettre::address::Envelope;
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
 
 use crate::config::{Account, Server, Tls};
-use crate::oauth::{BoxError, Fetch, TokenSource, TokenStore};
+use crate::login::{self, LoginFailure, ServerError};
+use crate::oauth::{TokenSource, TokenStore};
 use crate::sasl::{self, Rejection};
 use crate::secret::Secret;
 
@@ -31,70 +32,6 @@ const DATA_TIMEOUT: Duration = Duration::from_secs(600);
 /// (Dovecot submission rejects command lines over ~1 KB).
 const MAX_COMMAND_LINE: usize = 512;
 
-/// SMTP failures a caller branches on; the variant decides the exit status.
-#[derive(Debug, thiserror::Error)]
-pub enum SmtpError {
-    /// A network failure, timeout or 4xx reply: retry later (exit 75).
-    #[error("{server}: {reason} (temporary; retry later)")]
-    Transient {
-        /// `host:port`.
-        server: String,
-        /// What happened.
-        reason: String,
-        /// The underlying error.
-        #[source]
-        source: Option<BoxError>,
-    },
-    /// The server refuses a freshly refreshed token: the grant does not give this account access
-    /// (exit 77).
-    #[error("{server} refused the login of account \"{account}\": {reason}")]
-    LoginRefused {
-        /// `host:port`.
-        server: String,
-        /// The account.
-        account: String,
-        /// The decoded server reason.
-        reason: String,
-        /// What to check.
-        hint: String,
-    },
-    /// A permanent failure no retry fixes: 5xx, TLS trust, protocol (exit 1).
-    #[error("{server}: {reason}")]
-    Failed {
-        /// `host:port`.
-        server: String,
-        /// What happened.
-        reason: String,
-        /// What to check.
-        hint: Option<String>,
-        /// The underlying error.
-        #[source]
-        source: Option<BoxError>,
-    },
-}
-
-impl SmtpError {
-    /// The fix, if one is known.
-    pub fn hint(&self) -> Option<&str> {
-        match self {
-            SmtpError::Transient { .. } => None,
-            SmtpError::LoginRefused { hint, .. } => Some(hint),
-            SmtpError::Failed { hint, .. } => hint.as_deref(),
-        }
-    }
-}
-
-/// Why one login attempt failed.
-enum LoginFailure {
-    /// The server answered the AUTH with an error challenge and/or a 5xx.
-    Rejected {
-        challenge: Option<Rejection>,
-        reply: String,
-    },
-    /// Anything else, already classified.
-    Other(SmtpError),
-}
-
 /// An authenticated SMTP connection.
 pub struct Session {
     conn: AsyncSmtpConnection,
@@ -108,7 +45,7 @@ impl Session {
     /// server says the token is invalid.
     ///
     /// # Errors
-    /// [`SmtpError`] or an [`crate::oauth::AuthError`] (possibly under context naming the server).
+    /// [`ServerError`] or an [`crate::oauth::AuthError`] (possibly under context naming the server).
     pub async fn open<S: TokenStore>(
         account: &Account,
         tokens: &TokenSource<'_, S>,
@@ -121,63 +58,30 @@ impl Session {
             .into());
         };
         let name = format!("{}:{}", server.host, server.port);
-        let obtained = tokens.access_token(Fetch::IfNeeded).await?.token;
-        let rejection = match login(account, server, &obtained.access_token).await {
-            Ok(conn) => {
-                return Ok(Session {
-                    conn,
-                    server: name,
-                    token_expires_at: obtained.expires_at,
-                })
-            }
-            Err(LoginFailure::Other(e)) => return Err(e.into()),
-            Err(LoginFailure::Rejected {
-                challenge: Some(c), ..
-            }) if c.token_invalid() => c,
-            Err(LoginFailure::Rejected { challenge, reply }) => {
-                return Err(refused_without_token_error(account, &name, challenge, &reply).into())
-            }
-        };
-        tracing::info!(account = %account.name, server = %name, reason = %rejection, "server rejected the access token; refreshing it once");
-        let fresh = tokens.access_token(Fetch::Force).await.with_context(|| {
-            format!(
-                "{name} rejected the access token of account \"{}\" ({rejection}), and refreshing it failed",
-                account.name
-            )
-        })?;
-        match login(account, server, &fresh.token.access_token).await {
-            Ok(conn) => Ok(Session {
-                conn,
-                server: name,
-                token_expires_at: fresh.token.expires_at,
-            }),
-            Err(LoginFailure::Other(e)) => Err(e.into()),
-            Err(LoginFailure::Rejected { challenge, reply }) => {
-                let reason = challenge.map_or(reply, |c| c.to_string());
-                Err(SmtpError::LoginRefused {
-                    server: name,
-                    account: account.name.clone(),
-                    reason: format!("a freshly refreshed token was rejected too ({reason})"),
-                    hint: format!(
-                        "check that email = \"{}\" is the mailbox that granted access and that the grant includes the server's scope; then get a new grant with `{}`",
-                        account.email,
-                        crate::oauth::login_command(&account.name)
-                    ),
-                }
-                .into())
-            }
-        }
+        let (conn, token_expires_at) = login::with_one_refresh(
+            account,
+            &name,
+            tokens,
+            |token| async move { login(account, server, &token).await },
+            |challenge, reply| refused_without_token_error(account, &name, challenge, &reply),
+        )
+        .await?;
+        Ok(Session {
+            conn,
+            server: name,
+            token_expires_at,
+        })
     }
 
     /// Sends one message. Returns the server's final reply.
     ///
     /// # Errors
-    /// [`SmtpError`]: 4xx and network failures are transient, 5xx permanent.
+    /// [`ServerError`]: 4xx and network failures are transient, 5xx permanent.
     pub async fn send(
         &mut self,
         envelope: &Envelope,
         message: &[u8],
-    ) -> Result<Response, SmtpError> {
+    ) -> Result<Response, ServerError> {
         let server = &self.server;
         timed(
             DATA_TIMEOUT,
@@ -211,7 +115,7 @@ fn refused_without_token_error(
     server: &str,
     challenge: Option<Rejection>,
     reply: &str,
-) -> SmtpError {
+) -> ServerError {
     let disabled = reply.contains("5.7.139")
         || reply.contains("5.7.3 ")
         || reply.contains("SmtpClientAuthentication");
@@ -227,7 +131,7 @@ fn refused_without_token_error(
         Some(c) => format!("login refused ({c}): {reply}"),
         None => format!("login refused: {reply}"),
     };
-    SmtpError::Failed {
+    ServerError::Failed {
         server: server.to_string(),
         reason,
         hint,
@@ -241,11 +145,11 @@ async fn timed<T>(
     server: &str,
     what: &str,
     fut: impl Future<Output = Result<T, lettre::transport::smtp::Error>>,
-) -> Result<T, SmtpError> {
+) -> Result<T, ServerError> {
     match tokio::time::timeout(limit, fut).await {
         Ok(Ok(v)) => Ok(v),
         Ok(Err(e)) => Err(classify(server, what, e)),
-        Err(_) => Err(SmtpError::Transient {
+        Err(_) => Err(ServerError::Transient {
             server: server.to_string(),
             reason: format!(
                 "{what} timed out after {}",
@@ -257,10 +161,10 @@ async fn timed<T>(
 }
 
 /// 4xx and network trouble are transient; 5xx and TLS failures are not.
-fn classify(server: &str, what: &str, e: lettre::transport::smtp::Error) -> SmtpError {
+fn classify(server: &str, what: &str, e: lettre::transport::smtp::Error) -> ServerError {
     let server = server.to_string();
     if e.is_permanent() {
-        return SmtpError::Failed {
+        return ServerError::Failed {
             server,
             reason: format!("{what} failed: {e}"),
             hint: None,
@@ -268,21 +172,21 @@ fn classify(server: &str, what: &str, e: lettre::transport::smtp::Error) -> Smtp
         };
     }
     if e.is_transient() {
-        return SmtpError::Transient {
+        return ServerError::Transient {
             server,
             reason: format!("{what} failed: {e}"),
             source: None,
         };
     }
     if let Some(tls) = tls_failure(&e) {
-        return SmtpError::Failed {
+        return ServerError::Failed {
             server,
             reason: format!("{what} failed: the TLS handshake failed ({tls})"),
             hint: Some("the server's certificate is not trusted for this host name: check host, or set ca_file to the CA that signed it".into()),
             source: None,
         };
     }
-    SmtpError::Transient {
+    ServerError::Transient {
         server,
         reason: format!("{what} failed"),
         source: Some(Box::new(e)),
@@ -304,8 +208,8 @@ fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     None
 }
 
-fn tls_parameters(server: &Server, name: &str) -> Result<TlsParameters, SmtpError> {
-    let failed = |reason: String, e: lettre::transport::smtp::Error| SmtpError::Failed {
+fn tls_parameters(server: &Server, name: &str) -> Result<TlsParameters, ServerError> {
+    let failed = |reason: String, e: lettre::transport::smtp::Error| ServerError::Failed {
         server: name.to_string(),
         reason,
         hint: None,
@@ -313,7 +217,7 @@ fn tls_parameters(server: &Server, name: &str) -> Result<TlsParameters, SmtpErro
     };
     let mut builder = TlsParameters::builder(server.host.clone());
     if let Some(ca) = &server.ca_file {
-        let pem = std::fs::read(ca).map_err(|e| SmtpError::Failed {
+        let pem = std::fs::read(ca).map_err(|e| ServerError::Failed {
             server: name.to_string(),
             reason: format!("failed to read ca_file {}", ca.display()),
             hint: None,
@@ -354,7 +258,7 @@ async fn login(
     if server.tls == Tls::Starttls {
         if !conn.can_starttls() {
             conn.abort().await;
-            return Err(other(SmtpError::Failed {
+            return Err(other(ServerError::Failed {
                 server: name,
                 reason:
                     "the server does not offer STARTTLS; refusing to send a token in clear text"
@@ -415,7 +319,7 @@ async fn authenticate(
         Ok(r) if r.has_code(235) => return Ok(()),
         Ok(r) if r.has_code(334) => r,
         Ok(r) => {
-            return Err(LoginFailure::Other(SmtpError::Failed {
+            return Err(LoginFailure::Other(ServerError::Failed {
                 server: name.to_string(),
                 reason: format!("unexpected reply to AUTH: {}", reply_text(&r)),
                 hint: None,
@@ -450,7 +354,7 @@ async fn authenticate(
 
 /// A 4xx reply to AUTH: the server's token validation is unavailable (Dovecot's 454).
 fn cannot_check_now(name: &str, e: &lettre::transport::smtp::Error) -> LoginFailure {
-    LoginFailure::Other(SmtpError::Transient {
+    LoginFailure::Other(ServerError::Transient {
         server: name.to_string(),
         reason: format!("the server could not check the token now: {e}"),
         source: None,
@@ -461,7 +365,7 @@ fn cannot_check_now(name: &str, e: &lettre::transport::smtp::Error) -> LoginFail
 /// talk at all.
 enum AuthReply {
     Negative(lettre::transport::smtp::Error),
-    Failed(SmtpError),
+    Failed(ServerError),
 }
 
 async fn command(
@@ -473,7 +377,7 @@ async fn command(
         Ok(Ok(r)) => Ok(r),
         Ok(Err(e)) if e.is_transient() || e.is_permanent() => Err(AuthReply::Negative(e)),
         Ok(Err(e)) => Err(AuthReply::Failed(classify(name, "AUTH", e))),
-        Err(_) => Err(AuthReply::Failed(SmtpError::Transient {
+        Err(_) => Err(AuthReply::Failed(ServerError::Transient {
             server: name.to_string(),
             reason: format!(
                 "AUTH timed out after {}",
