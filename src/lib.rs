@@ -11,7 +11,12 @@
 //! - [`sasl`]: XOAUTH2 / OAUTHBEARER strings and server error challenges; pure.
 //! - [`login`]: what SMTP and IMAP logins share: server errors and the one refresh-and-retry on
 //!   a rejected token.
+//! - [`net`]: TCP (timeouts, `TCP_NODELAY`) and TLS (rustls with ring, `ca_file`) for both
+//!   protocols.
 //! - [`smtp`]: connect, TLS, AUTH, send (lettre); owns no token storage (asks a `TokenSource`).
+//! - [`imap`]: connect, TLS/STARTTLS, AUTHENTICATE (async-imap), select, search, fetch with
+//!   `BODY.PEEK`, flag/move/delete.
+//! - [`poll`]: checkpointed polling (state per account+mailbox, lock), handlers, actions.
 //! - [`journal`]: the append-only send journal of a mail merge; never talks to the network.
 //! - [`send`]: mail merge: prepare every row, then send over one session with the journal.
 //! - [`compose`]: drafts → RFC 5322 messages (lettre); validates addresses and header values.
@@ -26,11 +31,14 @@ pub mod clock;
 pub mod compose;
 pub mod config;
 pub mod exit;
+pub mod imap;
 pub mod journal;
 pub mod login;
+pub mod net;
 pub mod oauth;
 pub mod output;
 pub mod paths;
+pub mod poll;
 pub mod sasl;
 pub mod secret;
 pub mod send;

@@ -18,9 +18,20 @@ pub fn initial_response(
     server: (&str, u16),
     token: &Secret,
 ) -> Secret {
+    Secret::new(STANDARD.encode(initial_response_raw(mechanism, user, server, token).expose()))
+}
+
+/// The initial response before base64 (for clients that encode it themselves, like async-imap's
+/// AUTHENTICATE).
+pub fn initial_response_raw(
+    mechanism: Mechanism,
+    user: &str,
+    server: (&str, u16),
+    token: &Secret,
+) -> Secret {
     match mechanism {
-        Mechanism::Xoauth2 => xoauth2(user, token),
-        Mechanism::Oauthbearer => oauthbearer(user, Some(server), token),
+        Mechanism::Xoauth2 => xoauth2_raw(user, token),
+        Mechanism::Oauthbearer => oauthbearer_raw(user, Some(server), token),
     }
 }
 
@@ -31,6 +42,14 @@ pub fn cancel_reply(mechanism: Mechanism) -> &'static str {
     match mechanism {
         Mechanism::Xoauth2 => "",
         Mechanism::Oauthbearer => "AQ==",
+    }
+}
+
+/// [`cancel_reply`] before base64.
+pub fn cancel_reply_raw(mechanism: Mechanism) -> &'static [u8] {
+    match mechanism {
+        Mechanism::Xoauth2 => b"",
+        Mechanism::Oauthbearer => b"\x01",
     }
 }
 
@@ -52,13 +71,18 @@ impl Rejection {
     /// Decodes a challenge; `None` if it is not base64.
     pub fn decode(challenge: &str) -> Option<Rejection> {
         let bytes = STANDARD.decode(challenge.trim()).ok()?;
-        let text = String::from_utf8_lossy(&bytes).into_owned();
+        Some(Rejection::parse(&bytes))
+    }
+
+    /// Reads an already base64-decoded challenge.
+    pub fn parse(bytes: &[u8]) -> Rejection {
+        let text = String::from_utf8_lossy(bytes).into_owned();
         let field = |v: &serde_json::Value, k: &str| match v.get(k) {
             Some(serde_json::Value::String(s)) => Some(s.clone()),
             Some(other) if !other.is_null() => Some(other.to_string()),
             _ => None,
         };
-        Some(match serde_json::from_str::<serde_json::Value>(&text) {
+        match serde_json::from_str::<serde_json::Value>(&text) {
             Ok(v) if v.is_object() => Rejection {
                 status: field(&v, "status"),
                 schemes: field(&v, "schemes"),
@@ -71,7 +95,7 @@ impl Rejection {
                 scope: None,
                 other: Some(text),
             },
-        })
+        }
     }
 
     /// Whether the server says the token itself is bad (expired, revoked, unknown): then one
@@ -108,23 +132,32 @@ impl std::fmt::Display for Rejection {
 
 /// The base64 XOAUTH2 initial response.
 pub fn xoauth2(user: &str, token: &Secret) -> Secret {
-    let raw = format!("user={user}\x01auth=Bearer {}\x01\x01", token.expose());
-    Secret::new(STANDARD.encode(raw))
+    Secret::new(STANDARD.encode(xoauth2_raw(user, token).expose()))
+}
+
+fn xoauth2_raw(user: &str, token: &Secret) -> Secret {
+    Secret::new(format!(
+        "user={user}\x01auth=Bearer {}\x01\x01",
+        token.expose()
+    ))
 }
 
 /// The base64 OAUTHBEARER initial response. `host`/`port` are the server the client connects to
 /// (RFC 7628 §3.1); `None` leaves them out. A `,` or `=` in the user is escaped as the GS2 header
 /// requires (`=2C`, `=3D`).
 pub fn oauthbearer(user: &str, server: Option<(&str, u16)>, token: &Secret) -> Secret {
+    Secret::new(STANDARD.encode(oauthbearer_raw(user, server, token).expose()))
+}
+
+fn oauthbearer_raw(user: &str, server: Option<(&str, u16)>, token: &Secret) -> Secret {
     let user = user.replace('=', "=3D").replace(',', "=2C");
     let server = server.map_or(String::new(), |(host, port)| {
         format!("host={host}\x01port={port}\x01")
     });
-    let raw = format!(
+    Secret::new(format!(
         "n,a={user},\x01{server}auth=Bearer {}\x01\x01",
         token.expose()
-    );
-    Secret::new(STANDARD.encode(raw))
+    ))
 }
 
 #[cfg(test)]

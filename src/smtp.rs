@@ -17,6 +17,7 @@ use lettre::transport::smtp::response::Response;
 
 use crate::config::{Account, Server, Tls};
 use crate::login::{self, LoginFailure, ServerError};
+use crate::net;
 use crate::oauth::{TokenSource, TokenStore};
 use crate::sasl::{self, Rejection};
 use crate::secret::Secret;
@@ -245,13 +246,12 @@ async fn login(
     let name = format!("{}:{}", server.host, server.port);
     let other = LoginFailure::Other;
     let hello = ClientId::default();
-    let addr = (server.host.as_str(), server.port);
-    let implicit = match server.tls {
-        Tls::Implicit => Some(tls_parameters(server, &name).map_err(other)?),
-        Tls::Starttls | Tls::None => None,
+    let tcp = net::connect(server).await.map_err(other)?;
+    let stream = match server.tls {
+        Tls::Implicit => net::tls(tcp, server, "connecting").await.map_err(other)?,
+        Tls::Starttls | Tls::None => net::Stream::Plain(tcp),
     };
-    let connect =
-        AsyncSmtpConnection::connect_tokio1(addr, Some(CONNECT_TIMEOUT), &hello, implicit, None);
+    let connect = AsyncSmtpConnection::connect_with_transport(Box::new(stream), &hello);
     let mut conn = timed(CONNECT_TIMEOUT, &name, "connecting", connect)
         .await
         .map_err(other)?;

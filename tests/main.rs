@@ -6,6 +6,7 @@ mod support;
 mod auth;
 mod config;
 mod merge;
+mod poll;
 mod secrets;
 mod send;
 mod stack;

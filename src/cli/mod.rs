@@ -3,6 +3,7 @@
 
 mod auth;
 mod config;
+mod poll;
 mod send;
 
 use std::path::PathBuf;
@@ -61,8 +62,10 @@ pub enum Command {
     /// Inspect the configuration
     #[command(subcommand)]
     Config(config::ConfigCommand),
-    /// Send one message through an account's SMTP server
+    /// Send one message, a templated message, or a mail merge through an account's SMTP server
     Send(Box<send::Args>),
+    /// Hand each new message of a mailbox to a handler once (JSON, --exec, --save)
+    Poll(Box<poll::Args>),
 }
 
 /// What every command gets: resolved paths, output settings, the clock.
@@ -116,6 +119,7 @@ pub async fn run(cli: Cli, env: Env) -> Result<Exit> {
         Command::Auth(cmd) => cmd.run(&ctx).await,
         Command::Config(cmd) => cmd.run(&ctx),
         Command::Send(args) => args.run(&ctx).await,
+        Command::Poll(args) => args.run(&ctx).await,
     }
 }
 

@@ -425,6 +425,75 @@ shlib_directory = /usr/lib/postfix
         fs::read_to_string(self.path("postfix/maillog")).unwrap_or_default()
     }
 
+    /// Runs `doveadm` against the test Dovecot; returns stdout.
+    pub fn doveadm(&self, args: &[&str], stdin: Option<&[u8]>) -> String {
+        use std::io::Write;
+        let mut child = Command::new("/usr/bin/doveadm")
+            .arg("-c")
+            .arg(self.path("dovecot/dovecot.conf"))
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("doveadm: {e}; {INSTALL_HINT}"));
+        let mut input = child.stdin.take().expect("stdin");
+        if let Some(bytes) = stdin {
+            input.write_all(bytes).expect("write doveadm stdin");
+        }
+        drop(input);
+        let out = child.wait_with_output().expect("doveadm");
+        assert!(
+            out.status.success(),
+            "doveadm {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Stores a message with `subject` into `user`'s `mailbox` (as delivery would).
+    pub fn deliver(&self, user: &str, mailbox: &str, subject: &str) {
+        let msg = format!(
+            "From: Sender <sender@example.com>\r\nTo: {user}\r\nSubject: {subject}\r\nMessage-ID: <{subject}.{}@example.com>\r\nDate: Fri, 27 Nov 2026 08:00:00 +0000\r\n\r\nBody of {subject}\r\n",
+            std::process::id()
+        );
+        self.doveadm(&["save", "-u", user, "-m", mailbox], Some(msg.as_bytes()));
+    }
+
+    /// Creates `mailbox` for `user`.
+    pub fn create_mailbox(&self, user: &str, mailbox: &str) {
+        self.doveadm(&["mailbox", "create", "-u", user, mailbox], None);
+    }
+
+    /// Deletes `mailbox` of `user` with its messages.
+    pub fn delete_mailbox(&self, user: &str, mailbox: &str) {
+        self.doveadm(&["mailbox", "delete", "-u", user, "-r", mailbox], None);
+    }
+
+    /// (UID, flags) of the messages in `user`'s `mailbox`.
+    pub fn flags(&self, user: &str, mailbox: &str) -> Vec<(u32, String)> {
+        let out = self.doveadm(
+            &[
+                "-f",
+                "tab",
+                "fetch",
+                "-u",
+                user,
+                "uid flags",
+                "mailbox",
+                mailbox,
+            ],
+            None,
+        );
+        out.lines()
+            .skip(1)
+            .filter_map(|l| {
+                let (uid, flags) = l.split_once('\t')?;
+                Some((uid.trim().parse().ok()?, flags.trim().to_string()))
+            })
+            .collect()
+    }
+
     /// Messages delivered to `user` (files in `Maildir/new` and `cur`), oldest first.
     pub fn delivered(&self, user: &str) -> Vec<Vec<u8>> {
         let mut files: Vec<PathBuf> = ["new", "cur"]

@@ -225,9 +225,17 @@ port = {port}
 tls = "{tls}"
 mechanism = "{mechanism}"
 ca_file = "{ca}"
+
+[accounts.work.imap]
+host = "127.0.0.1"
+port = {imaps}
+tls = "implicit"
+mechanism = "xoauth2"
+ca_file = "{ca}"
 "#,
             token_url = stack.oauth.token_url(),
             ca = ca_file.display(),
+            imaps = stack.ports.imaps,
         ));
     }
 

@@ -1,0 +1,151 @@
+//! `mailpilot poll`: one pass over a mailbox, for cron.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+
+use super::Ctx;
+use crate::config::{Account, Config};
+use crate::exit::{Exit, UsageError};
+use crate::oauth::TokenSource;
+use crate::poll::{self, Actions, Handler, PollOptions, Start};
+
+/// Hands each new message of a mailbox to a handler exactly once, in UID order, and remembers how
+/// far it got (per account and mailbox). By default prints one JSON object per message.
+///
+/// The first poll of a mailbox needs a starting point: --since AGE, --from-now or --all.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Account to read [default: the only configured account]
+    #[arg(long, short)]
+    account: Option<String>,
+    /// Mailbox to read
+    #[arg(long, short, default_value = "INBOX")]
+    mailbox: String,
+    /// Extra IMAP SEARCH criteria, e.g. 'UNSEEN' or 'FROM "alerts@example.com"'
+    #[arg(long, value_name = "CRITERIA")]
+    search: Option<String>,
+    /// Handle at most N messages in this run (the rest come next time)
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+    /// First poll only: start with messages from the last AGE (e.g. 2d, 12h)
+    #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration, conflicts_with_all = ["from_now", "all"])]
+    since: Option<Duration>,
+    /// First poll only: ignore existing messages, handle only new ones from now on
+    #[arg(long, conflicts_with = "all")]
+    from_now: bool,
+    /// First poll only: handle every message in the mailbox
+    #[arg(long)]
+    all: bool,
+    /// After a UIDVALIDITY change (mailbox recreated), handle every message again instead of
+    /// continuing with new ones
+    #[arg(long)]
+    replay: bool,
+    /// Run CMD (via sh -c) per message: raw message on stdin, MAILPILOT_UID, MAILPILOT_FROM,
+    /// MAILPILOT_SUBJECT, ... in the environment. A non-zero exit stops the poll before that
+    /// message is checkpointed
+    #[arg(long, value_name = "CMD", conflicts_with = "save")]
+    exec: Option<String>,
+    /// Write each message as DIR/<uidvalidity>-<uid>.eml
+    #[arg(long, value_name = "DIR")]
+    save: Option<PathBuf>,
+    /// JSON output: include the HTML body
+    #[arg(long)]
+    html: bool,
+    /// JSON output: write attachments into DIR
+    #[arg(long, value_name = "DIR")]
+    save_attachments: Option<PathBuf>,
+    /// After handling: mark the message \Seen
+    #[arg(long)]
+    mark_seen: bool,
+    /// After handling: add this flag or keyword (e.g. \Flagged, processed)
+    #[arg(long, value_name = "FLAG")]
+    flag: Option<String>,
+    /// After handling: move the message to MAILBOX
+    #[arg(long = "move", value_name = "MAILBOX", conflicts_with = "delete")]
+    move_to: Option<String>,
+    /// After handling: delete the message
+    #[arg(long)]
+    delete: bool,
+}
+
+impl Args {
+    /// Runs the command.
+    ///
+    /// # Errors
+    /// First poll without a start (exit 2), a busy mailbox (75), login and network failures,
+    /// a failing --exec (1).
+    pub async fn run(self, ctx: &Ctx) -> Result<Exit> {
+        let config = ctx.config()?;
+        let account = self.account(&config)?;
+        for dir in [&self.save, &self.save_attachments].into_iter().flatten() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("failed to create directory {}", dir.display()))?;
+        }
+        let options = PollOptions {
+            mailbox: self.mailbox.clone(),
+            search: self.search.clone(),
+            limit: self.limit,
+            start: match (self.since, self.from_now, self.all) {
+                (Some(d), _, _) => Start::Since(d),
+                (None, true, _) => Start::FromNow,
+                (None, false, true) => Start::All,
+                (None, false, false) => Start::Unset,
+            },
+            replay: self.replay,
+            handler: match (&self.exec, &self.save) {
+                (Some(cmd), _) => Handler::Exec(cmd.clone()),
+                (None, Some(dir)) => Handler::Save(dir.clone()),
+                (None, None) => Handler::Json {
+                    html: self.html,
+                    save_attachments: self.save_attachments.clone(),
+                },
+            },
+            actions: Actions {
+                mark_seen: self.mark_seen,
+                flag: self.flag.clone(),
+                move_to: self.move_to.clone(),
+                delete: self.delete,
+            },
+        };
+        let store = ctx.store()?;
+        let tokens = TokenSource::new(account, &store, ctx.clock.as_ref());
+        let summary = poll::poll_once(
+            account,
+            &tokens,
+            &ctx.state_dir()?,
+            &options,
+            &ctx.out,
+            ctx.clock.now(),
+        )
+        .await?;
+        ctx.out.info(&format!(
+            "{}: {} new message{} handled (checkpoint UID {})",
+            options.mailbox,
+            summary.handled,
+            if summary.handled == 1 { "" } else { "s" },
+            summary.last_uid
+        ));
+        Ok(Exit::Success)
+    }
+
+    fn account<'c>(&self, config: &'c Config) -> Result<&'c Account> {
+        match &self.account {
+            Some(name) => config.account(name),
+            None if config.accounts.len() == 1 => {
+                Ok(config.accounts.values().next().context("one account")?)
+            }
+            None => Err(UsageError(format!(
+                "several accounts are configured; choose one with --account ({})",
+                config
+                    .accounts
+                    .keys()
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+            .into()),
+        }
+    }
+}

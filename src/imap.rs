@@ -1,0 +1,451 @@
+//! IMAP on async-imap over tokio-rustls: connect (implicit TLS or STARTTLS), read the greeting,
+//! AUTHENTICATE with XOAUTH2 or OAUTHBEARER (answering the server's error continuation so its final
+//! NO can be read and decoded), and the few commands polling needs. Every network step has a
+//! timeout. A rejected token is refreshed once and the login retried once (see [`crate::login`]).
+
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::Result;
+use futures_util::TryStreamExt;
+
+use crate::config::{Account, Mechanism, Server, Tls};
+use crate::login::{self, LoginFailure, ServerError};
+use crate::net::{self, Stream};
+use crate::oauth::{TokenSource, TokenStore};
+use crate::sasl::{self, Rejection};
+use crate::secret::Secret;
+
+/// One command and its response.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+/// Fetching one message body (a large attachment on a slow link).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// An authenticated IMAP session.
+pub struct Imap {
+    session: async_imap::Session<Stream>,
+    server: String,
+    /// When the token this session logged in with expires (unix seconds).
+    pub token_expires_at: u64,
+    can_move: bool,
+    can_uid_expunge: bool,
+}
+
+/// A selected mailbox's identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Selected {
+    /// UIDVALIDITY.
+    pub uidvalidity: u32,
+    /// UIDNEXT (the UID the next message will get).
+    pub uidnext: u32,
+}
+
+/// Records the server's error continuation while answering it, for the final message.
+struct OAuthAuthenticator {
+    initial: Option<Secret>,
+    cancel: &'static [u8],
+    challenge: Arc<Mutex<Option<Vec<u8>>>>,
+}
+
+impl async_imap::Authenticator for OAuthAuthenticator {
+    type Response = Vec<u8>;
+
+    fn process(&mut self, challenge: &[u8]) -> Vec<u8> {
+        match self.initial.take() {
+            Some(initial) => initial.expose().as_bytes().to_vec(),
+            None => {
+                if let Ok(mut c) = self.challenge.lock() {
+                    *c = Some(challenge.to_vec());
+                }
+                self.cancel.to_vec()
+            }
+        }
+    }
+}
+
+async fn timed<T, E: std::error::Error + Send + Sync + 'static>(
+    limit: Duration,
+    server: &str,
+    what: &str,
+    fut: impl Future<Output = Result<T, E>>,
+) -> Result<T, ServerError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(classify(server, what, Box::new(e))),
+        Err(_) => Err(ServerError::Transient {
+            server: server.to_string(),
+            reason: format!(
+                "{what} timed out after {}",
+                humantime::format_duration(limit)
+            ),
+            source: None,
+        }),
+    }
+}
+
+/// NO and BAD replies are permanent for the operation; network trouble is transient.
+fn classify(server: &str, what: &str, e: Box<dyn std::error::Error + Send + Sync>) -> ServerError {
+    let permanent = matches!(
+        e.downcast_ref::<async_imap::error::Error>(),
+        Some(
+            async_imap::error::Error::No(_)
+                | async_imap::error::Error::Bad(_)
+                | async_imap::error::Error::Validate(_)
+        )
+    );
+    if permanent {
+        ServerError::Failed {
+            server: server.to_string(),
+            reason: format!("{what} failed: {e}"),
+            hint: None,
+            source: None,
+        }
+    } else {
+        ServerError::Transient {
+            server: server.to_string(),
+            reason: format!("{what} failed"),
+            source: Some(e),
+        }
+    }
+}
+
+impl Imap {
+    /// Connects to the account's IMAP server and logs in.
+    ///
+    /// # Errors
+    /// [`ServerError`] or an [`crate::oauth::AuthError`].
+    pub async fn open<S: TokenStore>(
+        account: &Account,
+        tokens: &TokenSource<'_, S>,
+    ) -> Result<Imap> {
+        let Some(server) = account.imap.as_ref() else {
+            return Err(crate::exit::UsageError(format!(
+                "account \"{}\" has no IMAP server: add an [accounts.{}.imap] table with host and port",
+                account.name, account.name
+            ))
+            .into());
+        };
+        let name = net::name(server);
+        let (mut session, token_expires_at) = login::with_one_refresh(
+            account,
+            &name,
+            tokens,
+            |token| async move { login(account, server, &token).await },
+            |challenge, reply| ServerError::Failed {
+                server: name.clone(),
+                reason: match challenge {
+                    Some(c) => format!("login refused ({c}): {reply}"),
+                    None => format!("login refused: {reply}"),
+                },
+                hint: Some(format!(
+                    "check mechanism of [accounts.{}.imap] and that the server accepts OAuth2 logins for {}",
+                    account.name, account.email
+                )),
+                source: None,
+            },
+        )
+        .await?;
+        let caps = timed(COMMAND_TIMEOUT, &name, "CAPABILITY", session.capabilities()).await?;
+        Ok(Imap {
+            can_move: caps.has_str("MOVE"),
+            can_uid_expunge: caps.has_str("UIDPLUS"),
+            session,
+            server: name,
+            token_expires_at,
+        })
+    }
+
+    /// `host:port`.
+    pub fn server(&self) -> &str {
+        &self.server
+    }
+
+    /// Selects `mailbox` (read-write, so actions work; fetching uses `BODY.PEEK`, so reading alone
+    /// changes no flags).
+    ///
+    /// # Errors
+    /// The mailbox does not exist (a [`ServerError::Failed`] naming it) or the network fails.
+    pub async fn select(&mut self, mailbox: &str) -> Result<Selected, ServerError> {
+        let mb = timed(
+            COMMAND_TIMEOUT,
+            &self.server,
+            &format!("SELECT {mailbox}"),
+            self.session.select(mailbox),
+        )
+        .await?;
+        self.drain();
+        let missing = |what: &str| ServerError::Failed {
+            server: self.server.clone(),
+            reason: format!("the server did not report {what} for {mailbox}"),
+            hint: None,
+            source: None,
+        };
+        Ok(Selected {
+            uidvalidity: mb.uid_validity.ok_or_else(|| missing("UIDVALIDITY"))?,
+            uidnext: mb.uid_next.ok_or_else(|| missing("UIDNEXT"))?,
+        })
+    }
+
+    /// UIDs above `after` matching `criteria` (IMAP SEARCH syntax), ascending.
+    ///
+    /// # Errors
+    /// Bad criteria (NO/BAD) or the network.
+    pub async fn uids_after(
+        &mut self,
+        after: u32,
+        criteria: Option<&str>,
+    ) -> Result<Vec<u32>, ServerError> {
+        let query = match criteria {
+            Some(c) => format!("UID {}:* {c}", after.saturating_add(1)),
+            None => format!("UID {}:*", after.saturating_add(1)),
+        };
+        let found = timed(
+            COMMAND_TIMEOUT,
+            &self.server,
+            &format!("UID SEARCH {query}"),
+            self.session.uid_search(&query),
+        )
+        .await?;
+        self.drain();
+        // `n:*` always matches the highest UID, even when it is below n.
+        let mut uids: Vec<u32> = found.into_iter().filter(|u| *u > after).collect();
+        uids.sort_unstable();
+        Ok(uids)
+    }
+
+    /// The raw message `uid`, fetched with `BODY.PEEK[]` (flags unchanged); `None` if it vanished.
+    ///
+    /// # Errors
+    /// The network.
+    pub async fn fetch(&mut self, uid: u32) -> Result<Option<Vec<u8>>, ServerError> {
+        let server = self.server.clone();
+        let what = format!("UID FETCH {uid}");
+        let fetches = async {
+            let stream = self
+                .session
+                .uid_fetch(uid.to_string(), "(UID BODY.PEEK[])")
+                .await?;
+            stream.try_collect::<Vec<_>>().await
+        };
+        let fetches = timed(FETCH_TIMEOUT, &server, &what, fetches).await?;
+        self.drain();
+        Ok(fetches
+            .iter()
+            .find(|f| f.uid == Some(uid))
+            .and_then(|f| f.body().map(<[u8]>::to_vec)))
+    }
+
+    /// Adds `flag` (`\Seen`, `\Flagged`, a keyword) to message `uid`.
+    ///
+    /// # Errors
+    /// The server refuses or the network fails.
+    pub async fn add_flag(&mut self, uid: u32, flag: &str) -> Result<(), ServerError> {
+        let server = self.server.clone();
+        let store = async {
+            let stream = self
+                .session
+                .uid_store(uid.to_string(), format!("+FLAGS.SILENT ({flag})"))
+                .await?;
+            stream.try_collect::<Vec<_>>().await
+        };
+        timed(
+            COMMAND_TIMEOUT,
+            &server,
+            &format!("UID STORE {uid} +FLAGS ({flag})"),
+            store,
+        )
+        .await?;
+        self.drain();
+        Ok(())
+    }
+
+    /// Moves message `uid` to `mailbox`: `UID MOVE` where the server has MOVE, else COPY, mark
+    /// deleted, expunge.
+    ///
+    /// # Errors
+    /// The target mailbox does not exist, the server refuses, or the network fails.
+    pub async fn move_to(&mut self, uid: u32, mailbox: &str) -> Result<(), ServerError> {
+        let server = self.server.clone();
+        if self.can_move {
+            timed(
+                COMMAND_TIMEOUT,
+                &server,
+                &format!("UID MOVE {uid} {mailbox}"),
+                self.session.uid_mv(uid.to_string(), mailbox),
+            )
+            .await?;
+            self.drain();
+            return Ok(());
+        }
+        timed(
+            COMMAND_TIMEOUT,
+            &server,
+            &format!("UID COPY {uid} {mailbox}"),
+            self.session.uid_copy(uid.to_string(), mailbox),
+        )
+        .await?;
+        self.delete(uid).await
+    }
+
+    /// Marks message `uid` deleted and expunges it (only it, where the server has UIDPLUS).
+    ///
+    /// # Errors
+    /// The server refuses or the network fails.
+    pub async fn delete(&mut self, uid: u32) -> Result<(), ServerError> {
+        self.add_flag(uid, "\\Deleted").await?;
+        let server = self.server.clone();
+        let can_uid_expunge = self.can_uid_expunge;
+        let expunge = async {
+            if can_uid_expunge {
+                self.session
+                    .uid_expunge(uid.to_string())
+                    .await?
+                    .try_collect::<Vec<_>>()
+                    .await
+            } else {
+                self.session.expunge().await?.try_collect::<Vec<_>>().await
+            }
+        };
+        timed(
+            COMMAND_TIMEOUT,
+            &server,
+            &format!("expunging UID {uid}"),
+            expunge,
+        )
+        .await?;
+        self.drain();
+        Ok(())
+    }
+
+    /// Logs out; errors are ignored (the work is done).
+    pub async fn logout(mut self) {
+        let _ = tokio::time::timeout(COMMAND_TIMEOUT, self.session.logout()).await;
+    }
+
+    /// Discards queued unsolicited responses (async-imap drops them past 100 anyway).
+    fn drain(&mut self) {
+        while self.session.unsolicited_responses.try_recv().is_ok() {}
+    }
+}
+
+/// Connects, secures, reads the greeting and authenticates once.
+async fn login(
+    account: &Account,
+    server: &Server,
+    token: &Secret,
+) -> Result<async_imap::Session<Stream>, LoginFailure> {
+    let name = net::name(server);
+    let other = LoginFailure::Other;
+    let tcp = net::connect(server).await.map_err(other)?;
+    let stream = match server.tls {
+        Tls::Implicit => net::tls(tcp, server, "connecting").await.map_err(other)?,
+        Tls::Starttls | Tls::None => Stream::Plain(tcp),
+    };
+    let mut client = async_imap::Client::new(stream);
+    greeting(&mut client, &name).await.map_err(other)?;
+    if server.tls == Tls::Starttls {
+        timed(
+            COMMAND_TIMEOUT,
+            &name,
+            "STARTTLS",
+            client.run_command_and_check_ok("STARTTLS", None),
+        )
+        .await
+        .map_err(other)?;
+        let Stream::Plain(tcp) = client.into_inner() else {
+            return Err(other(ServerError::Failed {
+                server: name,
+                reason: "internal: STARTTLS on an encrypted stream".into(),
+                hint: None,
+                source: None,
+            }));
+        };
+        client = async_imap::Client::new(net::tls(tcp, server, "STARTTLS").await.map_err(other)?);
+    }
+    authenticate(client, account, server, &name, token).await
+}
+
+async fn greeting(client: &mut async_imap::Client<Stream>, name: &str) -> Result<(), ServerError> {
+    match tokio::time::timeout(net::CONNECT_TIMEOUT, client.read_response()).await {
+        Ok(Ok(Some(_))) => Ok(()),
+        Ok(Ok(None)) => Err(ServerError::Transient {
+            server: name.to_string(),
+            reason: "the server closed the connection before its greeting".into(),
+            source: None,
+        }),
+        Ok(Err(e)) => Err(ServerError::Transient {
+            server: name.to_string(),
+            reason: "reading the greeting failed".into(),
+            source: Some(Box::new(e)),
+        }),
+        Err(_) => Err(ServerError::Transient {
+            server: name.to_string(),
+            reason: "no greeting from the server".into(),
+            source: None,
+        }),
+    }
+}
+
+async fn authenticate(
+    client: async_imap::Client<Stream>,
+    account: &Account,
+    server: &Server,
+    name: &str,
+    token: &Secret,
+) -> Result<async_imap::Session<Stream>, LoginFailure> {
+    let challenge = Arc::new(Mutex::new(None));
+    let auth = OAuthAuthenticator {
+        initial: Some(sasl::initial_response_raw(
+            server.mechanism,
+            &account.email,
+            (&server.host, server.port),
+            token,
+        )),
+        cancel: sasl::cancel_reply_raw(server.mechanism),
+        challenge: challenge.clone(),
+    };
+    let mech = match server.mechanism {
+        Mechanism::Xoauth2 => "XOAUTH2",
+        Mechanism::Oauthbearer => "OAUTHBEARER",
+    };
+    tracing::trace!(server = %name, "AUTHENTICATE {mech} [redacted]");
+    let result = match tokio::time::timeout(COMMAND_TIMEOUT, client.authenticate(mech, auth)).await
+    {
+        Ok(r) => r,
+        Err(_) => {
+            return Err(LoginFailure::Other(ServerError::Transient {
+                server: name.to_string(),
+                reason: "AUTHENTICATE timed out".into(),
+                source: None,
+            }))
+        }
+    };
+    let error = match result {
+        Ok(session) => return Ok(session),
+        Err((error, _client)) => error,
+    };
+    let decoded = challenge
+        .lock()
+        .ok()
+        .and_then(|c| c.clone())
+        .map(|c| Rejection::parse(&c));
+    match error {
+        async_imap::error::Error::No(text) if text.contains("[UNAVAILABLE]") => {
+            Err(LoginFailure::Other(ServerError::Transient {
+                server: name.to_string(),
+                reason: format!("the server could not check the token now: {text}"),
+                source: None,
+            }))
+        }
+        async_imap::error::Error::No(text) => Err(LoginFailure::Rejected {
+            challenge: decoded,
+            reply: text,
+        }),
+        other => Err(LoginFailure::Other(classify(
+            name,
+            "AUTHENTICATE",
+            Box::new(other),
+        ))),
+    }
+}

@@ -1,0 +1,594 @@
+//! Checkpointed polling: each new message of a mailbox is handed to a handler once, in UID order,
+//! and the checkpoint (`uidvalidity`, `last_uid`) advances — durably — after each handled message.
+//! A crash re-delivers at most the message in hand and never skips one. A per-mailbox lock keeps
+//! two overlapping runs from handling the same message.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use mail_parser::{MessageParser, MimeHeaders};
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncWriteExt;
+
+use crate::config::Account;
+use crate::exit::{Busy, UsageError};
+use crate::imap::{Imap, Selected};
+use crate::oauth::{TokenSource, TokenStore};
+use crate::output::{Output, JSON_SCHEMA_VERSION};
+
+/// How long a second poll of the same mailbox waits for the first before giving up (exit 75).
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+/// The checkpoint file format.
+const STATE_VERSION: u32 = 1;
+
+/// Where the first poll of a mailbox starts (later polls continue from the checkpoint).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Start {
+    /// Nothing chosen: the first poll refuses to guess.
+    Unset,
+    /// Messages that arrived in the last given time.
+    Since(Duration),
+    /// Only messages arriving from now on.
+    FromNow,
+    /// Every message in the mailbox.
+    All,
+}
+
+/// What to do with each message.
+#[derive(Debug, Clone)]
+pub enum Handler {
+    /// One JSON object per message on stdout.
+    Json {
+        /// Include the HTML body.
+        html: bool,
+        /// Write attachments into this directory.
+        save_attachments: Option<PathBuf>,
+    },
+    /// Run a shell command with the raw message on stdin; non-zero stops the poll.
+    Exec(String),
+    /// Write `<uidvalidity>-<uid>.eml` files here.
+    Save(PathBuf),
+}
+
+/// What to do to a message after it was handled successfully.
+#[derive(Debug, Clone, Default)]
+pub struct Actions {
+    /// Add `\Seen`.
+    pub mark_seen: bool,
+    /// Add this flag or keyword.
+    pub flag: Option<String>,
+    /// Move it to this mailbox.
+    pub move_to: Option<String>,
+    /// Delete it.
+    pub delete: bool,
+}
+
+/// One poll's settings.
+#[derive(Debug, Clone)]
+pub struct PollOptions {
+    /// Mailbox to read.
+    pub mailbox: String,
+    /// Extra IMAP SEARCH criteria (`UNSEEN`, `FROM alerts@x`).
+    pub search: Option<String>,
+    /// Handle at most this many messages.
+    pub limit: Option<usize>,
+    /// First-run start.
+    pub start: Start,
+    /// After a UIDVALIDITY change, handle every message again (instead of starting from now).
+    pub replay: bool,
+    /// The handler.
+    pub handler: Handler,
+    /// Post-handling actions.
+    pub actions: Actions,
+}
+
+/// The outcome of a poll.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PollSummary {
+    /// Messages handled.
+    pub handled: usize,
+    /// The checkpoint afterwards.
+    pub last_uid: u32,
+}
+
+/// The checkpoint of one account and mailbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+struct Checkpoint {
+    version: u32,
+    uidvalidity: u32,
+    last_uid: u32,
+}
+
+/// The state files of one account and mailbox: `poll/<account>/<mailbox>.json` and `.lock`.
+struct StateFiles {
+    json: PathBuf,
+    lock: PathBuf,
+}
+
+impl StateFiles {
+    fn new(state_dir: &Path, account: &str, mailbox: &str) -> Self {
+        let dir = state_dir.join("poll").join(account);
+        let name: String = mailbox
+            .bytes()
+            .map(|b| {
+                if b.is_ascii_alphanumeric() || b == b'-' || b == b'_' {
+                    (b as char).to_string()
+                } else {
+                    format!("%{b:02X}")
+                }
+            })
+            .collect();
+        Self {
+            json: dir.join(format!("{name}.json")),
+            lock: dir.join(format!("{name}.lock")),
+        }
+    }
+
+    fn load(&self) -> Result<Option<Checkpoint>> {
+        let bytes = match std::fs::read(&self.json) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("failed to read poll state {}", self.json.display()))
+            }
+        };
+        let cp: Checkpoint = serde_json::from_slice(&bytes).with_context(|| {
+            format!(
+                "poll state {} is corrupt; delete it to start over (see --since/--from-now)",
+                self.json.display()
+            )
+        })?;
+        if cp.version != STATE_VERSION {
+            bail!(
+                "poll state {} has format version {}, this mailpilot reads {STATE_VERSION}",
+                self.json.display(),
+                cp.version
+            );
+        }
+        Ok(Some(cp))
+    }
+
+    fn save(&self, cp: Checkpoint) -> Result<()> {
+        let mut bytes = serde_json::to_vec(&cp).context("failed to encode poll state")?;
+        bytes.push(b'\n');
+        crate::oauth::store::write_atomic(&self.json, &bytes)
+    }
+
+    async fn lock(&self, mailbox: &str) -> Result<std::fs::File> {
+        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+        if let Some(dir) = self.lock.parent() {
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .with_context(|| format!("failed to create directory {}", dir.display()))?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&self.lock)
+            .with_context(|| format!("failed to open {}", self.lock.display()))?;
+        let deadline = tokio::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match file.try_lock() {
+                Ok(()) => return Ok(file),
+                Err(std::fs::TryLockError::WouldBlock) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(std::fs::TryLockError::WouldBlock) => {
+                    return Err(Busy(format!(
+                        "another mailpilot process has been polling {mailbox} for over {}s; try again later",
+                        LOCK_WAIT.as_secs()
+                    ))
+                    .into())
+                }
+                Err(std::fs::TryLockError::Error(e)) => {
+                    return Err(e).with_context(|| format!("failed to lock {}", self.lock.display()))
+                }
+            }
+        }
+    }
+}
+
+/// Polls once: handles every new message and advances the checkpoint after each.
+///
+/// # Errors
+/// A first poll without a start choice ([`UsageError`]), a busy mailbox ([`Busy`]), login and
+/// network failures, or a failing handler (the checkpoint stays before that message).
+pub async fn poll_once<S: TokenStore>(
+    account: &Account,
+    tokens: &TokenSource<'_, S>,
+    state_dir: &Path,
+    options: &PollOptions,
+    out: &Output,
+    now: u64,
+) -> Result<PollSummary> {
+    let files = StateFiles::new(state_dir, &account.name, &options.mailbox);
+    let _lock = files.lock(&options.mailbox).await?;
+    let saved = files.load()?;
+    if saved.is_none() && options.start == Start::Unset {
+        return Err(UsageError(format!(
+            "first poll of {} for account \"{}\": choose where to start with --since 2d, --from-now or --all",
+            options.mailbox, account.name
+        ))
+        .into());
+    }
+    let mut imap = Imap::open(account, tokens).await?;
+    let selected = imap.select(&options.mailbox).await?;
+    let (mut checkpoint, since) = starting_point(saved, selected, options, out, &files)?;
+    let mut criteria = options.search.clone();
+    if let Some(since) = since {
+        let day = crate::clock::rfc3339(now.saturating_sub(since.as_secs()));
+        let imap_date = imap_date(&day);
+        criteria = Some(match criteria {
+            Some(c) => format!("SINCE {imap_date} {c}"),
+            None => format!("SINCE {imap_date}"),
+        });
+    }
+    let mut uids = imap
+        .uids_after(checkpoint.last_uid, criteria.as_deref())
+        .await?;
+    if let Some(limit) = options.limit {
+        uids.truncate(limit);
+    }
+    let mut summary = PollSummary {
+        handled: 0,
+        last_uid: checkpoint.last_uid,
+    };
+    for uid in uids {
+        let Some(raw) = imap.fetch(uid).await? else {
+            tracing::info!(uid, "message vanished before it could be fetched; skipping");
+            continue;
+        };
+        handle(account, options, checkpoint.uidvalidity, uid, &raw, out)
+            .await
+            .with_context(|| {
+                format!(
+                    "stopped at UID {uid} of {}; the next poll starts with it",
+                    options.mailbox
+                )
+            })?;
+        apply_actions(&mut imap, uid, &options.actions).await?;
+        checkpoint.last_uid = uid;
+        files.save(checkpoint)?;
+        summary.handled += 1;
+        summary.last_uid = uid;
+    }
+    imap.logout().await;
+    Ok(summary)
+}
+
+/// The checkpoint to continue from, and the SINCE window of a first `--since` poll.
+fn starting_point(
+    saved: Option<Checkpoint>,
+    selected: Selected,
+    options: &PollOptions,
+    out: &Output,
+    files: &StateFiles,
+) -> Result<(Checkpoint, Option<Duration>)> {
+    let fresh = |last_uid: u32| Checkpoint {
+        version: STATE_VERSION,
+        uidvalidity: selected.uidvalidity,
+        last_uid,
+    };
+    let from_now = fresh(selected.uidnext.saturating_sub(1));
+    let result = match saved {
+        Some(cp) if cp.uidvalidity == selected.uidvalidity => (cp, None),
+        Some(cp) => {
+            out.warn(&format!(
+                "UIDVALIDITY of {} changed ({} → {}): the mailbox was recreated; {}",
+                options.mailbox,
+                cp.uidvalidity,
+                selected.uidvalidity,
+                if options.replay {
+                    "handling every message again (--replay)"
+                } else {
+                    "continuing with new messages only (use --replay to handle all again)"
+                }
+            ));
+            if options.replay {
+                (fresh(0), None)
+            } else {
+                (from_now, None)
+            }
+        }
+        None => match options.start {
+            Start::FromNow => (from_now, None),
+            Start::All => (fresh(0), None),
+            Start::Since(d) => (fresh(0), Some(d)),
+            Start::Unset => bail!("internal: unset start"),
+        },
+    };
+    if saved != Some(result.0) {
+        files.save(result.0)?;
+    }
+    Ok(result)
+}
+
+/// `2026-11-27T…` → `27-Nov-2026` (IMAP date).
+fn imap_date(rfc3339: &str) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month: usize = rfc3339[5..7].parse().unwrap_or(1);
+    format!(
+        "{}-{}-{}",
+        &rfc3339[8..10],
+        MONTHS[month.clamp(1, 12) - 1],
+        &rfc3339[0..4]
+    )
+}
+
+async fn apply_actions(imap: &mut Imap, uid: u32, actions: &Actions) -> Result<()> {
+    if actions.mark_seen {
+        imap.add_flag(uid, "\\Seen").await?;
+    }
+    if let Some(flag) = &actions.flag {
+        imap.add_flag(uid, flag).await?;
+    }
+    if let Some(target) = &actions.move_to {
+        imap.move_to(uid, target).await?;
+    } else if actions.delete {
+        imap.delete(uid).await?;
+    }
+    Ok(())
+}
+
+/// A message as `poll` prints it (schema version 1).
+#[derive(Debug, Serialize)]
+struct MessageJson {
+    version: u32,
+    account: String,
+    mailbox: String,
+    uidvalidity: u32,
+    uid: u32,
+    message_id: Option<String>,
+    date: Option<String>,
+    from: Vec<String>,
+    to: Vec<String>,
+    cc: Vec<String>,
+    subject: Option<String>,
+    text: Option<String>,
+    html: Option<String>,
+    attachments: Vec<AttachmentJson>,
+    size: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct AttachmentJson {
+    name: Option<String>,
+    content_type: Option<String>,
+    size: usize,
+    saved_as: Option<String>,
+}
+
+fn addresses(list: Option<&mail_parser::Address<'_>>) -> Vec<String> {
+    list.map(|a| {
+        a.iter()
+            .map(|addr| match (addr.name(), addr.address()) {
+                (Some(n), Some(a)) => format!("{n} <{a}>"),
+                (None, Some(a)) => a.to_string(),
+                (Some(n), None) => n.to_string(),
+                (None, None) => String::new(),
+            })
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+async fn handle(
+    account: &Account,
+    options: &PollOptions,
+    uidvalidity: u32,
+    uid: u32,
+    raw: &[u8],
+    out: &Output,
+) -> Result<()> {
+    let parsed = MessageParser::default().parse(raw);
+    match &options.handler {
+        Handler::Json {
+            html,
+            save_attachments,
+        } => {
+            let json = message_json(
+                account,
+                options,
+                uidvalidity,
+                uid,
+                raw,
+                parsed.as_ref(),
+                *html,
+                save_attachments.as_deref(),
+            )?;
+            out.json(&json)
+        }
+        Handler::Save(dir) => {
+            let path = dir.join(format!("{uidvalidity}-{uid}.eml"));
+            crate::oauth::store::write_atomic(&path, raw)
+                .with_context(|| format!("failed to save UID {uid} to {}", path.display()))
+        }
+        Handler::Exec(cmd) => {
+            exec(
+                account,
+                options,
+                uidvalidity,
+                uid,
+                raw,
+                parsed.as_ref(),
+                cmd,
+            )
+            .await
+        }
+    }
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one message's context, passed explicitly"
+)]
+fn message_json(
+    account: &Account,
+    options: &PollOptions,
+    uidvalidity: u32,
+    uid: u32,
+    raw: &[u8],
+    parsed: Option<&mail_parser::Message<'_>>,
+    with_html: bool,
+    save_attachments: Option<&Path>,
+) -> Result<MessageJson> {
+    let mut attachments = Vec::new();
+    if let Some(m) = parsed {
+        for (i, part) in m.attachments().enumerate() {
+            let name = part.attachment_name().map(str::to_string);
+            let saved_as = match save_attachments {
+                Some(dir) => {
+                    let safe = name
+                        .as_deref()
+                        .map(|n| n.replace(['/', '\\', '\0'], "_"))
+                        .filter(|n| !n.is_empty() && n != "." && n != "..")
+                        .unwrap_or_else(|| format!("attachment-{}", i + 1));
+                    let path = dir.join(format!("{uidvalidity}-{uid}-{safe}"));
+                    crate::oauth::store::write_atomic(&path, part.contents()).with_context(
+                        || {
+                            format!(
+                                "failed to save an attachment of UID {uid} to {}",
+                                path.display()
+                            )
+                        },
+                    )?;
+                    Some(path.display().to_string())
+                }
+                None => None,
+            };
+            attachments.push(AttachmentJson {
+                name,
+                content_type: part.content_type().map(|c| match c.subtype() {
+                    Some(sub) => format!("{}/{sub}", c.ctype()),
+                    None => c.ctype().to_string(),
+                }),
+                size: part.contents().len(),
+                saved_as,
+            });
+        }
+    }
+    Ok(MessageJson {
+        version: JSON_SCHEMA_VERSION,
+        account: account.name.clone(),
+        mailbox: options.mailbox.clone(),
+        uidvalidity,
+        uid,
+        message_id: parsed.and_then(|m| m.message_id()).map(str::to_string),
+        date: parsed.and_then(|m| m.date()).map(|d| d.to_rfc3339()),
+        from: addresses(parsed.and_then(|m| m.from())),
+        to: addresses(parsed.and_then(|m| m.to())),
+        cc: addresses(parsed.and_then(|m| m.cc())),
+        subject: parsed.and_then(|m| m.subject()).map(str::to_string),
+        text: parsed
+            .filter(|m| !m.text_body.is_empty())
+            .and_then(|m| m.body_text(0))
+            .map(|t| t.into_owned()),
+        html: if with_html {
+            parsed
+                .filter(|m| !m.html_body.is_empty())
+                .and_then(|m| m.body_html(0))
+                .map(|t| t.into_owned())
+        } else {
+            None
+        },
+        attachments,
+        size: raw.len(),
+    })
+}
+
+async fn exec(
+    account: &Account,
+    options: &PollOptions,
+    uidvalidity: u32,
+    uid: u32,
+    raw: &[u8],
+    parsed: Option<&mail_parser::Message<'_>>,
+    cmd: &str,
+) -> Result<()> {
+    let one_line = |s: String| s.replace(['\r', '\n'], " ");
+    let env = [
+        ("MAILPILOT_ACCOUNT", account.name.clone()),
+        ("MAILPILOT_MAILBOX", options.mailbox.clone()),
+        ("MAILPILOT_UIDVALIDITY", uidvalidity.to_string()),
+        ("MAILPILOT_UID", uid.to_string()),
+        (
+            "MAILPILOT_MESSAGE_ID",
+            parsed
+                .and_then(|m| m.message_id())
+                .unwrap_or_default()
+                .to_string(),
+        ),
+        (
+            "MAILPILOT_FROM",
+            addresses(parsed.and_then(|m| m.from())).join(", "),
+        ),
+        (
+            "MAILPILOT_TO",
+            addresses(parsed.and_then(|m| m.to())).join(", "),
+        ),
+        (
+            "MAILPILOT_SUBJECT",
+            parsed
+                .and_then(|m| m.subject())
+                .unwrap_or_default()
+                .to_string(),
+        ),
+        (
+            "MAILPILOT_DATE",
+            parsed
+                .and_then(|m| m.date())
+                .map(|d| d.to_rfc3339())
+                .unwrap_or_default(),
+        ),
+    ];
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .envs(env.into_iter().map(|(k, v)| (k, one_line(v))))
+        .stdin(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("failed to start `{cmd}`"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A command that does not read its input closes the pipe early; that is not a failure.
+        match stdin.write_all(raw).await {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                return Err(e).with_context(|| format!("failed to write UID {uid} to `{cmd}`"))
+            }
+            _ => {}
+        }
+        drop(stdin);
+    }
+    let status = child
+        .wait()
+        .await
+        .with_context(|| format!("failed to wait for `{cmd}`"))?;
+    if !status.success() {
+        bail!("the --exec command `{cmd}` failed for UID {uid} ({status})");
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// IMAP dates and state file names.
+    #[test]
+    fn helpers() {
+        assert_eq!(imap_date("2026-11-27T16:22:19Z"), "27-Nov-2026");
+        let f = StateFiles::new(Path::new("/s"), "work", "Archive/2026 Q1");
+        assert_eq!(
+            f.json,
+            PathBuf::from("/s/poll/work/Archive%2F2026%20Q1.json")
+        );
+    }
+}

@@ -1,0 +1,360 @@
+//! `mailpilot poll` against the real Dovecot: each message handed over once, in UID order, never
+//! skipped, with checkpoints, locks, actions and UIDVALIDITY changes.
+
+use std::fs;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use crate::support::{MailStack, Policy, Run, TestEnv};
+
+fn setup(stack: &MailStack, test: &str) -> (TestEnv, String) {
+    let user = stack.user(test);
+    let env = TestEnv::new();
+    env.config_for_stack(
+        stack,
+        &user,
+        (stack.ports.postfix_submission, "starttls", "xoauth2"),
+        &stack.ca_file,
+    );
+    env.import_for(&stack.oauth, &user);
+    // The mailbox exists before the first poll (a real account's INBOX always does).
+    stack.doveadm(
+        &["mailbox", "status", "-u", &user, "messages", "INBOX"],
+        None,
+    );
+    (env, user)
+}
+
+fn poll(env: &TestEnv, stack: &MailStack, args: &[&str]) -> Run {
+    let mut all = vec!["poll"];
+    all.extend_from_slice(args);
+    env.run_full(
+        &all,
+        &[("MP_TEST_SECRET", &stack.oauth.client_secret())],
+        None,
+    )
+}
+
+fn subjects(run: &Run) -> Vec<String> {
+    run.stdout
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).expect("JSON line");
+            v["subject"].as_str().expect("subject").to_string()
+        })
+        .collect()
+}
+
+/// Three polls with deliveries between them: each message printed exactly once, in UID order,
+/// with its fields; flags unchanged (BODY.PEEK).
+#[test]
+fn each_message_once_in_order() {
+    let stack = MailStack::get();
+    let (env, user) = setup(stack, "poll3");
+    stack.deliver(&user, "INBOX", "m1");
+    stack.deliver(&user, "INBOX", "m2");
+    let run = poll(&env, stack, &["--all"]);
+    run.expect_code(0);
+    assert_eq!(subjects(&run), ["m1", "m2"]);
+    let first: serde_json::Value =
+        serde_json::from_str(run.stdout.lines().next().expect("line")).expect("json");
+    assert_eq!(first["version"], 1);
+    assert_eq!(first["from"][0], "Sender <sender@example.com>");
+    assert_eq!(first["text"].as_str().map(str::trim), Some("Body of m1"));
+    assert!(first["message_id"].as_str().expect("id").starts_with("m1."));
+    for s in ["m3", "m4", "m5"] {
+        stack.deliver(&user, "INBOX", s);
+    }
+    let run = poll(&env, stack, &[]);
+    run.expect_code(0);
+    assert_eq!(subjects(&run), ["m3", "m4", "m5"]);
+    let run = poll(&env, stack, &[]);
+    run.expect_code(0);
+    assert!(run.stdout.is_empty(), "{}", run.stdout);
+    assert!(
+        run.stderr.contains("INBOX: 0 new messages handled"),
+        "{}",
+        run.stderr
+    );
+    let flags = stack.flags(&user, "INBOX");
+    assert_eq!(flags.len(), 5);
+    assert!(
+        flags.iter().all(|(_, f)| !f.contains("\\Seen")),
+        "polling changed no flags: {flags:?}"
+    );
+    let run = poll(&env, stack, &["--all"]);
+    assert!(
+        run.stdout.is_empty(),
+        "--all only matters on the first poll"
+    );
+}
+
+/// The first poll refuses to guess where to start.
+#[test]
+fn first_poll_needs_a_start() {
+    let stack = MailStack::get();
+    let (env, _user) = setup(stack, "pollstart");
+    let run = poll(&env, stack, &[]);
+    run.expect_code(2);
+    assert!(run.stderr.starts_with("error: first poll of INBOX for account \"work\": choose where to start with --since 2d, --from-now or --all"), "{}", run.stderr);
+    let run = poll(&env, stack, &["--from-now"]);
+    run.expect_code(0);
+    assert!(run.stdout.is_empty());
+}
+
+/// `--exec` failing on the 3rd of 5 messages: the first two are checkpointed, the next run starts
+/// at the 3rd; the command sees the raw message and the environment.
+#[test]
+fn exec_failure_stops_before_checkpoint() {
+    let stack = MailStack::get();
+    let (env, user) = setup(stack, "pollexec");
+    for s in ["m1", "m2", "m3", "m4", "m5"] {
+        stack.deliver(&user, "INBOX", s);
+    }
+    let log = env.root().join("log");
+    let failing = format!(
+        "[ \"$MAILPILOT_SUBJECT\" = m3 ] && exit 3; grep -q \"^Subject: $MAILPILOT_SUBJECT\" && echo \"$MAILPILOT_UID $MAILPILOT_SUBJECT\" >> {}",
+        log.display()
+    );
+    let run = poll(&env, stack, &["--all", "--exec", &failing]);
+    run.expect_code(1);
+    assert!(
+        run.stderr
+            .contains("error: stopped at UID 3 of INBOX; the next poll starts with it"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("failed for UID 3 (exit status: 3)"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(fs::read_to_string(&log).expect("log"), "1 m1\n2 m2\n");
+    let working = format!(
+        "echo \"$MAILPILOT_UID $MAILPILOT_SUBJECT\" >> {}",
+        log.display()
+    );
+    poll(&env, stack, &["--exec", &working]).expect_code(0);
+    assert_eq!(
+        fs::read_to_string(&log).expect("log"),
+        "1 m1\n2 m2\n3 m3\n4 m4\n5 m5\n"
+    );
+}
+
+/// `kill -9` while `--exec` handles a message: the rerun hands that message over again, and
+/// nothing is skipped.
+#[test]
+fn killed_during_exec_skips_nothing() {
+    let stack = MailStack::get();
+    let (env, user) = setup(stack, "pollkill");
+    for s in ["m1", "m2", "m3", "m4"] {
+        stack.deliver(&user, "INBOX", s);
+    }
+    let log = env.root().join("log");
+    let slow = format!(
+        "echo \"$MAILPILOT_UID\" >> {}; [ \"$MAILPILOT_UID\" = 2 ] && sleep 30; true",
+        log.display()
+    );
+    let mut child = env
+        .cmd(&["poll", "--all", "--exec", &slow])
+        .env("MP_TEST_SECRET", stack.oauth.client_secret())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fs::read_to_string(&log).unwrap_or_default().lines().count() < 2 {
+        assert!(Instant::now() < deadline, "the handler never reached UID 2");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    let quick = format!("echo \"$MAILPILOT_UID\" >> {}", log.display());
+    poll(&env, stack, &["--exec", &quick]).expect_code(0);
+    assert_eq!(
+        fs::read_to_string(&log).expect("log"),
+        "1\n2\n2\n3\n4\n",
+        "UID 2 again, then the rest"
+    );
+}
+
+/// Two polls started together on one mailbox: no message is handled twice, none is missed.
+#[test]
+fn concurrent_polls_handle_each_once() {
+    let stack = MailStack::get();
+    let (env, user) = setup(stack, "pollpair");
+    poll(&env, stack, &["--from-now"]).expect_code(0);
+    for i in 1..=8 {
+        stack.deliver(&user, "INBOX", &format!("m{i}"));
+    }
+    let log = env.root().join("log");
+    let cmd = format!("echo \"$MAILPILOT_UID\" >> {}; sleep 0.1", log.display());
+    let children: Vec<_> = (0..2)
+        .map(|_| {
+            env.cmd(&["poll", "--exec", &cmd])
+                .env("MP_TEST_SECRET", stack.oauth.client_secret())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn")
+        })
+        .collect();
+    for child in children {
+        let out = child.wait_with_output().expect("wait");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let mut uids: Vec<u32> = fs::read_to_string(&log)
+        .expect("log")
+        .lines()
+        .map(|l| l.parse().expect("uid"))
+        .collect();
+    uids.sort_unstable();
+    assert_eq!(uids, (1..=8).collect::<Vec<_>>(), "each exactly once");
+}
+
+/// `--move Archive` leaves INBOX empty and Archive holding the messages; `--mark-seen` and
+/// `--flag` set flags.
+#[test]
+fn move_and_flag_actions() {
+    let stack = MailStack::get();
+    let (env, user) = setup(stack, "pollmove");
+    stack.create_mailbox(&user, "Archive");
+    for s in ["m1", "m2", "m3"] {
+        stack.deliver(&user, "INBOX", s);
+    }
+    let run = poll(
+        &env,
+        stack,
+        &[
+            "--all",
+            "--mark-seen",
+            "--flag",
+            "processed",
+            "--move",
+            "Archive",
+        ],
+    );
+    run.expect_code(0);
+    assert_eq!(subjects(&run), ["m1", "m2", "m3"]);
+    assert!(stack.flags(&user, "INBOX").is_empty(), "INBOX is empty");
+    let archived = stack.flags(&user, "Archive");
+    assert_eq!(archived.len(), 3);
+    assert!(
+        archived
+            .iter()
+            .all(|(_, f)| f.contains("\\Seen") && f.contains("processed")),
+        "{archived:?}"
+    );
+}
+
+/// A recreated mailbox (new UIDVALIDITY): warned about, continued from the new UIDNEXT, or with
+/// `--replay` handled from the start.
+#[test]
+fn uidvalidity_change() {
+    let stack = MailStack::get();
+    let (env, user) = setup(stack, "pollvalidity");
+    stack.create_mailbox(&user, "Work");
+    stack.deliver(&user, "Work", "old1");
+    stack.deliver(&user, "Work", "old2");
+    assert_eq!(
+        subjects(&poll(&env, stack, &["-m", "Work", "--all"])),
+        ["old1", "old2"]
+    );
+    stack.delete_mailbox(&user, "Work");
+    std::thread::sleep(Duration::from_millis(1100)); // UIDVALIDITY is time-based
+    stack.create_mailbox(&user, "Work");
+    stack.deliver(&user, "Work", "before-poll");
+    let run = poll(&env, stack, &["-m", "Work"]);
+    run.expect_code(0);
+    assert!(
+        run.stderr.contains("warning: UIDVALIDITY of Work changed"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("continuing with new messages only (use --replay to handle all again)"),
+        "{}",
+        run.stderr
+    );
+    assert!(subjects(&run).is_empty());
+    stack.deliver(&user, "Work", "after");
+    assert_eq!(subjects(&poll(&env, stack, &["-m", "Work"])), ["after"]);
+    stack.delete_mailbox(&user, "Work");
+    std::thread::sleep(Duration::from_millis(1100));
+    stack.create_mailbox(&user, "Work");
+    stack.deliver(&user, "Work", "r1");
+    stack.deliver(&user, "Work", "r2");
+    let run = poll(&env, stack, &["-m", "Work", "--replay"]);
+    assert!(
+        run.stderr
+            .contains("handling every message again (--replay)"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(subjects(&run), ["r1", "r2"]);
+}
+
+/// IMAP login failure paths: a token expired at the server is refreshed once (OAUTHBEARER over
+/// STARTTLS here); a revoked grant exits 77 with the decoded reason.
+#[test]
+fn imap_token_failures() {
+    let stack = MailStack::get();
+    let user = stack.user("pollauth");
+    let env = TestEnv::new();
+    env.config_for_stack(
+        stack,
+        &user,
+        (stack.ports.postfix_submission, "starttls", "xoauth2"),
+        &stack.ca_file,
+    );
+    let text = fs::read_to_string(env.config_path())
+        .expect("config")
+        .replace(
+            &format!(
+                "port = {}\ntls = \"implicit\"\nmechanism = \"xoauth2\"",
+                stack.ports.imaps
+            ),
+            &format!(
+                "port = {}\ntls = \"starttls\"\nmechanism = \"oauthbearer\"",
+                stack.ports.imap
+            ),
+        );
+    env.write_config(&text);
+    stack.oauth.set_policy(
+        &user,
+        Policy {
+            real_lifetime: Some(0),
+            ..Policy::default()
+        },
+    );
+    env.import_for(&stack.oauth, &user);
+    stack.oauth.set_policy(&user, Policy::default());
+    stack.deliver(&user, "INBOX", "hello");
+    let before = stack.oauth.refresh_count_for(&user);
+    let run = poll(&env, stack, &["--all", "-v"]);
+    run.expect_code(0);
+    assert_eq!(subjects(&run), ["hello"]);
+    assert!(
+        run.stderr
+            .contains("server rejected the access token; refreshing it once"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(stack.oauth.refresh_count_for(&user) - before, 1);
+    stack.oauth.revoke_user(&user);
+    let run = poll(&env, stack, &[]);
+    run.expect_code(77);
+    assert!(
+        run.stderr.starts_with(&format!(
+            "error: 127.0.0.1:{} rejected the access token of account \"work\" (status invalid_token (token invalid or expired)), and refreshing it failed\n",
+            stack.ports.imap
+        )),
+        "{}",
+        run.stderr
+    );
+}
