@@ -22,6 +22,7 @@
 //! - [`compose`]: drafts → RFC 5322 messages (lettre); validates addresses and header values.
 //! - [`output`]: the only place that prints; stdout is data only.
 //! - [`exit`]: exit statuses and the mapping from errors to them, in one place.
+//! - [`fsutil`]: atomic file replacement (temp file, fsync, rename, fsync of the directory).
 //! - [`paths`]: environment variables for paths, read once at start-up.
 //! - [`clock`]: "now" as a parameter, and time formatting.
 //! - [`secret`]: the redacting string type for tokens and client secrets.
@@ -31,6 +32,7 @@ pub mod clock;
 pub mod compose;
 pub mod config;
 pub mod exit;
+pub mod fsutil;
 pub mod imap;
 pub mod journal;
 pub mod login;

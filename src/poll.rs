@@ -154,7 +154,7 @@ impl StateFiles {
     fn save(&self, cp: Checkpoint) -> Result<()> {
         let mut bytes = serde_json::to_vec(&cp).context("failed to encode poll state")?;
         bytes.push(b'\n');
-        crate::oauth::store::write_atomic(&self.json, &bytes)
+        crate::fsutil::write_atomic(&self.json, &bytes)
     }
 
     async fn lock(&self, mailbox: &str) -> Result<std::fs::File> {
@@ -409,7 +409,7 @@ async fn handle(
         }
         Handler::Save(dir) => {
             let path = dir.join(format!("{uidvalidity}-{uid}.eml"));
-            crate::oauth::store::write_atomic(&path, raw)
+            crate::fsutil::write_atomic(&path, raw)
                 .with_context(|| format!("failed to save UID {uid} to {}", path.display()))
         }
         Handler::Exec(cmd) => {
@@ -453,14 +453,12 @@ fn message_json(
                         .filter(|n| !n.is_empty() && n != "." && n != "..")
                         .unwrap_or_else(|| format!("attachment-{}", i + 1));
                     let path = dir.join(format!("{uidvalidity}-{uid}-{safe}"));
-                    crate::oauth::store::write_atomic(&path, part.contents()).with_context(
-                        || {
-                            format!(
-                                "failed to save an attachment of UID {uid} to {}",
-                                path.display()
-                            )
-                        },
-                    )?;
+                    crate::fsutil::write_atomic(&path, part.contents()).with_context(|| {
+                        format!(
+                            "failed to save an attachment of UID {uid} to {}",
+                            path.display()
+                        )
+                    })?;
                     Some(path.display().to_string())
                 }
                 None => None,

@@ -87,6 +87,33 @@ impl Ctx {
         Config::load(&self.env.config_path(self.config_flag.clone())?)
     }
 
+    /// The account named by `--account`, or the only one configured.
+    ///
+    /// # Errors
+    /// An unknown name, or no name while several accounts are configured.
+    pub fn pick_account<'c>(
+        &self,
+        config: &'c Config,
+        name: Option<&str>,
+    ) -> Result<&'c crate::config::Account> {
+        match name {
+            Some(name) => config.account(name),
+            None => match config.accounts.values().collect::<Vec<_>>().as_slice() {
+                [only] => Ok(only),
+                _ => Err(crate::exit::UsageError(format!(
+                    "choose an account with --account ({})",
+                    config
+                        .accounts
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ))
+                .into()),
+            },
+        }
+    }
+
     /// The state directory.
     ///
     /// # Errors

@@ -6,8 +6,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 use super::Ctx;
-use crate::config::{Account, Config};
-use crate::exit::{Exit, UsageError};
+use crate::exit::Exit;
 use crate::oauth::TokenSource;
 use crate::poll::{self, Actions, Handler, PollOptions, Start};
 
@@ -78,7 +77,7 @@ impl Args {
     /// a failing --exec (1).
     pub async fn run(self, ctx: &Ctx) -> Result<Exit> {
         let config = ctx.config()?;
-        let account = self.account(&config)?;
+        let account = ctx.pick_account(&config, self.account.as_deref())?;
         for dir in [&self.save, &self.save_attachments].into_iter().flatten() {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("failed to create directory {}", dir.display()))?;
@@ -128,24 +127,5 @@ impl Args {
             summary.last_uid
         ));
         Ok(Exit::Success)
-    }
-
-    fn account<'c>(&self, config: &'c Config) -> Result<&'c Account> {
-        match &self.account {
-            Some(name) => config.account(name),
-            None if config.accounts.len() == 1 => {
-                Ok(config.accounts.values().next().context("one account")?)
-            }
-            None => Err(UsageError(format!(
-                "several accounts are configured; choose one with --account ({})",
-                config
-                    .accounts
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-            .into()),
-        }
     }
 }

@@ -164,7 +164,10 @@ impl Args {
             (true, Some(_)) => None,
             _ => Some(ctx.config()?),
         };
-        let account = config.as_ref().map(|c| self.account(c)).transpose()?;
+        let account = config
+            .as_ref()
+            .map(|c| ctx.pick_account(c, self.account.as_deref()))
+            .transpose()?;
         let base = self.base_draft(account)?;
         if let Some(each) = &self.each {
             let config_dir = config.as_ref().map(|c| c.templates_dir.clone());
@@ -396,25 +399,6 @@ impl Args {
             vars.insert(k.trim().to_string(), Value::String(v.to_string()));
         }
         Ok(vars)
-    }
-
-    fn account<'c>(&self, config: &'c Config) -> Result<&'c Account> {
-        match &self.account {
-            Some(name) => config.account(name),
-            None if config.accounts.len() == 1 => {
-                Ok(config.accounts.values().next().context("one account")?)
-            }
-            None => Err(UsageError(format!(
-                "several accounts are configured; choose one with --account ({})",
-                config
-                    .accounts
-                    .keys()
-                    .cloned()
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ))
-            .into()),
-        }
     }
 
     /// Everything but the body: from, recipients, attachments, headers.

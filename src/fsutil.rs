@@ -1,0 +1,59 @@
+//! Crash-safe file writes shared by the token store, poll checkpoints and saved messages.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+/// Writes `bytes` to `path` atomically with mode 0600: temp file in the same directory, fsync,
+/// rename over the target, fsync of the directory so the rename itself survives a power cut.
+/// Leftover temp files from a process killed mid-write are removed first (callers hold the lock
+/// that makes them the only writer).
+///
+/// # Errors
+/// Any filesystem failure, naming the path.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let prefix = format!(".{name}.tmp.");
+    remove_stale_temp_files(dir, &prefix);
+    let tmp = dir.join(format!("{prefix}{}", std::process::id()));
+    let result = (|| -> Result<()> {
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("failed to create {}", tmp.display()))?;
+        file.write_all(bytes)
+            .with_context(|| format!("failed to write {}", tmp.display()))?;
+        file.sync_all()
+            .with_context(|| format!("failed to fsync {}", tmp.display()))?;
+        fs::rename(&tmp, path)
+            .with_context(|| format!("failed to rename {} to {}", tmp.display(), path.display()))?;
+        File::open(dir)
+            .and_then(|d| d.sync_all())
+            .with_context(|| format!("failed to fsync directory {}", dir.display()))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn remove_stale_temp_files(dir: &Path, prefix: &str) {
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        if entry.file_name().to_string_lossy().starts_with(prefix) {
+            let _ = fs::remove_file(entry.path());
+        }
+    }
+}
