@@ -30,6 +30,18 @@ pub struct Imap {
     pub token_expires_at: u64,
     can_move: bool,
     can_uid_expunge: bool,
+    can_idle: bool,
+}
+
+/// Why an IDLE ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wake {
+    /// The server reported a change (new mail, expunge, flags).
+    NewData,
+    /// The wait reached its deadline (re-IDLE or reconnect time).
+    Deadline,
+    /// Shutdown was requested.
+    Shutdown,
 }
 
 /// A selected mailbox's identity.
@@ -150,6 +162,7 @@ impl Imap {
         Ok(Imap {
             can_move: caps.has_str("MOVE"),
             can_uid_expunge: caps.has_str("UIDPLUS"),
+            can_idle: caps.has_str("IDLE"),
             session,
             server: name,
             token_expires_at,
@@ -314,6 +327,75 @@ impl Imap {
             expunge,
         )
         .await?;
+        self.drain();
+        Ok(())
+    }
+
+    /// Whether the server supports IDLE (RFC 2177).
+    pub fn can_idle(&self) -> bool {
+        self.can_idle
+    }
+
+    /// Waits in IDLE until the server reports a change, `deadline` passes, or `shutdown` turns
+    /// true. Consumes the session and gives it back, ready for commands.
+    ///
+    /// # Errors
+    /// The connection dropped or the server said BYE ([`ServerError::Transient`]); the session is
+    /// gone then.
+    pub async fn idle(
+        self,
+        deadline: tokio::time::Instant,
+        shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    ) -> Result<(Imap, Wake), ServerError> {
+        let Imap {
+            session,
+            server,
+            token_expires_at,
+            can_move,
+            can_uid_expunge,
+            can_idle,
+        } = self;
+        let mut handle = session.idle();
+        timed(COMMAND_TIMEOUT, &server, "IDLE", handle.init()).await?;
+        let lost = |why: &str| ServerError::Transient {
+            server: server.clone(),
+            reason: format!("the connection ended during IDLE ({why})"),
+            source: None,
+        };
+        let wake = {
+            // The library's own timeout restarts with every keepalive; the deadline is ours.
+            let (wait, _stop) = handle.wait_with_timeout(Duration::from_secs(29 * 60));
+            tokio::select! {
+                result = wait => match result {
+                    Ok(async_imap::extensions::idle::IdleResponse::NewData(_)) => Wake::NewData,
+                    Ok(async_imap::extensions::idle::IdleResponse::Timeout) => Wake::Deadline,
+                    Ok(async_imap::extensions::idle::IdleResponse::ManualInterrupt) => return Err(lost("closed by the server")),
+                    Err(e) => return Err(lost(&e.to_string())),
+                },
+                () = tokio::time::sleep_until(deadline) => Wake::Deadline,
+                _ = shutdown.wait_for(|stop| *stop) => Wake::Shutdown,
+            }
+        };
+        let session = timed(COMMAND_TIMEOUT, &server, "DONE", handle.done()).await?;
+        let mut imap = Imap {
+            session,
+            server,
+            token_expires_at,
+            can_move,
+            can_uid_expunge,
+            can_idle,
+        };
+        imap.drain();
+        Ok((imap, wake))
+    }
+
+    /// Asks the server for news without IDLE (for servers that lack it).
+    ///
+    /// # Errors
+    /// The connection dropped.
+    pub async fn noop(&mut self) -> Result<(), ServerError> {
+        let server = self.server.clone();
+        timed(COMMAND_TIMEOUT, &server, "NOOP", self.session.noop()).await?;
         self.drain();
         Ok(())
     }

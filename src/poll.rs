@@ -210,26 +210,76 @@ pub async fn poll_once<S: TokenStore>(
 ) -> Result<PollSummary> {
     let files = StateFiles::new(state_dir, &account.name, &options.mailbox);
     let _lock = files.lock(&options.mailbox).await?;
-    let saved = files.load()?;
-    if saved.is_none() && options.start == Start::Unset {
+    require_start(&files, account, options)?;
+    let mut imap = Imap::open(account, tokens).await?;
+    let summary = select_and_pass(account, &mut imap, &files, options, out, now, &|| false).await?;
+    imap.logout().await;
+    Ok(summary)
+}
+
+/// The first poll of a mailbox must say where to start.
+fn require_start(files: &StateFiles, account: &Account, options: &PollOptions) -> Result<()> {
+    if files.load()?.is_none() && options.start == Start::Unset {
         return Err(UsageError(format!(
             "first poll of {} for account \"{}\": choose where to start with --since 2d, --from-now or --all",
             options.mailbox, account.name
         ))
         .into());
     }
-    let mut imap = Imap::open(account, tokens).await?;
+    Ok(())
+}
+
+/// Selects the mailbox, settles the checkpoint (first run, UIDVALIDITY change) and runs a pass.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one pass's context, passed explicitly"
+)]
+async fn select_and_pass(
+    account: &Account,
+    imap: &mut Imap,
+    files: &StateFiles,
+    options: &PollOptions,
+    out: &Output,
+    now: u64,
+    stop: &dyn Fn() -> bool,
+) -> Result<PollSummary> {
     let selected = imap.select(&options.mailbox).await?;
-    let (mut checkpoint, since) = starting_point(saved, selected, options, out, &files)?;
-    let mut criteria = options.search.clone();
-    if let Some(since) = since {
-        let day = crate::clock::rfc3339(now.saturating_sub(since.as_secs()));
-        let imap_date = imap_date(&day);
-        criteria = Some(match criteria {
-            Some(c) => format!("SINCE {imap_date} {c}"),
-            None => format!("SINCE {imap_date}"),
-        });
-    }
+    let (mut checkpoint, since) = starting_point(files.load()?, selected, options, out, files)?;
+    let since = since.map(|d| imap_date(&crate::clock::rfc3339(now.saturating_sub(d.as_secs()))));
+    pass(
+        account,
+        imap,
+        files,
+        &mut checkpoint,
+        options,
+        out,
+        since.as_deref(),
+        stop,
+    )
+    .await
+}
+
+/// Handles every message after the checkpoint (optionally only those since an IMAP date),
+/// checkpointing after each; `stop` is asked between messages.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "one pass's context, passed explicitly"
+)]
+async fn pass(
+    account: &Account,
+    imap: &mut Imap,
+    files: &StateFiles,
+    checkpoint: &mut Checkpoint,
+    options: &PollOptions,
+    out: &Output,
+    since: Option<&str>,
+    stop: &dyn Fn() -> bool,
+) -> Result<PollSummary> {
+    let criteria = match (since, &options.search) {
+        (Some(d), Some(c)) => Some(format!("SINCE {d} {c}")),
+        (Some(d), None) => Some(format!("SINCE {d}")),
+        (None, c) => c.clone(),
+    };
     let mut uids = imap
         .uids_after(checkpoint.last_uid, criteria.as_deref())
         .await?;
@@ -241,6 +291,9 @@ pub async fn poll_once<S: TokenStore>(
         last_uid: checkpoint.last_uid,
     };
     for uid in uids {
+        if stop() {
+            break;
+        }
         let Some(raw) = imap.fetch(uid).await? else {
             tracing::info!(uid, "message vanished before it could be fetched; skipping");
             continue;
@@ -253,14 +306,197 @@ pub async fn poll_once<S: TokenStore>(
                     options.mailbox
                 )
             })?;
-        apply_actions(&mut imap, uid, &options.actions).await?;
+        apply_actions(imap, uid, &options.actions).await?;
         checkpoint.last_uid = uid;
-        files.save(checkpoint)?;
+        files.save(*checkpoint)?;
         summary.handled += 1;
         summary.last_uid = uid;
     }
-    imap.logout().await;
     Ok(summary)
+}
+
+/// Settings of a long-running watch.
+#[derive(Debug, Clone, Copy)]
+pub struct WatchOptions {
+    /// Use IDLE when the server has it (else, or when false, poll every `poll_interval`).
+    pub idle: bool,
+    /// How often to look for new mail without IDLE.
+    pub poll_interval: Duration,
+}
+
+/// RFC 2177: clients should re-issue IDLE at least every 29 minutes; servers may drop idle clients
+/// after 30.
+const IDLE_REISSUE: Duration = Duration::from_secs(25 * 60);
+/// First wait before reconnecting after a failure; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// How one connected round of a watch ended.
+enum RoundEnd {
+    Shutdown,
+    Reconnect,
+}
+
+/// Watches a mailbox until `shutdown` turns true: handles new messages exactly like
+/// [`poll_once`], waiting in IDLE (re-issued every 25 minutes), reconnecting with a fresh token
+/// before the token expires, reconnecting with backoff and jitter when the connection drops, and
+/// polling once after every reconnect so nothing that arrived meanwhile is missed. Shutdown
+/// finishes the message in hand.
+///
+/// # Errors
+/// As [`poll_once`], except that transient failures are retried rather than returned.
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the outside world is passed in explicitly"
+)]
+pub async fn watch<S: TokenStore>(
+    account: &Account,
+    tokens: &TokenSource<'_, S>,
+    state_dir: &Path,
+    options: &PollOptions,
+    settings: WatchOptions,
+    out: &Output,
+    clock: &dyn crate::clock::Clock,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<PollSummary> {
+    let files = StateFiles::new(state_dir, &account.name, &options.mailbox);
+    let _lock = files.lock(&options.mailbox).await?;
+    require_start(&files, account, options)?;
+    let flag = shutdown.clone();
+    let stop = move || *flag.borrow();
+    let mut total = PollSummary::default();
+    let mut backoff = FIRST_BACKOFF;
+    while !stop() {
+        let round = watch_round(
+            account,
+            tokens,
+            &files,
+            options,
+            settings,
+            out,
+            clock,
+            &mut shutdown,
+            &stop,
+            &mut total,
+            &mut backoff,
+        )
+        .await;
+        match round {
+            Ok(RoundEnd::Shutdown) => break,
+            Ok(RoundEnd::Reconnect) => continue,
+            Err(e) if crate::exit::classify(&e) == crate::exit::Exit::Transient => {
+                let wait = jitter(backoff);
+                out.warn(&format!(
+                    "{}; reconnecting in {:.1}s",
+                    crate::output::error_text(e.as_ref()),
+                    wait.as_secs_f64()
+                ));
+                tokio::select! {
+                    () = tokio::time::sleep(wait) => {}
+                    _ = shutdown.wait_for(|s| *s) => break,
+                }
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(total)
+}
+
+#[allow(
+    clippy::too_many_arguments,
+    reason = "the loop state of one watch, passed explicitly"
+)]
+async fn watch_round<S: TokenStore>(
+    account: &Account,
+    tokens: &TokenSource<'_, S>,
+    files: &StateFiles,
+    options: &PollOptions,
+    settings: WatchOptions,
+    out: &Output,
+    clock: &dyn crate::clock::Clock,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    stop: &dyn Fn() -> bool,
+    total: &mut PollSummary,
+    backoff: &mut Duration,
+) -> Result<RoundEnd> {
+    let mut imap = Imap::open(account, tokens).await?;
+    *backoff = FIRST_BACKOFF;
+    let summary =
+        select_and_pass(account, &mut imap, files, options, out, clock.now(), stop).await?;
+    total.handled += summary.handled;
+    let use_idle = settings.idle && imap.can_idle();
+    if settings.idle && !use_idle {
+        out.warn(&format!(
+            "{} has no IDLE; checking every {}s instead",
+            imap.server(),
+            settings.poll_interval.as_secs()
+        ));
+    }
+    loop {
+        if stop() {
+            imap.logout().await;
+            return Ok(RoundEnd::Shutdown);
+        }
+        let left = imap
+            .token_expires_at
+            .saturating_sub(clock.now())
+            .saturating_sub(account.refresh_margin.as_secs());
+        if left == 0 {
+            tracing::info!(account = %account.name, "token nearly expired; reconnecting with a fresh one");
+            imap.logout().await;
+            return Ok(RoundEnd::Reconnect);
+        }
+        let wait = Duration::from_secs(left).min(if use_idle {
+            IDLE_REISSUE
+        } else {
+            settings.poll_interval
+        });
+        let deadline = tokio::time::Instant::now() + wait;
+        if use_idle {
+            let (back, wake) = imap.idle(deadline, shutdown).await?;
+            imap = back;
+            if wake == crate::imap::Wake::Shutdown {
+                imap.logout().await;
+                return Ok(RoundEnd::Shutdown);
+            }
+        } else {
+            tokio::select! {
+                () = tokio::time::sleep_until(deadline) => {}
+                _ = shutdown.wait_for(|s| *s) => {
+                    imap.logout().await;
+                    return Ok(RoundEnd::Shutdown);
+                }
+            }
+            imap.noop().await?;
+        }
+        let Some(mut checkpoint) = files.load()? else {
+            anyhow::bail!("poll state of {} vanished while watching", options.mailbox);
+        };
+        let summary = pass(
+            account,
+            &mut imap,
+            files,
+            &mut checkpoint,
+            options,
+            out,
+            None,
+            stop,
+        )
+        .await?;
+        total.handled += summary.handled;
+        total.last_uid = summary.last_uid;
+    }
+}
+
+/// `d` ± 20%, so many clients cut off together do not reconnect in lockstep.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    let factor = 0.8 + f64::from(nanos % 1000) / 1000.0 * 0.4;
+    d.mul_f64(factor)
 }
 
 /// The checkpoint to continue from, and the SINCE window of a first `--since` poll.

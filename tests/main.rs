@@ -10,3 +10,4 @@ mod poll;
 mod secrets;
 mod send;
 mod stack;
+mod watch;

@@ -358,3 +358,68 @@ fn imap_token_failures() {
         run.stderr
     );
 }
+
+/// `--save` writes .eml files, `--limit` leaves the rest for next time, `--delete` removes handled
+/// mail; JSON output can save attachments.
+#[test]
+fn save_limit_delete_and_attachments() {
+    let stack = MailStack::get();
+    let (env, user) = setup(stack, "pollsave");
+    for s in ["m1", "m2", "m3"] {
+        stack.deliver(&user, "INBOX", s);
+    }
+    let dir = env.root().join("eml");
+    let run = poll(
+        &env,
+        stack,
+        &[
+            "--all",
+            "--save",
+            dir.to_str().expect("utf8"),
+            "--limit",
+            "2",
+            "--delete",
+        ],
+    );
+    run.expect_code(0);
+    let mut files: Vec<String> = fs::read_dir(&dir)
+        .expect("dir")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 2);
+    assert!(
+        files[0].ends_with("-1.eml") && files[1].ends_with("-2.eml"),
+        "{files:?}"
+    );
+    assert!(fs::read_to_string(dir.join(&files[0]))
+        .expect("eml")
+        .contains("Subject: m1"));
+    assert_eq!(
+        stack.flags(&user, "INBOX").len(),
+        1,
+        "two deleted, one left for next time"
+    );
+    let msg = "From: a@example.com\r\nTo: b@example.com\r\nSubject: with file\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=XX\r\n\r\n--XX\r\nContent-Type: text/plain\r\n\r\nsee file\r\n--XX\r\nContent-Type: text/csv; name=\"data.csv\"\r\nContent-Disposition: attachment; filename=\"data.csv\"\r\n\r\na,b\r\n1,2\r\n--XX--\r\n";
+    stack.doveadm(&["save", "-u", &user, "-m", "INBOX"], Some(msg.as_bytes()));
+    let atts = env.root().join("atts");
+    let run = poll(
+        &env,
+        stack,
+        &["--save-attachments", atts.to_str().expect("utf8")],
+    );
+    run.expect_code(0);
+    let lines: Vec<serde_json::Value> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json"))
+        .collect();
+    assert_eq!(lines.len(), 2, "m3 and the new one");
+    let att = &lines[1]["attachments"][0];
+    assert_eq!(
+        (att["name"].as_str(), att["content_type"].as_str()),
+        (Some("data.csv"), Some("text/csv"))
+    );
+    let saved = att["saved_as"].as_str().expect("saved");
+    assert_eq!(fs::read_to_string(saved).expect("attachment"), "a,b\r\n1,2");
+}

@@ -5,6 +5,7 @@ mod auth;
 mod config;
 mod poll;
 mod send;
+mod watch;
 
 use std::path::PathBuf;
 
@@ -66,6 +67,8 @@ pub enum Command {
     Send(Box<send::Args>),
     /// Hand each new message of a mailbox to a handler once (JSON, --exec, --save)
     Poll(Box<poll::Args>),
+    /// Watch a mailbox (IMAP IDLE) and handle each new message as it arrives, like poll
+    Watch(Box<watch::Args>),
 }
 
 /// What every command gets: resolved paths, output settings, the clock.
@@ -147,6 +150,7 @@ pub async fn run(cli: Cli, env: Env) -> Result<Exit> {
         Command::Config(cmd) => cmd.run(&ctx),
         Command::Send(args) => args.run(&ctx).await,
         Command::Poll(args) => args.run(&ctx).await,
+        Command::Watch(args) => args.run(&ctx).await,
     }
 }
 

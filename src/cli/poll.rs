@@ -16,6 +16,16 @@ use crate::poll::{self, Actions, Handler, PollOptions, Start};
 /// The first poll of a mailbox needs a starting point: --since AGE, --from-now or --all.
 #[derive(Debug, clap::Args)]
 pub struct Args {
+    #[command(flatten)]
+    common: Common,
+    /// Handle at most N messages in this run (the rest come next time)
+    #[arg(long, value_name = "N")]
+    limit: Option<usize>,
+}
+
+/// What `poll` and `watch` share: account, mailbox, start, handler, actions.
+#[derive(Debug, clap::Args)]
+pub struct Common {
     /// Account to read [default: the only configured account]
     #[arg(long, short)]
     account: Option<String>,
@@ -25,9 +35,6 @@ pub struct Args {
     /// Extra IMAP SEARCH criteria, e.g. 'UNSEEN' or 'FROM "alerts@example.com"'
     #[arg(long, value_name = "CRITERIA")]
     search: Option<String>,
-    /// Handle at most N messages in this run (the rest come next time)
-    #[arg(long, value_name = "N")]
-    limit: Option<usize>,
     /// First poll only: start with messages from the last AGE (e.g. 2d, 12h)
     #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration, conflicts_with_all = ["from_now", "all"])]
     since: Option<Duration>,
@@ -77,15 +84,50 @@ impl Args {
     /// a failing --exec (1).
     pub async fn run(self, ctx: &Ctx) -> Result<Exit> {
         let config = ctx.config()?;
-        let account = ctx.pick_account(&config, self.account.as_deref())?;
+        let account = ctx.pick_account(&config, self.common.account.as_deref())?;
+        let mut options = self.common.options()?;
+        options.limit = self.limit;
+        let store = ctx.store()?;
+        let tokens = TokenSource::new(account, &store, ctx.clock.as_ref());
+        let summary = poll::poll_once(
+            account,
+            &tokens,
+            &ctx.state_dir()?,
+            &options,
+            &ctx.out,
+            ctx.clock.now(),
+        )
+        .await?;
+        ctx.out.info(&format!(
+            "{}: {} new message{} handled (checkpoint UID {})",
+            options.mailbox,
+            summary.handled,
+            if summary.handled == 1 { "" } else { "s" },
+            summary.last_uid
+        ));
+        Ok(Exit::Success)
+    }
+}
+
+impl Common {
+    /// The account name given, if any.
+    pub fn account(&self) -> Option<&str> {
+        self.account.as_deref()
+    }
+
+    /// The resolved poll settings (creating --save/--save-attachments directories).
+    ///
+    /// # Errors
+    /// A directory cannot be created.
+    pub fn options(&self) -> Result<PollOptions> {
         for dir in [&self.save, &self.save_attachments].into_iter().flatten() {
             std::fs::create_dir_all(dir)
                 .with_context(|| format!("failed to create directory {}", dir.display()))?;
         }
-        let options = PollOptions {
+        Ok(PollOptions {
             mailbox: self.mailbox.clone(),
             search: self.search.clone(),
-            limit: self.limit,
+            limit: None,
             start: match (self.since, self.from_now, self.all) {
                 (Some(d), _, _) => Start::Since(d),
                 (None, true, _) => Start::FromNow,
@@ -107,25 +149,6 @@ impl Args {
                 move_to: self.move_to.clone(),
                 delete: self.delete,
             },
-        };
-        let store = ctx.store()?;
-        let tokens = TokenSource::new(account, &store, ctx.clock.as_ref());
-        let summary = poll::poll_once(
-            account,
-            &tokens,
-            &ctx.state_dir()?,
-            &options,
-            &ctx.out,
-            ctx.clock.now(),
-        )
-        .await?;
-        ctx.out.info(&format!(
-            "{}: {} new message{} handled (checkpoint UID {})",
-            options.mailbox,
-            summary.handled,
-            if summary.handled == 1 { "" } else { "s" },
-            summary.last_uid
-        ));
-        Ok(Exit::Success)
+        })
     }
 }

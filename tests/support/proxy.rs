@@ -34,6 +34,31 @@ impl DroppingProxy {
         Self { port, connections }
     }
 
+    /// Forwards to `127.0.0.1:target`; the first connection is cut `after` it was accepted (a
+    /// server dropping an idle client, a NAT timeout).
+    pub fn start_timed(target: u16, after: std::time::Duration) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind proxy");
+        let port = listener.local_addr().expect("addr").port();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let count = connections.clone();
+        thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                if n == 0 {
+                    let victim = client.try_clone().expect("clone");
+                    thread::spawn(move || {
+                        thread::sleep(after);
+                        let _ = victim.shutdown(Shutdown::Both);
+                    });
+                }
+                thread::spawn(move || {
+                    pipe(client, SocketAddr::from(([127, 0, 0, 1], target)), None)
+                });
+            }
+        });
+        Self { port, connections }
+    }
+
     /// Connections accepted so far.
     pub fn connections(&self) -> usize {
         self.connections.load(Ordering::SeqCst)
