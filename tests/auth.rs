@@ -122,7 +122,7 @@ fn invalid_grant_needs_authorization() {
     assert_eq!(
         run.stderr,
         "error: account \"work\" needs authorization: the token endpoint refused the refresh (invalid_grant: Token has been expired or revoked.)\n\
-         hint: the grant was revoked or has expired; get a new refresh token and run `mailpilot auth import work < refresh-token.txt`\n"
+         hint: the grant was revoked or has expired; sign in again with `mailpilot auth login work`\n"
     );
     assert_eq!(
         fs::read(env.token_file("work")).expect("token file"),
@@ -422,7 +422,7 @@ fn logout_then_token_needs_login() {
     run.expect_code(77);
     assert_eq!(
         run.stderr,
-        "error: account \"work\" needs authorization: no token is stored for it\nhint: run `mailpilot auth import work < refresh-token.txt`\n"
+        "error: account \"work\" needs authorization: no token is stored for it\nhint: run `mailpilot auth login work`\n"
     );
 }
 

@@ -7,6 +7,7 @@
 //!   touches files.
 //! - [`source`]: "give me a valid access token": read, lock, re-read, adopt or refresh, persist.
 
+pub mod login;
 pub mod refresh;
 pub mod source;
 pub mod store;
@@ -84,5 +85,5 @@ impl AuthError {
 
 /// The command that gets a new grant for `account`.
 pub fn login_command(account: &str) -> String {
-    format!("mailpilot auth import {account} < refresh-token.txt")
+    format!("mailpilot auth login {account}")
 }

@@ -33,6 +33,26 @@ pub struct Refresher<'a> {
     http: reqwest::Client,
 }
 
+/// The HTTP client for an account's OAuth2 endpoints: no redirects (a token endpoint never
+/// redirects, and following one would resend the secret), the account's timeout.
+///
+/// # Errors
+/// The TLS stack cannot be initialised.
+pub fn http_client(account: &Account) -> Result<reqwest::Client, AuthError> {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(account.token_timeout)
+        .connect_timeout(account.token_timeout)
+        .user_agent(concat!("mailpilot/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| AuthError::Failed {
+            account: account.name.clone(),
+            reason: "failed to set up the HTTP client".into(),
+            hint: None,
+            source: Some(Box::new(e)),
+        })
+}
+
 /// Google's "Testing" publishing status expires refresh tokens after 7 days; a refusal of a token
 /// about this old is explained as that.
 const GOOGLE_TESTING_LIFETIME: std::ops::RangeInclusive<u64> = (6 * 86_400)..=(8 * 86_400);
@@ -44,19 +64,10 @@ impl<'a> Refresher<'a> {
     /// # Errors
     /// The TLS stack cannot be initialised.
     pub fn new(account: &'a Account) -> Result<Self, AuthError> {
-        let http = reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(account.token_timeout)
-            .connect_timeout(account.token_timeout)
-            .user_agent(concat!("mailpilot/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| AuthError::Failed {
-                account: account.name.clone(),
-                reason: "failed to set up the HTTP client".into(),
-                hint: None,
-                source: Some(Box::new(e)),
-            })?;
-        Ok(Self { account, http })
+        Ok(Self {
+            account,
+            http: http_client(account)?,
+        })
     }
 
     /// Exchanges `refresh_token` for a new access token. `client_secret` is the resolved secret
@@ -261,7 +272,7 @@ fn reauth_hint(
         (_, "invalid_scope", _) | (_, _, "900144" | "70011") => format!(
             "check scopes of account \"{name}\" (`mailpilot config check`), then run `{login}`"
         ),
-        _ => format!("the grant was revoked or has expired; get a new refresh token and run `{login}`"),
+        _ => format!("the grant was revoked or has expired; sign in again with `{login}`"),
     }
 }
 

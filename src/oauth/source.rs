@@ -141,6 +141,46 @@ impl<'a, S: TokenStore> TokenSource<'a, S> {
         Ok(token)
     }
 
+    /// Stores the grant a login produced (which must include a refresh token).
+    ///
+    /// # Errors
+    /// No refresh token in the response, or a store error.
+    pub async fn adopt_login(&self, tokens: Refreshed) -> Result<StoredToken> {
+        let Some(refresh_token) = tokens.refresh_token.clone().filter(|t| !t.is_empty()) else {
+            return Err(AuthError::Failed {
+                account: self.account.name.clone(),
+                reason: "the provider issued no refresh token".into(),
+                hint: Some("Google issues one only with access_type=offline and prompt=consent (mailpilot sends both); Microsoft needs the offline_access scope".into()),
+                source: None,
+            }
+            .into());
+        };
+        let _lock = self.lock().await?;
+        let token = self.merge(None, refresh_token, tokens, self.clock.now());
+        self.store.save(&token)?;
+        self.clear_error();
+        Ok(token)
+    }
+
+    /// The client secret, resolved now (public clients have none).
+    ///
+    /// # Errors
+    /// [`AuthError::Failed`] when the configured source cannot produce it.
+    pub fn client_secret(&self) -> Result<Option<Secret>, AuthError> {
+        match &self.account.client_secret {
+            Some(source) => source
+                .resolve(&format!("client secret of account \"{}\"", self.account.name))
+                .map(Some)
+                .map_err(|e| AuthError::Failed {
+                    account: self.account.name.clone(),
+                    reason: "the client secret is unavailable".into(),
+                    hint: Some("check client_secret_env / client_secret_file / client_secret_cmd (`mailpilot config check`)".into()),
+                    source: Some(e.into()),
+                }),
+            None => Ok(None),
+        }
+    }
+
     fn load_required(&self) -> Result<StoredToken> {
         match self.store.load(&self.account.name)? {
             Some(token) => Ok(token),
@@ -198,19 +238,7 @@ impl<'a, S: TokenStore> TokenSource<'a, S> {
         refresh_token: &Secret,
         age: Option<u64>,
     ) -> Result<Refreshed, AuthError> {
-        let secret = match &self.account.client_secret {
-            Some(source) => Some(
-                source
-                    .resolve(&format!("client secret of account \"{}\"", self.account.name))
-                    .map_err(|e| AuthError::Failed {
-                        account: self.account.name.clone(),
-                        reason: "the client secret is unavailable".into(),
-                        hint: Some("check client_secret_env / client_secret_file / client_secret_cmd (`mailpilot config check`)".into()),
-                        source: Some(e.into()),
-                    })?,
-            ),
-            None => None,
-        };
+        let secret = self.client_secret()?;
         Refresher::new(self.account)?
             .refresh(refresh_token, secret.as_ref(), age)
             .await

@@ -51,6 +51,35 @@ pub struct Policy {
     pub introspection_down: bool,
 }
 
+/// A device authorization in progress.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceState {
+    /// Waiting for the user.
+    Pending,
+    /// The user approved.
+    Approved,
+    /// The user said no.
+    Denied,
+    /// The code timed out.
+    Expired,
+}
+
+#[derive(Debug, Clone)]
+struct Device {
+    user_code: String,
+    scope: String,
+    state: DeviceState,
+    polls: u32,
+}
+
+#[derive(Debug, Clone)]
+struct CodeGrant {
+    email: String,
+    challenge: String,
+    redirect_uri: String,
+    scope: String,
+}
+
 #[derive(Debug, Clone)]
 struct Grant {
     email: String,
@@ -93,6 +122,13 @@ struct State {
     rt_owner: HashMap<String, String>,
     user_refreshes: HashMap<String, u64>,
     user_introspections: HashMap<String, u64>,
+    login_user: String,
+    deny_login: bool,
+    granted_scope: Option<String>,
+    codes: HashMap<String, CodeGrant>,
+    devices: HashMap<String, Device>,
+    authorize_requests: Vec<HashMap<String, String>>,
+    revoked: Vec<String>,
 }
 
 /// The running server; stops accepting when dropped.
@@ -150,6 +186,13 @@ impl OAuthServer {
             rt_owner: HashMap::new(),
             user_refreshes: HashMap::new(),
             user_introspections: HashMap::new(),
+            login_user: "ops@example.com".into(),
+            deny_login: false,
+            granted_scope: None,
+            codes: HashMap::new(),
+            devices: HashMap::new(),
+            authorize_requests: Vec::new(),
+            revoked: Vec::new(),
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let (st, sp) = (state.clone(), stop.clone());
@@ -209,6 +252,56 @@ impl OAuthServer {
         st.issued_refresh.push(rt.clone());
         st.rt_owner.insert(rt.clone(), email.into());
         rt
+    }
+
+    /// The authorization endpoint.
+    pub fn auth_url(&self) -> String {
+        format!("{}/authorize", self.base_url())
+    }
+
+    /// The device authorization endpoint.
+    pub fn device_url(&self) -> String {
+        format!("{}/device", self.base_url())
+    }
+
+    /// The revocation endpoint.
+    pub fn revoke_url(&self) -> String {
+        format!("{}/revoke", self.base_url())
+    }
+
+    /// Who "signs in" in the browser or device flow, and whether they refuse.
+    pub fn set_login(&self, email: &str, deny: bool) {
+        let mut st = self.st();
+        st.login_user = email.into();
+        st.deny_login = deny;
+    }
+
+    /// Grant this scope instead of the one requested (a user unticking a permission).
+    pub fn set_granted_scope(&self, scope: Option<&str>) {
+        self.st().granted_scope = scope.map(String::from);
+    }
+
+    /// The query parameters of every authorization request so far.
+    pub fn authorize_requests(&self) -> Vec<HashMap<String, String>> {
+        self.st().authorize_requests.clone()
+    }
+
+    /// Resolves the device authorization with this user code.
+    pub fn set_device(&self, user_code: &str, state: DeviceState) {
+        let mut st = self.st();
+        for d in st.devices.values_mut().filter(|d| d.user_code == user_code) {
+            d.state = state;
+        }
+    }
+
+    /// Device token polls so far.
+    pub fn device_polls(&self) -> u32 {
+        self.st().devices.values().map(|d| d.polls).sum()
+    }
+
+    /// Tokens revoked through the revocation endpoint.
+    pub fn revoked(&self) -> Vec<String> {
+        self.st().revoked.clone()
     }
 
     /// Sets the behaviour for one user.
@@ -389,10 +482,183 @@ fn handle(conn: TcpStream, state: &Mutex<State>) {
         return;
     };
     let form: HashMap<String, String> = form_urlencoded::parse(&req.body).into_owned().collect();
-    match req.path.as_str() {
+    let (path, query) = req.path.split_once('?').unwrap_or((req.path.as_str(), ""));
+    match path {
         "/token" => token(&conn, state, &req, form),
         "/introspect" => introspect(&conn, state, &form),
+        "/authorize" => authorize(
+            &conn,
+            state,
+            form_urlencoded::parse(query.as_bytes())
+                .into_owned()
+                .collect(),
+        ),
+        "/device" => device(&conn, state, &form),
+        "/revoke" => {
+            let mut st = state.lock().expect("state");
+            let token = form.get("token").cloned().unwrap_or_default();
+            st.grants.remove(&token);
+            st.access.remove(&token);
+            st.revoked.push(token);
+            respond(&conn, 200, "text/plain", "")
+        }
         _ => respond(&conn, 404, "text/plain", "not found"),
+    }
+}
+
+fn redirect(mut conn: &TcpStream, location: &str) {
+    let _ = write!(conn, "HTTP/1.1 302 Found\r\nLocation: {location}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+}
+
+/// The user's browser at the authorization endpoint: signs in as the configured user at once.
+fn authorize(conn: &TcpStream, state: &Mutex<State>, q: HashMap<String, String>) {
+    let mut st = state.lock().expect("state");
+    st.authorize_requests.push(q.clone());
+    let redirect_uri = q.get("redirect_uri").cloned().unwrap_or_default();
+    let sep = if redirect_uri.contains('?') { '&' } else { '?' };
+    let st_param = q.get("state").cloned().unwrap_or_default();
+    if st.deny_login {
+        let loc = format!("{redirect_uri}{sep}error=access_denied&error_description=The+user+denied+access&state={st_param}");
+        return redirect(conn, &loc);
+    }
+    if q.get("code_challenge_method").map(String::as_str) != Some("S256")
+        || q.get("client_id") != Some(&st.client_id)
+    {
+        return respond(
+            conn,
+            400,
+            "text/plain",
+            "PKCE S256 and the client id are required",
+        );
+    }
+    let code = mint("code-", 24);
+    let email = st.login_user.clone();
+    st.codes.insert(
+        code.clone(),
+        CodeGrant {
+            email,
+            challenge: q.get("code_challenge").cloned().unwrap_or_default(),
+            redirect_uri: redirect_uri.clone(),
+            scope: q.get("scope").cloned().unwrap_or_default(),
+        },
+    );
+    redirect(
+        conn,
+        &format!("{redirect_uri}{sep}code={code}&state={st_param}"),
+    );
+}
+
+/// RFC 8628 device authorization.
+fn device(conn: &TcpStream, state: &Mutex<State>, form: &HashMap<String, String>) {
+    let mut st = state.lock().expect("state");
+    let device_code = mint("dev-", 24);
+    let user_code = format!("WDJB-{:04}", st.devices.len() + 1);
+    st.devices.insert(
+        device_code.clone(),
+        Device {
+            user_code: user_code.clone(),
+            scope: form.get("scope").cloned().unwrap_or_default(),
+            state: DeviceState::Pending,
+            polls: 0,
+        },
+    );
+    json(
+        conn,
+        200,
+        serde_json::json!({
+            "device_code": device_code,
+            "user_code": user_code,
+            "verification_uri": "https://login.example.test/device",
+            "expires_in": 600,
+            "interval": 1,
+        }),
+    );
+}
+
+/// Issues an access and a refresh token for `email` (a login).
+fn issue(st: &mut State, email: &str, requested_scope: &str) -> serde_json::Value {
+    let scope = st
+        .granted_scope
+        .clone()
+        .unwrap_or_else(|| requested_scope.to_string());
+    let rt = mint("rt-", 40);
+    st.grants.insert(
+        rt.clone(),
+        Grant {
+            email: email.into(),
+            scope: scope.clone(),
+        },
+    );
+    st.issued_refresh.push(rt.clone());
+    st.rt_owner.insert(rt.clone(), email.into());
+    let access = mint("at-", st.token_len);
+    let expires_in = st.expires_in;
+    st.access.insert(
+        access.clone(),
+        Access {
+            email: email.into(),
+            scope: scope.clone(),
+            expires_at: now() + expires_in,
+        },
+    );
+    st.issued_access.push(access.clone());
+    serde_json::json!({"access_token": access, "token_type": "Bearer", "expires_in": expires_in, "refresh_token": rt, "scope": scope})
+}
+
+fn pkce_ok(verifier: &str, challenge: &str) -> bool {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(verifier.as_bytes());
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest) == challenge
+}
+
+/// The authorization_code and device_code grants; `None` when the request is another grant.
+fn login_grant(st: &mut State, form: &HashMap<String, String>) -> Option<(u16, serde_json::Value)> {
+    let err = |code: &str, desc: &str| {
+        (
+            400,
+            serde_json::json!({"error": code, "error_description": desc}),
+        )
+    };
+    match form.get("grant_type").map(String::as_str) {
+        Some("authorization_code") => {
+            let code = form.get("code").cloned().unwrap_or_default();
+            let Some(grant) = st.codes.remove(&code) else {
+                return Some(err("invalid_grant", "unknown or used authorization code"));
+            };
+            if form.get("redirect_uri") != Some(&grant.redirect_uri) {
+                return Some(err("invalid_grant", "redirect_uri does not match"));
+            }
+            if !pkce_ok(
+                form.get("code_verifier").map_or("", String::as_str),
+                &grant.challenge,
+            ) {
+                return Some(err("invalid_grant", "PKCE verification failed"));
+            }
+            Some((200, issue(st, &grant.email, &grant.scope)))
+        }
+        Some("urn:ietf:params:oauth:grant-type:device_code") => {
+            let code = form.get("device_code").cloned().unwrap_or_default();
+            let email = st.login_user.clone();
+            let Some(device) = st.devices.get_mut(&code) else {
+                return Some(err("invalid_grant", "unknown device code"));
+            };
+            device.polls += 1;
+            let (state, scope, polls) = (device.state, device.scope.clone(), device.polls);
+            Some(match state {
+                DeviceState::Pending if polls == 2 => err("slow_down", "poll less often"),
+                DeviceState::Pending => err("authorization_pending", "waiting for the user"),
+                DeviceState::Denied => err("access_denied", "the user declined"),
+                DeviceState::Expired => err("expired_token", "the device code expired"),
+                DeviceState::Approved => {
+                    // Single use: a second poll with this code is an error.
+                    if let Some(d) = st.devices.get_mut(&code) {
+                        d.state = DeviceState::Expired;
+                    }
+                    (200, issue(st, &email, &scope))
+                }
+            })
+        }
+        _ => None,
     }
 }
 
@@ -458,6 +724,10 @@ fn token(conn: &TcpStream, state: &Mutex<State>, req: &Request, form: HashMap<St
             401,
             serde_json::json!({"error": "invalid_client", "error_description": e}),
         );
+    }
+    if let Some((status, body)) = login_grant(&mut st, &form) {
+        drop(st);
+        return json(conn, status, body);
     }
     if form.get("grant_type").map(String::as_str) != Some("refresh_token") {
         return json(

@@ -1,9 +1,12 @@
 //! `mailpilot auth …`: manage OAuth2 grants.
 
 mod import;
+mod login;
 mod logout;
 mod refresh;
+mod revoke;
 mod status;
+mod test;
 mod token;
 
 use anyhow::Result;
@@ -15,6 +18,8 @@ use crate::exit::Exit;
 /// The `auth` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum AuthCommand {
+    /// Sign in (browser with loopback redirect, --paste for headless hosts, or --device)
+    Login(login::Args),
     /// Store a refresh token obtained elsewhere (read from stdin, never from the command line)
     Import(import::Args),
     /// Print a valid access token (or SASL string), refreshing only when needed
@@ -25,6 +30,10 @@ pub enum AuthCommand {
     Refresh(refresh::Args),
     /// Delete an account's stored tokens
     Logout(logout::Args),
+    /// Log in to the account's SMTP and IMAP servers and report each result
+    Test(test::Args),
+    /// Revoke the grant at the provider (Google) and delete the stored tokens
+    Revoke(revoke::Args),
 }
 
 impl AuthCommand {
@@ -34,11 +43,14 @@ impl AuthCommand {
     /// As the subcommand.
     pub async fn run(self, ctx: &Ctx) -> Result<Exit> {
         match self {
+            AuthCommand::Login(args) => args.run(ctx).await,
             AuthCommand::Import(args) => args.run(ctx).await,
             AuthCommand::Token(args) => args.run(ctx).await,
             AuthCommand::Status(args) => args.run(ctx),
             AuthCommand::Refresh(args) => args.run(ctx).await,
             AuthCommand::Logout(args) => args.run(ctx).await,
+            AuthCommand::Test(args) => args.run(ctx).await,
+            AuthCommand::Revoke(args) => args.run(ctx).await,
         }
     }
 }

@@ -1,0 +1,64 @@
+//! `mailpilot auth revoke ACCOUNT`: end the grant at the provider, then forget it here.
+
+use anyhow::{bail, Context, Result};
+
+use crate::cli::Ctx;
+use crate::exit::Exit;
+use crate::oauth::{AuthError, TokenStore};
+
+/// Revokes the grant at the provider's revocation endpoint (Google has one) and deletes the
+/// stored tokens. Where the provider has none (Microsoft), says how to revoke it there.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Account name from the configuration
+    account: String,
+}
+
+impl Args {
+    /// Runs the command.
+    ///
+    /// # Errors
+    /// No grant stored, no revocation endpoint, or the endpoint refuses.
+    pub async fn run(self, ctx: &Ctx) -> Result<Exit> {
+        let config = ctx.config()?;
+        let account = config.account(&self.account)?;
+        let store = ctx.store()?;
+        let Some(token) = store.load(&account.name)? else {
+            bail!("account \"{}\" has no stored grant to revoke", account.name);
+        };
+        let Some(url) = &account.endpoints.revoke_url else {
+            bail!(
+                "{} has no token revocation endpoint: remove the app's access in the account's settings (Microsoft: https://myapplications.microsoft.com, or an administrator revokes the user's sessions), then run `mailpilot auth logout {}`",
+                account.provider.name(),
+                account.name
+            );
+        };
+        let http = crate::oauth::refresh::http_client(account)?;
+        let response = http
+            .post(url)
+            .form(&[("token", token.refresh_token.expose())])
+            .send()
+            .await
+            .map_err(|e| AuthError::Transient {
+                account: account.name.clone(),
+                reason: format!("the request to {url} failed"),
+                source: Some(Box::new(e)),
+            })?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            bail!(
+                "{url} refused to revoke the grant (HTTP {status}): {}",
+                body.lines().next().unwrap_or_default()
+            );
+        }
+        store
+            .delete(&account.name)
+            .context("the grant was revoked, but deleting the local tokens failed")?;
+        ctx.out.info(&format!(
+            "revoked the grant of account \"{}\" at {url} and deleted its stored tokens",
+            account.name
+        ));
+        Ok(Exit::Success)
+    }
+}

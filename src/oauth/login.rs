@@ -1,0 +1,394 @@
+//! First authorization: the authorization code flow with PKCE (S256) through a loopback redirect
+//! or a pasted redirect URL, and the device authorization grant (RFC 8628). Produces the tokens a
+//! [`super::TokenSource`] then stores; never touches files itself.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use oauth2::basic::BasicClient;
+use oauth2::{
+    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
+    DeviceAuthorizationUrl, PkceCodeChallenge, RedirectUrl, RequestTokenError, Scope,
+    StandardDeviceAuthorizationResponse, TokenResponse, TokenUrl,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+use super::{AuthError, Refreshed};
+use crate::config::{Account, ClientAuth, Provider};
+use crate::exit::UsageError;
+use crate::secret::Secret;
+
+/// How the user proves who they are.
+#[derive(Debug, Clone)]
+pub enum Flow {
+    /// A browser redirected to a listener on 127.0.0.1.
+    Loopback {
+        /// Fixed port (for an `ssh -L` tunnel), else a random free one.
+        port: Option<u16>,
+        /// How long to wait for the browser.
+        timeout: Duration,
+    },
+    /// The user opens the URL anywhere and pastes the final redirect URL (or the code) back.
+    Paste {
+        /// The port in the redirect URL (nothing listens; the browser shows an error page whose
+        /// address holds the code).
+        port: u16,
+    },
+    /// The device authorization grant: a code to enter on another device.
+    Device {
+        /// How long to keep polling.
+        timeout: Duration,
+    },
+}
+
+/// What the login tells the user, and how it reads a pasted answer: injected so the flows can
+/// be driven by tests and by the CLI alike.
+pub trait Prompt {
+    /// Shows the authorization URL (and, for a fixed port, how to tunnel to it).
+    fn open_url(&mut self, url: &str, tunnel_port: Option<u16>);
+    /// Shows the device code and where to enter it.
+    fn device_code(&mut self, verification_uri: &str, user_code: &str, complete_uri: Option<&str>);
+    /// Reads the pasted redirect URL or code.
+    ///
+    /// # Errors
+    /// Input is closed or unreadable.
+    fn read_pasted(&mut self) -> Result<String>;
+}
+
+/// Runs `flow` for `account` and returns the tokens.
+///
+/// # Errors
+/// A refused or failed authorization ([`AuthError::NeedsAuthorization`] with the provider's
+/// reason), a state mismatch, a timeout, or network trouble.
+pub async fn login(
+    account: &Account,
+    secret: Option<&Secret>,
+    flow: &Flow,
+    prompt: &mut dyn Prompt,
+) -> Result<Refreshed> {
+    match flow {
+        Flow::Device { timeout } => device(account, secret, *timeout, prompt).await,
+        Flow::Loopback { port, timeout } => {
+            let listener = TcpListener::bind(("127.0.0.1", port.unwrap_or(0)))
+                .await
+                .with_context(|| format!("failed to listen on 127.0.0.1:{}", port.unwrap_or(0)))?;
+            let bound = listener
+                .local_addr()
+                .context("failed to read the listening port")?
+                .port();
+            let (url, state, verifier, redirect) = authorize_url(account, secret, bound)?;
+            prompt.open_url(url.as_str(), port.map(|_| bound));
+            let query = tokio::time::timeout(*timeout, wait_for_redirect(&listener))
+                .await
+                .map_err(|_| {
+                    anyhow::anyhow!(
+                        "no answer from the browser within {}",
+                        humantime::format_duration(*timeout)
+                    )
+                })??;
+            let code = check_answer(account, &query, Some(&state))?;
+            exchange(account, secret, code, verifier, redirect).await
+        }
+        Flow::Paste { port } => {
+            let (url, state, verifier, redirect) = authorize_url(account, secret, *port)?;
+            prompt.open_url(url.as_str(), None);
+            let pasted = prompt.read_pasted()?;
+            let pasted = pasted.trim();
+            let (query, expected) = match pasted.split_once('?') {
+                Some((_, q)) => (q.to_string(), Some(&state)),
+                // Just the code: state cannot be checked, PKCE still binds the code to us.
+                None if !pasted.is_empty() => (format!("code={}", urlencode(pasted)), None),
+                None => return Err(UsageError("nothing was pasted".into()).into()),
+            };
+            let code = check_answer(account, &query, expected)?;
+            exchange(account, secret, code, verifier, redirect).await
+        }
+    }
+}
+
+fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+fn client_id(account: &Account) -> ClientId {
+    ClientId::new(account.client_id.clone())
+}
+
+fn auth_type(account: &Account) -> AuthType {
+    match account.client_auth {
+        ClientAuth::Body => AuthType::RequestBody,
+        ClientAuth::Basic => AuthType::BasicAuth,
+    }
+}
+
+fn bad_url(what: &str) -> impl Fn(url::ParseError) -> anyhow::Error + '_ {
+    move |e| anyhow::anyhow!("invalid {what}: {e}")
+}
+
+/// The authorization URL with PKCE and state, for a redirect to 127.0.0.1:`port`.
+fn authorize_url(
+    account: &Account,
+    secret: Option<&Secret>,
+    port: u16,
+) -> Result<(url::Url, CsrfToken, oauth2::PkceCodeVerifier, RedirectUrl)> {
+    let Some(auth_url) = &account.endpoints.auth_url else {
+        return Err(UsageError(format!(
+            "account \"{}\" has no auth_url: set it (provider = \"custom\") or use --device",
+            account.name
+        ))
+        .into());
+    };
+    // RFC 8252 §7.3: the loopback IP literal, any port.
+    let redirect =
+        RedirectUrl::new(format!("http://127.0.0.1:{port}/")).map_err(bad_url("redirect URL"))?;
+    let mut client = BasicClient::new(client_id(account))
+        .set_auth_uri(AuthUrl::new(auth_url.clone()).map_err(bad_url("auth_url"))?)
+        .set_redirect_uri(redirect.clone());
+    if let Some(s) = secret {
+        client = client.set_client_secret(ClientSecret::new(s.expose().to_string()));
+    }
+    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+    let mut request = client
+        .authorize_url(CsrfToken::new_random)
+        .add_scopes(account.scopes.iter().cloned().map(Scope::new))
+        .set_pkce_challenge(challenge);
+    if account.provider == Provider::Google {
+        // A refresh token only with offline access; consent again so Google issues a new one.
+        request = request
+            .add_extra_param("access_type", "offline")
+            .add_extra_param("prompt", "consent");
+    }
+    request = request.add_extra_param("login_hint", account.email.clone());
+    let (url, state) = request.url();
+    Ok((url, state, verifier, redirect))
+}
+
+/// Accepts browser requests on the loopback listener until one carries `code` or `error`;
+/// answers it with a small page. Returns its query string.
+async fn wait_for_redirect(listener: &TcpListener) -> Result<String> {
+    loop {
+        let (mut conn, _) = listener
+            .accept()
+            .await
+            .context("failed to accept the browser's connection")?;
+        let mut buf = vec![0u8; 16 * 1024];
+        let n = match tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => continue,
+        };
+        let request = String::from_utf8_lossy(&buf[..n]);
+        let target = request.split_whitespace().nth(1).unwrap_or("/");
+        let query = target
+            .split_once('?')
+            .map(|(_, q)| q.to_string())
+            .unwrap_or_default();
+        let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        let has = |k: &str| pairs.iter().any(|(key, _)| key == k);
+        if !has("code") && !has("error") {
+            let _ = conn
+                .write_all(
+                    b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+                )
+                .await;
+            continue;
+        }
+        let (title, text) = if has("code") {
+            (
+                "Signed in",
+                "mailpilot has received the authorization. You can close this tab.",
+            )
+        } else {
+            (
+                "Not signed in",
+                "The authorization was refused. mailpilot shows the reason in the terminal.",
+            )
+        };
+        let page = format!("<!DOCTYPE html><html><head><title>mailpilot: {title}</title></head><body style=\"font-family:sans-serif\"><h2>{title}</h2><p>{text}</p></body></html>");
+        let _ = conn
+            .write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}", page.len()).as_bytes())
+            .await;
+        let _ = conn.shutdown().await;
+        return Ok(query);
+    }
+}
+
+/// The code from a redirect's query, after checking `state` and turning `error` into a message.
+fn check_answer(
+    account: &Account,
+    query: &str,
+    state: Option<&CsrfToken>,
+) -> Result<AuthorizationCode> {
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+        .into_owned()
+        .collect();
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .find(|(key, _)| key == k)
+            .map(|(_, v)| v.clone())
+    };
+    if let Some(error) = get("error") {
+        let description = get("error_description").map_or(String::new(), |d| format!(": {d}"));
+        return Err(AuthError::NeedsAuthorization {
+            account: account.name.clone(),
+            reason: format!("the authorization was refused ({error}{description})"),
+            hint: format!(
+                "run `mailpilot auth login {}` again and allow access",
+                account.name
+            ),
+        }
+        .into());
+    }
+    if let Some(expected) = state {
+        if get("state").as_deref() != Some(expected.secret().as_str()) {
+            bail!("the redirect's state does not match this login (a stale or forged redirect); nothing was stored — run `mailpilot auth login {}` again", account.name);
+        }
+    }
+    match get("code") {
+        Some(code) if !code.is_empty() => Ok(AuthorizationCode::new(code)),
+        _ => bail!("the redirect holds no authorization code"),
+    }
+}
+
+async fn exchange(
+    account: &Account,
+    secret: Option<&Secret>,
+    code: AuthorizationCode,
+    verifier: oauth2::PkceCodeVerifier,
+    redirect: RedirectUrl,
+) -> Result<Refreshed> {
+    let mut client = BasicClient::new(client_id(account))
+        .set_token_uri(
+            TokenUrl::new(account.endpoints.token_url.clone()).map_err(bad_url("token_url"))?,
+        )
+        .set_redirect_uri(redirect)
+        .set_auth_type(auth_type(account));
+    if let Some(s) = secret {
+        client = client.set_client_secret(ClientSecret::new(s.expose().to_string()));
+    }
+    let http = super::refresh::http_client(account)?;
+    let token = client
+        .exchange_code(code)
+        .set_pkce_verifier(verifier)
+        .request_async(&http)
+        .await
+        .map_err(|e| {
+            login_error(
+                account,
+                "the token endpoint refused the authorization code",
+                e,
+            )
+        })?;
+    Ok(refreshed(&token))
+}
+
+fn refreshed(token: &oauth2::basic::BasicTokenResponse) -> Refreshed {
+    Refreshed {
+        access_token: Secret::new(token.access_token().secret().clone()),
+        expires_in: token.expires_in(),
+        refresh_token: token
+            .refresh_token()
+            .map(|t| Secret::new(t.secret().clone())),
+        scope: token
+            .scopes()
+            .map(|s| s.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(" ")),
+    }
+}
+
+fn login_error<RE, TE>(account: &Account, what: &str, e: RequestTokenError<RE, TE>) -> anyhow::Error
+where
+    RE: std::error::Error + Send + Sync + 'static,
+    TE: oauth2::ErrorResponse + Send + Sync + 'static,
+{
+    match e {
+        RequestTokenError::ServerResponse(resp) => AuthError::NeedsAuthorization {
+            account: account.name.clone(),
+            reason: format!("{what} ({resp})"),
+            hint: format!("run `mailpilot auth login {}` again", account.name),
+        }
+        .into(),
+        RequestTokenError::Request(e) => AuthError::Transient {
+            account: account.name.clone(),
+            reason: format!("the request to {} failed", account.endpoints.token_url),
+            source: Some(Box::new(e)),
+        }
+        .into(),
+        other => anyhow::anyhow!("{what}: {other}"),
+    }
+}
+
+async fn device(
+    account: &Account,
+    secret: Option<&Secret>,
+    timeout: Duration,
+    prompt: &mut dyn Prompt,
+) -> Result<Refreshed> {
+    if account.provider == Provider::Google {
+        return Err(UsageError(
+            "Google does not allow Gmail scopes (https://mail.google.com/) in the device flow: use `mailpilot auth login ACCOUNT` (browser) or `--paste` on a headless host".into(),
+        )
+        .into());
+    }
+    let Some(device_url) = &account.endpoints.device_url else {
+        return Err(UsageError(format!(
+            "account \"{}\" has no device_url; set it or use the browser login",
+            account.name
+        ))
+        .into());
+    };
+    let mut client = BasicClient::new(client_id(account))
+        .set_device_authorization_url(
+            DeviceAuthorizationUrl::new(device_url.clone()).map_err(bad_url("device_url"))?,
+        )
+        .set_token_uri(
+            TokenUrl::new(account.endpoints.token_url.clone()).map_err(bad_url("token_url"))?,
+        )
+        .set_auth_type(auth_type(account));
+    if let Some(s) = secret {
+        client = client.set_client_secret(ClientSecret::new(s.expose().to_string()));
+    }
+    let http = super::refresh::http_client(account)?;
+    let details: StandardDeviceAuthorizationResponse = client
+        .exchange_device_code()
+        .add_scopes(account.scopes.iter().cloned().map(Scope::new))
+        .request_async(&http)
+        .await
+        .map_err(|e| login_error(account, "the device authorization endpoint refused", e))?;
+    prompt.device_code(
+        details.verification_uri().as_str(),
+        details.user_code().secret(),
+        details
+            .verification_uri_complete()
+            .map(|u| u.secret().as_str()),
+    );
+    let token = client
+        .exchange_device_access_token(&details)
+        .request_async(&http, tokio::time::sleep, Some(timeout))
+        .await
+        .map_err(|e| login_error(account, "the device login did not complete", e))?;
+    Ok(refreshed(&token))
+}
+
+/// Scopes the account needs that the grant does not include (`offline_access` and OpenID scopes
+/// are not echoed back by every provider and are not checked).
+pub fn missing_scopes(account: &Account, granted: Option<&str>) -> Vec<String> {
+    let Some(granted) = granted else {
+        return Vec::new();
+    };
+    let granted: Vec<&str> = granted.split_whitespace().collect();
+    account
+        .scopes
+        .iter()
+        .filter(|s| {
+            !matches!(
+                s.as_str(),
+                "offline_access" | "openid" | "email" | "profile"
+            )
+        })
+        .filter(|s| !granted.iter().any(|g| g.eq_ignore_ascii_case(s)))
+        .cloned()
+        .collect()
+}
