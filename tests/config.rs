@@ -225,3 +225,12 @@ fn usage_error_exit_code() {
         run.stderr
     );
 }
+
+/// A device endpoint on a Google account is refused: Gmail scopes are not allowed there.
+#[test]
+fn google_device_url() {
+    assert_report(
+        &format!("{BASE}device_url = \"https://oauth2.googleapis.com/device/code\"\n"),
+        &["accounts.work.device_url: Google does not allow Gmail scopes in the device flow; use `mailpilot auth login` (browser) or `--paste`"],
+    );
+}

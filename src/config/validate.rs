@@ -480,6 +480,12 @@ fn endpoints(
     let device_url = url(&raw.device_url, provider.device_url(), "device_url");
     let revoke_url = url(&raw.revoke_url, provider.revoke_url(), "revoke_url");
     let token_url = url(&raw.token_url, provider.token_url(), "token_url");
+    if raw.device_url.is_some() && *provider == Provider::Google {
+        problems.push(
+            format!("{at}.device_url"),
+            "Google does not allow Gmail scopes in the device flow; use `mailpilot auth login` (browser) or `--paste`",
+        );
+    }
     if token_url.is_none() && raw.token_url.is_none() {
         problems.push(
             format!("{at}.token_url"),
