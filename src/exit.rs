@@ -47,6 +47,11 @@ pub struct UsageError(pub String);
 #[error("{0}")]
 pub struct Busy(pub String);
 
+/// Work ran past its time limit (a job's `timeout`): retry later.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct TimedOut(pub String);
+
 /// The exit status for `err`: the first typed error in its chain decides.
 pub fn classify(err: &anyhow::Error) -> Exit {
     for cause in err.chain() {
@@ -64,7 +69,7 @@ pub fn classify(err: &anyhow::Error) -> Exit {
                 ServerError::Failed { .. } => Exit::Failure,
             };
         }
-        if cause.downcast_ref::<Busy>().is_some() {
+        if cause.downcast_ref::<Busy>().is_some() || cause.downcast_ref::<TimedOut>().is_some() {
             return Exit::Transient;
         }
         if cause.downcast_ref::<ConfigError>().is_some()

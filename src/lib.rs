@@ -20,6 +20,8 @@
 //! - [`journal`]: the append-only send journal of a mail merge; never talks to the network.
 //! - [`send`]: mail merge: prepare every row, then send over one session with the journal.
 //! - [`compose`]: drafts → RFC 5322 messages (lettre); validates addresses and header values.
+//! - [`schedule`]: job timing (cron, intervals), job locks and last outcomes, on_failure hooks,
+//!   crontab/systemd text; never runs a job's command itself.
 //! - [`output`]: the only place that prints; stdout is data only.
 //! - [`exit`]: exit statuses and the mapping from errors to them, in one place.
 //! - [`fsutil`]: atomic file replacement (temp file, fsync, rename, fsync of the directory).
@@ -42,6 +44,7 @@ pub mod output;
 pub mod paths;
 pub mod poll;
 pub mod sasl;
+pub mod schedule;
 pub mod secret;
 pub mod send;
 pub mod smtp;

@@ -5,6 +5,7 @@ mod support;
 
 mod auth;
 mod config;
+mod jobs;
 mod login;
 mod merge;
 mod poll;

@@ -3,8 +3,13 @@
 
 mod auth;
 mod config;
+mod daemon;
+mod jobs;
 mod poll;
+pub(crate) mod run;
+mod schedule;
 mod send;
+mod status;
 mod watch;
 
 use std::path::PathBuf;
@@ -69,6 +74,17 @@ pub enum Command {
     Poll(Box<poll::Args>),
     /// Watch a mailbox (IMAP IDLE) and handle each new message as it arrives, like poll
     Watch(Box<watch::Args>),
+    /// Run a job from the configuration now (what a crontab line or systemd service calls)
+    Run(run::Args),
+    /// Run every scheduled job on its own clock until SIGTERM/SIGINT (SIGHUP reloads the config)
+    Daemon(daemon::Args),
+    /// List the configured jobs with their next run and last outcome
+    Jobs(jobs::Args),
+    /// Summarise accounts (grant health) and jobs (last run); non-zero when something needs a human
+    Status(status::Args),
+    /// Print crontab lines or systemd units that run the configured jobs
+    #[command(subcommand)]
+    Schedule(schedule::ScheduleCommand),
 }
 
 /// What every command gets: resolved paths, output settings, the clock.
@@ -134,6 +150,42 @@ impl Ctx {
     }
 }
 
+/// The command line of a job (`send …` or `poll …`), parsed like the real one.
+///
+/// # Errors
+/// [`crate::exit::UsageError`] naming the job and the option clap refused.
+pub fn parse_job(job: &crate::config::Job) -> Result<Command> {
+    let argv = ["mailpilot".to_string(), job.kind.clone()]
+        .into_iter()
+        .chain(job.args.iter().cloned());
+    match Cli::try_parse_from(argv) {
+        Ok(cli) => Ok(cli.command),
+        Err(e) => {
+            let text = e.to_string();
+            let first = text
+                .lines()
+                .next()
+                .unwrap_or_default()
+                .trim_start_matches("error: ");
+            Err(crate::exit::UsageError(format!("jobs.{}: {first}", job.name)).into())
+        }
+    }
+}
+
+/// Runs a job's command with this context.
+///
+/// # Errors
+/// As the command.
+pub async fn execute_job(ctx: &Ctx, job: &crate::config::Job) -> Result<Exit> {
+    match parse_job(job)? {
+        Command::Send(args) => args.run(ctx).await,
+        Command::Poll(args) => args.run(ctx).await,
+        _ => Err(
+            crate::exit::UsageError(format!("jobs.{}: kind must be send or poll", job.name)).into(),
+        ),
+    }
+}
+
 /// Runs the parsed command line.
 ///
 /// # Errors
@@ -151,6 +203,11 @@ pub async fn run(cli: Cli, env: Env) -> Result<Exit> {
         Command::Send(args) => args.run(&ctx).await,
         Command::Poll(args) => args.run(&ctx).await,
         Command::Watch(args) => args.run(&ctx).await,
+        Command::Run(args) => args.run(&ctx).await,
+        Command::Daemon(args) => args.run(&ctx).await,
+        Command::Jobs(args) => args.run(&ctx),
+        Command::Status(args) => args.run(&ctx),
+        Command::Schedule(cmd) => cmd.run(&ctx),
     }
 }
 

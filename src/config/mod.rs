@@ -30,6 +30,35 @@ pub struct Config {
     pub accounts: BTreeMap<String, Account>,
     /// Where mail templates live (`templates_dir`, default `templates/` next to the config file).
     pub templates_dir: PathBuf,
+    /// Named jobs (`[jobs.NAME]`), sorted.
+    pub jobs: BTreeMap<String, Job>,
+}
+
+/// A named job: a `send` or `poll` command line written as a table, with an optional schedule.
+#[derive(Debug, Clone)]
+pub struct Job {
+    /// The `NAME` of `[jobs.NAME]`.
+    pub name: String,
+    /// `send` or `poll`.
+    pub kind: String,
+    /// The command's arguments, from the table's keys (`to = ["a@x"]` → `--to a@x`).
+    pub args: Vec<String>,
+    /// When the daemon runs it.
+    pub schedule: Option<Schedule>,
+    /// Longest a run may take.
+    pub timeout: Option<Duration>,
+    /// A shell command run when the job fails (`MAILPILOT_JOB`, `MAILPILOT_EXIT_CODE`,
+    /// `MAILPILOT_ERROR` in its environment).
+    pub on_failure: Option<String>,
+}
+
+/// When a job runs.
+#[derive(Debug, Clone)]
+pub enum Schedule {
+    /// A cron expression (5 fields, or 6 with seconds first), local time.
+    Cron(String),
+    /// A fixed interval.
+    Every(Duration),
 }
 
 /// One account: who we are, how to get tokens, which servers to talk to.

@@ -8,12 +8,12 @@ use serde::Deserialize;
 
 use super::raw::{field_names, RawAccount, RawServer};
 use super::{
-    Account, ClientAuth, Config, Endpoints, Mechanism, Problem, Provider, SecretSource, Server,
-    ServerPreset, Tls, PROVIDER_NAMES,
+    Account, ClientAuth, Config, Endpoints, Job, Mechanism, Problem, Provider, Schedule,
+    SecretSource, Server, ServerPreset, Tls, PROVIDER_NAMES,
 };
 
 /// Top-level keys; later features add theirs here.
-const ROOT_KEYS: &[&str] = &["accounts", "templates_dir"];
+const ROOT_KEYS: &[&str] = &["accounts", "templates_dir", "jobs"];
 
 /// Default for `refresh_margin`: refresh a token with less than 5 minutes left, so a command that
 /// starts with it still has minutes of validity for its SMTP/IMAP login.
@@ -83,15 +83,183 @@ pub(super) fn parse(text: &str, path: &Path, world_readable: bool) -> Result<Con
             dir.join("templates")
         }
     };
+    let mut jobs = BTreeMap::new();
+    match table.get("jobs") {
+        None => {}
+        Some(toml::Value::Table(raw_jobs)) => {
+            for (name, value) in raw_jobs {
+                if let Some(job) = job(name, value, &accounts, &mut problems) {
+                    jobs.insert(name.clone(), job);
+                }
+            }
+        }
+        Some(other) => problems.push(
+            "jobs",
+            format!("expected a table of jobs, found {}", other.type_str()),
+        ),
+    }
     if problems.0.is_empty() {
         Ok(Config {
             path: path.to_path_buf(),
             accounts,
             templates_dir,
+            jobs,
         })
     } else {
         Err(problems.0)
     }
+}
+
+/// Keys of a job table that are not command-line options.
+const JOB_KEYS: &[&str] = &["kind", "schedule", "every", "timeout", "on_failure"];
+
+/// `[jobs.NAME]` → [`Job`]: the scheduling keys are checked here; every other key becomes the
+/// command-line option of the same long name (checked by the command's own parser later).
+fn job(
+    name: &str,
+    value: &toml::Value,
+    accounts: &BTreeMap<String, Account>,
+    problems: &mut Problems,
+) -> Option<Job> {
+    let at = format!("jobs.{name}");
+    let Some(table) = value.as_table() else {
+        problems.push(&at, "expected a table");
+        return None;
+    };
+    if !valid_account_name(name) {
+        problems.push(
+            &at,
+            "job names may use letters, digits, '.', '_' and '-'; the name is used in file names",
+        );
+    }
+    let before = problems.0.len();
+    let kind = match table.get("kind").and_then(|k| k.as_str()) {
+        Some(k @ ("send" | "poll")) => k.to_string(),
+        Some(other) => {
+            problems.push(
+                format!("{at}.kind"),
+                choice_message(other, &["send", "poll"]),
+            );
+            String::new()
+        }
+        None => {
+            problems.push(
+                format!("{at}.kind"),
+                "missing (required): \"send\" or \"poll\"",
+            );
+            String::new()
+        }
+    };
+    let text = |key: &str, problems: &mut Problems| match table.get(key) {
+        None => None,
+        Some(toml::Value::String(s)) => Some(s.clone()),
+        Some(other) => {
+            problems.push(
+                format!("{at}.{key}"),
+                format!("expected a string, found {}", other.type_str()),
+            );
+            None
+        }
+    };
+    let schedule = match (text("schedule", problems), text("every", problems)) {
+        (Some(_), Some(_)) => {
+            problems.push(&at, "give either schedule or every, not both");
+            None
+        }
+        (Some(cron), None) => match cron.parse::<croner::Cron>() {
+            Ok(_) => Some(Schedule::Cron(cron)),
+            Err(e) => {
+                problems.push(format!("{at}.schedule"), format!("\"{cron}\" is not a cron expression ({e}); e.g. \"0 6 * * *\" or \"*/15 * * * *\""));
+                None
+            }
+        },
+        (None, Some(every)) => match humantime::parse_duration(&every) {
+            Ok(d) if d >= Duration::from_secs(1) => Some(Schedule::Every(d)),
+            _ => {
+                problems.push(
+                    format!("{at}.every"),
+                    format!("\"{every}\" is not an interval of at least 1s (e.g. \"15m\")"),
+                );
+                None
+            }
+        },
+        (None, None) => None,
+    };
+    let timeout = text("timeout", problems).and_then(|t| match humantime::parse_duration(&t) {
+        Ok(d) if d >= Duration::from_secs(1) => Some(d),
+        _ => {
+            problems.push(
+                format!("{at}.timeout"),
+                format!("\"{t}\" is not a duration of at least 1s"),
+            );
+            None
+        }
+    });
+    let on_failure = text("on_failure", problems);
+    if let Some(toml::Value::String(account)) = table.get("account") {
+        if !accounts.contains_key(account) {
+            problems.push(
+                format!("{at}.account"),
+                format!("no account named \"{account}\""),
+            );
+        }
+    }
+    let mut args = Vec::new();
+    for (key, value) in table
+        .iter()
+        .filter(|(k, _)| !JOB_KEYS.contains(&k.as_str()))
+    {
+        if let Err(message) = push_option(&mut args, key, value) {
+            problems.push(format!("{at}.{key}"), message);
+        }
+    }
+    if problems.0.len() > before {
+        return None;
+    }
+    Some(Job {
+        name: name.to_string(),
+        kind,
+        args,
+        schedule,
+        timeout,
+        on_failure,
+    })
+}
+
+/// Appends `--key value` for a job table entry: strings and numbers once, arrays repeated,
+/// `true` as a bare flag, `var = { k = "v" }` as `--var k=v`.
+fn push_option(args: &mut Vec<String>, key: &str, value: &toml::Value) -> Result<(), String> {
+    let flag = format!("--{}", key.replace('_', "-"));
+    let scalar = |v: &toml::Value| match v {
+        toml::Value::String(s) => Ok(s.clone()),
+        toml::Value::Integer(i) => Ok(i.to_string()),
+        toml::Value::Float(f) => Ok(f.to_string()),
+        other => Err(format!(
+            "expected a string or number, found {}",
+            other.type_str()
+        )),
+    };
+    match value {
+        toml::Value::Boolean(true) => args.push(flag),
+        toml::Value::Boolean(false) => {}
+        toml::Value::Array(items) => {
+            for item in items {
+                args.push(flag.clone());
+                args.push(scalar(item)?);
+            }
+        }
+        toml::Value::Table(t) if key == "var" => {
+            for (k, v) in t {
+                args.push(flag.clone());
+                args.push(format!("{k}={}", scalar(v)?));
+            }
+        }
+        other => {
+            args.push(flag);
+            args.push(scalar(other)?);
+        }
+    }
+    Ok(())
 }
 
 fn syntax_problem(text: &str, e: &toml::de::Error) -> Problem {

@@ -57,6 +57,26 @@ impl Args {
     /// The configuration is missing or invalid (exit 2, every problem listed).
     pub fn run(self, ctx: &Ctx) -> Result<Exit> {
         let config = ctx.config()?;
+        let problems: Vec<crate::config::Problem> = config
+            .jobs
+            .values()
+            .filter_map(|job| crate::cli::parse_job(job).err())
+            .map(|e| {
+                let text = e.to_string();
+                let (path, message) = text.split_once(": ").unwrap_or(("jobs", text.as_str()));
+                crate::config::Problem {
+                    path: path.to_string(),
+                    message: message.to_string(),
+                }
+            })
+            .collect();
+        if !problems.is_empty() {
+            return Err(crate::config::ConfigError::Invalid {
+                path: config.path.clone(),
+                problems,
+            }
+            .into());
+        }
         let state_dir = ctx.state_dir()?;
         let accounts: Vec<AccountJson> = config.accounts.values().map(account_json).collect();
         if ctx.out.is_json() {
