@@ -131,13 +131,7 @@ impl Imap {
         account: &Account,
         tokens: &TokenSource<'_, S>,
     ) -> Result<Imap> {
-        let Some(server) = account.imap.as_ref() else {
-            return Err(crate::exit::UsageError(format!(
-                "account \"{}\" has no IMAP server: add an [accounts.{}.imap] table with host and port",
-                account.name, account.name
-            ))
-            .into());
-        };
+        let server = login::server(account, "imap")?;
         let name = net::name(server);
         let (mut session, token_expires_at) = login::with_one_refresh(
             account,

@@ -65,6 +65,30 @@ impl ServerError {
     }
 }
 
+/// The account's `smtp` or `imap` server.
+///
+/// # Errors
+/// [`crate::exit::UsageError`] when the account has none.
+pub(crate) fn server<'a>(
+    account: &'a Account,
+    protocol: &str,
+) -> Result<&'a crate::config::Server> {
+    let server = if protocol == "smtp" {
+        account.smtp.as_ref()
+    } else {
+        account.imap.as_ref()
+    };
+    server.ok_or_else(|| {
+        crate::exit::UsageError(format!(
+            "account \"{}\" has no {} server: add an [accounts.{}.{protocol}] table with host and port",
+            account.name,
+            protocol.to_uppercase(),
+            account.name
+        ))
+        .into()
+    })
+}
+
 /// Why one login attempt failed.
 pub(crate) enum LoginFailure {
     /// The server refused the token: its decoded error challenge (if it sent one) and final reply.

@@ -51,14 +51,8 @@ impl Session {
         account: &Account,
         tokens: &TokenSource<'_, S>,
     ) -> Result<Session> {
-        let Some(server) = account.smtp.as_ref() else {
-            return Err(crate::exit::UsageError(format!(
-                "account \"{}\" has no SMTP server: add an [accounts.{}.smtp] table with host and port",
-                account.name, account.name
-            ))
-            .into());
-        };
-        let name = format!("{}:{}", server.host, server.port);
+        let server = login::server(account, "smtp")?;
+        let name = net::name(server);
         let (conn, token_expires_at) = login::with_one_refresh(
             account,
             &name,
