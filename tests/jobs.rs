@@ -329,3 +329,56 @@ fn readme_schedule_examples_are_generated() {
     assert_eq!(block("print-cron"), cron);
     assert_eq!(block("print-systemd"), systemd);
 }
+
+/// SIGHUP reloads the configuration: a job added to the file starts running; a broken file is
+/// reported and the old configuration kept.
+#[test]
+fn sighup_reloads_config() {
+    let env = TestEnv::new();
+    let base =
+        "[accounts.work]\nprovider = \"google\"\nemail = \"a@example.com\"\nclient_id = \"id\"\n";
+    env.write_config(base);
+    let mut daemon = env
+        .cmd(&["daemon"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    let hup = |child: &Child| {
+        Command::new("kill")
+            .args(["-HUP", &child.id().to_string()])
+            .status()
+            .expect("kill -HUP")
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    env.write_config(&format!(
+        "{base}\n[jobs.hello]\nkind = \"send\"\nevery = \"1s\"\ndry_run = true\nfrom = \"a@example.com\"\nto = [\"b@example.com\"]\nsubject = \"hello\"\ntext = \"x\"\n"
+    ));
+    hup(&daemon);
+    std::thread::sleep(Duration::from_millis(1800));
+    env.write_config("[accounts.work]\nprovider = \"gogle\"\n");
+    hup(&daemon);
+    std::thread::sleep(Duration::from_millis(1500));
+    let stdout = daemon.stdout.take().expect("stdout");
+    let (code, stderr) = term(daemon);
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut { stdout }, &mut out).expect("read stdout");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("daemon started: 0 scheduled jobs"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("configuration reloaded: 1 scheduled jobs"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("configuration not reloaded, keeping the old one"),
+        "{stderr}"
+    );
+    let runs = out.matches("Subject: hello").count();
+    assert!(
+        runs >= 3,
+        "the added job ran every second, also after the broken reload ({runs} runs)\n{stderr}"
+    );
+}
