@@ -376,6 +376,12 @@ fn sighup_reloads_config() {
         stderr.contains("configuration not reloaded, keeping the old one"),
         "{stderr}"
     );
+    let after_broken = &stderr[stderr.find("configuration not reloaded").expect("warning")..];
+    assert!(
+        after_broken.contains("job=hello event=end outcome=ok"),
+        "jobs keep the old configuration: {stderr}"
+    );
+    assert!(!after_broken.contains("outcome=config-error"), "{stderr}");
     let runs = out.matches("Subject: hello").count();
     assert!(
         runs >= 3,

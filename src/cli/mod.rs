@@ -91,19 +91,36 @@ pub enum Command {
 pub struct Ctx {
     env: Env,
     config_flag: Option<PathBuf>,
+    /// A configuration already loaded (the daemon's), used instead of reading the file again.
+    preloaded: Option<Config>,
     /// Where output goes.
     pub out: Output,
     /// "Now".
-    pub clock: Box<dyn Clock>,
+    pub clock: std::sync::Arc<dyn Clock>,
 }
 
 impl Ctx {
-    /// Loads and validates the configuration.
+    /// Loads and validates the configuration (or returns the preloaded one).
     ///
     /// # Errors
     /// See [`Config::load`].
     pub fn config(&self) -> Result<Config> {
-        Config::load(&self.env.config_path(self.config_flag.clone())?)
+        match &self.preloaded {
+            Some(config) => Ok(config.clone()),
+            None => Config::load(&self.env.config_path(self.config_flag.clone())?),
+        }
+    }
+
+    /// The same context, but commands use `config` instead of reading the file: the daemon's
+    /// jobs keep the configuration it last loaded successfully.
+    pub fn with_config(&self, config: Config) -> Ctx {
+        Ctx {
+            env: self.env.clone(),
+            config_flag: self.config_flag.clone(),
+            preloaded: Some(config),
+            out: self.out,
+            clock: self.clock.clone(),
+        }
     }
 
     /// The account named by `--account`, or the only one configured.
@@ -195,7 +212,8 @@ pub async fn run(cli: Cli, env: Env) -> Result<Exit> {
         env,
         config_flag: cli.config,
         out: Output::new(cli.json, cli.quiet),
-        clock: Box::new(SystemClock),
+        preloaded: None,
+        clock: std::sync::Arc::new(SystemClock),
     };
     match cli.command {
         Command::Auth(cmd) => cmd.run(&ctx).await,

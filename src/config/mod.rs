@@ -22,7 +22,7 @@ pub use provider::{Provider, ServerPreset, PROVIDER_NAMES};
 use crate::secret::Secret;
 
 /// A validated configuration.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Config {
     /// The file it was read from.
     pub path: PathBuf,
