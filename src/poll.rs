@@ -91,14 +91,20 @@ pub struct PollSummary {
     pub handled: usize,
     /// The checkpoint afterwards.
     pub last_uid: u32,
+    /// Every message found was handled (no `--limit` cut, no stop).
+    pub complete: bool,
 }
 
 /// The checkpoint of one account and mailbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 struct Checkpoint {
     version: u32,
     uidvalidity: u32,
     last_uid: u32,
+    /// While a first `--since` poll has not completed a full pass: its window (IMAP date), so
+    /// older messages are never handed over later by accident.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    since: Option<String>,
 }
 
 /// The state files of one account and mailbox: `poll/<account>/<mailbox>.json` and `.lock`.
@@ -151,8 +157,8 @@ impl StateFiles {
         Ok(Some(cp))
     }
 
-    fn save(&self, cp: Checkpoint) -> Result<()> {
-        let mut bytes = serde_json::to_vec(&cp).context("failed to encode poll state")?;
+    fn save(&self, cp: &Checkpoint) -> Result<()> {
+        let mut bytes = serde_json::to_vec(cp).context("failed to encode poll state")?;
         bytes.push(b'\n');
         crate::fsutil::write_atomic(&self.json, &bytes)
     }
@@ -244,9 +250,9 @@ async fn select_and_pass(
     stop: &dyn Fn() -> bool,
 ) -> Result<PollSummary> {
     let selected = imap.select(&options.mailbox).await?;
-    let (mut checkpoint, since) = starting_point(files.load()?, selected, options, out, files)?;
-    let since = since.map(|d| imap_date(&crate::clock::rfc3339(now.saturating_sub(d.as_secs()))));
-    pass(
+    let mut checkpoint = starting_point(files.load()?, selected, options, out, files, now)?;
+    let since = checkpoint.since.clone();
+    let summary = pass(
         account,
         imap,
         files,
@@ -256,7 +262,17 @@ async fn select_and_pass(
         since.as_deref(),
         stop,
     )
-    .await
+    .await?;
+    if since.is_some() && summary.complete {
+        // The window is done: what is older than it was passed over on purpose.
+        checkpoint.since = None;
+        checkpoint.last_uid = checkpoint.last_uid.max(selected.uidnext.saturating_sub(1));
+        files.save(&checkpoint)?;
+    }
+    Ok(PollSummary {
+        last_uid: checkpoint.last_uid,
+        ..summary
+    })
 }
 
 /// Handles every message after the checkpoint (optionally only those since an IMAP date),
@@ -283,15 +299,18 @@ async fn pass(
     let mut uids = imap
         .uids_after(checkpoint.last_uid, criteria.as_deref())
         .await?;
-    if let Some(limit) = options.limit {
-        uids.truncate(limit);
-    }
     let mut summary = PollSummary {
         handled: 0,
         last_uid: checkpoint.last_uid,
+        complete: true,
     };
+    if let Some(limit) = options.limit {
+        summary.complete = uids.len() <= limit;
+        uids.truncate(limit);
+    }
     for uid in uids {
         if stop() {
+            summary.complete = false;
             break;
         }
         let Some(raw) = imap.fetch(uid).await? else {
@@ -308,7 +327,7 @@ async fn pass(
             })?;
         apply_actions(imap, uid, &options.actions).await?;
         checkpoint.last_uid = uid;
-        files.save(*checkpoint)?;
+        files.save(checkpoint)?;
         summary.handled += 1;
         summary.last_uid = uid;
     }
@@ -474,6 +493,7 @@ async fn watch_round<S: TokenStore>(
         let Some(mut checkpoint) = files.load()? else {
             anyhow::bail!("poll state of {} vanished while watching", options.mailbox);
         };
+        let since = checkpoint.since.clone();
         let summary = pass(
             account,
             &mut imap,
@@ -481,7 +501,7 @@ async fn watch_round<S: TokenStore>(
             &mut checkpoint,
             options,
             out,
-            None,
+            since.as_deref(),
             stop,
         )
         .await?;
@@ -506,15 +526,17 @@ fn starting_point(
     options: &PollOptions,
     out: &Output,
     files: &StateFiles,
-) -> Result<(Checkpoint, Option<Duration>)> {
-    let fresh = |last_uid: u32| Checkpoint {
+    now: u64,
+) -> Result<Checkpoint> {
+    let fresh = |last_uid: u32, since: Option<String>| Checkpoint {
         version: STATE_VERSION,
         uidvalidity: selected.uidvalidity,
         last_uid,
+        since,
     };
-    let from_now = fresh(selected.uidnext.saturating_sub(1));
-    let result = match saved {
-        Some(cp) if cp.uidvalidity == selected.uidvalidity => (cp, None),
+    let from_now = fresh(selected.uidnext.saturating_sub(1), None);
+    let checkpoint = match &saved {
+        Some(cp) if cp.uidvalidity == selected.uidvalidity => cp.clone(),
         Some(cp) => {
             out.warn(&format!(
                 "UIDVALIDITY of {} changed ({} → {}): the mailbox was recreated; {}",
@@ -528,22 +550,27 @@ fn starting_point(
                 }
             ));
             if options.replay {
-                (fresh(0), None)
+                fresh(0, None)
             } else {
-                (from_now, None)
+                from_now
             }
         }
         None => match options.start {
-            Start::FromNow => (from_now, None),
-            Start::All => (fresh(0), None),
-            Start::Since(d) => (fresh(0), Some(d)),
+            Start::FromNow => from_now,
+            Start::All => fresh(0, None),
+            Start::Since(d) => fresh(
+                0,
+                Some(imap_date(&crate::clock::rfc3339(
+                    now.saturating_sub(d.as_secs()),
+                ))),
+            ),
             Start::Unset => bail!("internal: unset start"),
         },
     };
-    if saved != Some(result.0) {
-        files.save(result.0)?;
+    if saved.as_ref() != Some(&checkpoint) {
+        files.save(&checkpoint)?;
     }
-    Ok(result)
+    Ok(checkpoint)
 }
 
 /// `2026-11-27T…` → `27-Nov-2026` (IMAP date).

@@ -423,3 +423,50 @@ fn save_limit_delete_and_attachments() {
     let saved = att["saved_as"].as_str().expect("saved");
     assert_eq!(fs::read_to_string(saved).expect("attachment"), "a,b\r\n1,2");
 }
+
+/// Stores a message with an old arrival date (IMAP APPEND with a date; doveadm save has none).
+fn append_old(env: &TestEnv, stack: &MailStack, email: &str, subject: &str) {
+    let token = env
+        .run(&["auth", "token", "work"])
+        .stdout
+        .trim()
+        .to_string();
+    let script = format!(
+        "import imaplib, ssl\n\
+         ctx = ssl.create_default_context(cafile='{ca}')\n\
+         m = imaplib.IMAP4_SSL('127.0.0.1', {port}, ssl_context=ctx)\n\
+         auth = 'user={email}' + chr(1) + 'auth=Bearer {token}' + chr(1) + chr(1)\n\
+         m.authenticate('XOAUTH2', lambda _: auth.encode())\n\
+         m.append('INBOX', None, '\"01-Jan-2020 08:00:00 +0000\"', b'From: a@example.com\\r\\nSubject: {subject}\\r\\n\\r\\nold\\r\\n')\n\
+         m.logout()\n",
+        ca = stack.ca_file.display(),
+        port = stack.ports.imaps,
+    );
+    let out = std::process::Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .output()
+        .expect("python3 (scripts/install-test-deps.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A first `--since 2d` poll skips older mail for good: the next poll does not hand it over.
+#[test]
+fn since_window_is_remembered() {
+    let stack = MailStack::get();
+    let (env, user) = setup(stack, "pollsince");
+    // The old message gets the higher UID: only the remembered window keeps it out.
+    stack.deliver(&user, "INBOX", "recent");
+    append_old(&env, stack, &user, "ancient");
+    assert_eq!(subjects(&poll(&env, stack, &["--since", "2d"])), ["recent"]);
+    assert!(
+        subjects(&poll(&env, stack, &[])).is_empty(),
+        "the old message stays skipped"
+    );
+    stack.deliver(&user, "INBOX", "new");
+    assert_eq!(subjects(&poll(&env, stack, &[])), ["new"]);
+}
