@@ -26,8 +26,8 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(300);
 pub struct Imap {
     session: async_imap::Session<Stream>,
     server: String,
-    /// When the token this session logged in with expires (unix seconds).
-    pub token_expires_at: u64,
+    /// When to reconnect with a fresh token (unix seconds), before this one expires.
+    pub renew_at: u64,
     can_move: bool,
     can_uid_expunge: bool,
     can_idle: bool,
@@ -133,7 +133,7 @@ impl Imap {
     ) -> Result<Imap> {
         let server = login::server(account, "imap")?;
         let name = net::name(server);
-        let (mut session, token_expires_at) = login::with_one_refresh(
+        let (mut session, renew_at) = login::with_one_refresh(
             account,
             &name,
             tokens,
@@ -159,7 +159,7 @@ impl Imap {
             can_idle: caps.has_str("IDLE"),
             session,
             server: name,
-            token_expires_at,
+            renew_at,
         })
     }
 
@@ -344,7 +344,7 @@ impl Imap {
         let Imap {
             session,
             server,
-            token_expires_at,
+            renew_at,
             can_move,
             can_uid_expunge,
             can_idle,
@@ -374,7 +374,7 @@ impl Imap {
         let mut imap = Imap {
             session,
             server,
-            token_expires_at,
+            renew_at,
             can_move,
             can_uid_expunge,
             can_idle,

@@ -103,7 +103,8 @@ pub(crate) enum LoginFailure {
 }
 
 /// Logs in with a valid token; if the server says the token is invalid, forces one refresh and
-/// tries once more. Returns the session and its token's expiry (unix seconds).
+/// tries once more. Returns the session and when a long session should reconnect with a fresh
+/// token (unix seconds; see [`crate::oauth::StoredToken::renew_at`]).
 ///
 /// `refused` builds the error for a refusal that does not blame the token (no challenge, or a
 /// challenge with another status).
@@ -125,7 +126,7 @@ where
 {
     let first = tokens.access_token(Fetch::IfNeeded).await?.token;
     let rejection = match attempt(first.access_token.clone()).await {
-        Ok(session) => return Ok((session, first.expires_at)),
+        Ok(session) => return Ok((session, first.renew_at(account.refresh_margin))),
         Err(LoginFailure::Other(e)) => return Err(e.into()),
         Err(LoginFailure::Rejected {
             challenge: Some(c), ..
@@ -142,7 +143,7 @@ where
         )
     })?;
     match attempt(fresh.token.access_token.clone()).await {
-        Ok(session) => Ok((session, fresh.token.expires_at)),
+        Ok(session) => Ok((session, fresh.token.renew_at(account.refresh_margin))),
         Err(LoginFailure::Other(e)) => Err(e.into()),
         Err(LoginFailure::Rejected { challenge, reply }) => {
             let reason = challenge.map_or(reply, |c| c.to_string());

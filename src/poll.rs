@@ -458,10 +458,7 @@ async fn watch_round<S: TokenStore>(
             imap.logout().await;
             return Ok(RoundEnd::Shutdown);
         }
-        let left = imap
-            .token_expires_at
-            .saturating_sub(clock.now())
-            .saturating_sub(account.refresh_margin.as_secs());
+        let left = imap.renew_at.saturating_sub(clock.now());
         if left == 0 {
             tracing::info!(account = %account.name, "token nearly expired; reconnecting with a fresh one");
             imap.logout().await;

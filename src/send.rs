@@ -219,8 +219,6 @@ pub struct Summary {
 pub struct BatchOptions {
     /// Pause between messages (`--rate N/min`).
     pub interval: Option<Duration>,
-    /// Reconnect when the session's token has less than this left.
-    pub token_margin: Duration,
 }
 
 /// Sends `messages` in order over one session (reconnecting when its token nears expiry or the
@@ -256,7 +254,6 @@ pub async fn run_batch<S: TokenStore>(
             clock,
             journal,
             p,
-            options,
             &mut session,
             &mut summary,
         )
@@ -279,7 +276,6 @@ async fn send_with_retries<S: TokenStore>(
     clock: &dyn Clock,
     journal: &mut Journal,
     p: &Prepared,
-    options: BatchOptions,
     session: &mut Option<Session>,
     summary: &mut Summary,
 ) -> Result<()> {
@@ -294,7 +290,7 @@ async fn send_with_retries<S: TokenStore>(
     for attempt in 1..=MAX_ATTEMPTS {
         if session
             .as_ref()
-            .is_some_and(|s| s.token_expiring(clock.now(), options.token_margin))
+            .is_some_and(|s| s.token_expiring(clock.now()))
         {
             tracing::info!(account = %account.name, "token nearly expired; reconnecting with a fresh one");
             if let Some(old) = session.take() {

@@ -37,8 +37,8 @@ const MAX_COMMAND_LINE: usize = 512;
 pub struct Session {
     conn: AsyncSmtpConnection,
     server: String,
-    /// When the token this session logged in with expires (unix seconds).
-    token_expires_at: u64,
+    /// When to reconnect with a fresh token (unix seconds), before this one expires.
+    renew_at: u64,
 }
 
 impl Session {
@@ -53,7 +53,7 @@ impl Session {
     ) -> Result<Session> {
         let server = login::server(account, "smtp")?;
         let name = net::name(server);
-        let (conn, token_expires_at) = login::with_one_refresh(
+        let (conn, renew_at) = login::with_one_refresh(
             account,
             &name,
             tokens,
@@ -64,7 +64,7 @@ impl Session {
         Ok(Session {
             conn,
             server: name,
-            token_expires_at,
+            renew_at,
         })
     }
 
@@ -87,10 +87,9 @@ impl Session {
         .await
     }
 
-    /// Whether the session's token has `margin` or less left at `now`: a long batch then
-    /// reconnects with a fresh token rather than outliving it.
-    pub fn token_expiring(&self, now: u64, margin: Duration) -> bool {
-        now.saturating_add(margin.as_secs()) >= self.token_expires_at
+    /// Whether it is time to reconnect with a fresh token: a long batch never outlives its token.
+    pub fn token_expiring(&self, now: u64) -> bool {
+        now >= self.renew_at
     }
 
     /// `host:port`.

@@ -34,8 +34,9 @@ fn concurrent_processes_refresh_once() {
     let server = OAuthServer::start();
     let env = TestEnv::new();
     env.config_for(&server, "");
-    server.set_expires_in(60); // inside the 5-minute margin: every process wants a refresh
+    server.set_expires_in(1);
     env.import(&server);
+    std::thread::sleep(Duration::from_millis(1100)); // expired: every process wants a refresh
     server.set_expires_in(3600);
     server.set_rotation(true);
     let before = server.refresh_count();
@@ -540,4 +541,21 @@ fn sasl_strings() {
             "n,a=ops@example.com,\x01host=127.0.0.1\x01port=10993\x01auth=Bearer {token}\x01\x01"
         )
     );
+}
+
+/// Tokens that live no longer than the refresh margin (Keycloak's 5-minute default against the
+/// 5-minute margin) are still reused: the margin is capped at half the token's lifetime.
+#[test]
+fn short_lived_tokens_are_reused() {
+    let server = OAuthServer::start();
+    server.set_expires_in(300);
+    let env = TestEnv::new();
+    env.config_for(&server, "");
+    env.import(&server);
+    let count = server.refresh_count();
+    for _ in 0..5 {
+        env.run_with_secret(&server, &["auth", "token", "work"])
+            .expect_code(0);
+    }
+    assert_eq!(server.refresh_count(), count, "no refresh storm");
 }

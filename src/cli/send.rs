@@ -316,7 +316,6 @@ impl Args {
         let mut journal = Journal::open(&send::journal_dir(&ctx.state_dir()?), batch)?;
         let options = BatchOptions {
             interval: self.rate,
-            token_margin: account.refresh_margin,
         };
         let mut progress = |done, total| ctx.out.progress("sending", done, total);
         let result = send::run_batch(

@@ -29,9 +29,25 @@ impl StoredToken {
         i64::try_from(self.expires_at).unwrap_or(i64::MAX) - i64::try_from(now).unwrap_or(i64::MAX)
     }
 
-    /// Whether the token is valid for longer than `margin` from `now`.
+    /// The refresh margin applied to this token: the configured one, but at most half the token's
+    /// lifetime — a provider issuing 5-minute tokens (Keycloak's default) with the default
+    /// 5-minute margin would otherwise make every use a refresh and a long session reconnect
+    /// in a tight loop.
+    pub fn margin_for(&self, configured: Duration) -> u64 {
+        configured
+            .as_secs()
+            .min(self.expires_at.saturating_sub(self.refreshed_at) / 2)
+    }
+
+    /// When a long session using this token should reconnect with a fresh one (unix seconds).
+    pub fn renew_at(&self, configured: Duration) -> u64 {
+        self.expires_at.saturating_sub(self.margin_for(configured))
+    }
+
+    /// Whether the token is valid for longer than its margin (see [`StoredToken::margin_for`])
+    /// from `now`.
     pub fn fresh(&self, now: u64, margin: Duration) -> bool {
-        self.remaining(now) > i64::try_from(margin.as_secs()).unwrap_or(i64::MAX)
+        self.remaining(now) > i64::try_from(self.margin_for(margin)).unwrap_or(i64::MAX)
     }
 
     /// Seconds since the refresh token was obtained.
@@ -65,6 +81,18 @@ mod tests {
             "{debug}"
         );
         assert!(debug.contains("access_token: [redacted]"), "{debug}");
+    }
+
+    /// A short-lived token's margin is capped at half its lifetime.
+    #[test]
+    fn margin_capped_by_lifetime() {
+        let mut t = token(400); // obtained/refreshed at 100: a 300 s token
+        assert_eq!(t.margin_for(Duration::from_secs(300)), 150);
+        assert!(t.fresh(249, Duration::from_secs(300)));
+        assert!(!t.fresh(250, Duration::from_secs(300)));
+        assert_eq!(t.renew_at(Duration::from_secs(300)), 250);
+        t.expires_at = 100 + 3600;
+        assert_eq!(t.margin_for(Duration::from_secs(300)), 300);
     }
 
     /// A token is fresh only with strictly more than the margin left.
