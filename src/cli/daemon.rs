@@ -75,10 +75,15 @@ impl Args {
                 .map(|(n, t)| (*t, n.clone()))
                 .collect();
             due.sort();
+            let mut reload_requested = false;
             for (_, name) in due {
-                if let Ok(Signal::Stop) = rx.try_recv() {
-                    ctx.out.info("daemon stopping");
-                    return Ok(Exit::Success);
+                match rx.try_recv() {
+                    Ok(Signal::Stop) => {
+                        ctx.out.info("daemon stopping");
+                        return Ok(Exit::Success);
+                    }
+                    Ok(Signal::Reload) => reload_requested = true,
+                    Err(_) => {}
                 }
                 let Some(job) = config.jobs.get(&name) else {
                     continue;
@@ -91,6 +96,9 @@ impl Args {
                     }
                 }
             }
+            if reload_requested {
+                reload(ctx, &mut config, &mut next);
+            }
             let wake = next
                 .values()
                 .min()
@@ -102,14 +110,7 @@ impl Args {
             tokio::select! {
                 () = tokio::time::sleep(sleep) => {}
                 sig = rx.recv() => match sig {
-                    Some(Signal::Reload) => match load(ctx) {
-                        Ok(c) => {
-                            config = c;
-                            next = plan(&config, ctx.clock.now());
-                            ctx.out.info(&format!("configuration reloaded: {} scheduled jobs", next.len()));
-                        }
-                        Err(e) => ctx.out.warn(&format!("configuration not reloaded, keeping the old one: {}", error_text(e.as_ref()))),
-                    },
+                    Some(Signal::Reload) => reload(ctx, &mut config, &mut next),
                     Some(Signal::Stop) | None => {
                         ctx.out.info("daemon stopping");
                         return Ok(Exit::Success);
@@ -117,6 +118,24 @@ impl Args {
                 },
             }
         }
+    }
+}
+
+/// Re-reads the configuration; a broken file is reported and the old configuration kept.
+fn reload(ctx: &Ctx, config: &mut Config, next: &mut BTreeMap<String, u64>) {
+    match load(ctx) {
+        Ok(c) => {
+            *config = c;
+            *next = plan(config, ctx.clock.now());
+            ctx.out.info(&format!(
+                "configuration reloaded: {} scheduled jobs",
+                next.len()
+            ));
+        }
+        Err(e) => ctx.out.warn(&format!(
+            "configuration not reloaded, keeping the old one: {}",
+            error_text(e.as_ref())
+        )),
     }
 }
 
