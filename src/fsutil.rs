@@ -57,3 +57,40 @@ fn remove_stale_temp_files(dir: &Path, prefix: &str) {
         }
     }
 }
+
+/// Creates `dir` (and missing parents) with mode 0700; existing directories keep their mode.
+///
+/// # Errors
+/// The directory cannot be created, naming it.
+pub fn private_dir(dir: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("failed to create directory {}", dir.display()))
+}
+
+/// Opens `path` (0600, in a 0700 directory) and takes an exclusive advisory lock on it if nobody
+/// holds one; `None` when another process does. Dropping the file, or the process dying, releases
+/// the lock.
+///
+/// # Errors
+/// The file cannot be created or locked for a reason other than contention.
+pub fn try_lock(path: &Path) -> Result<Option<File>> {
+    private_dir(path.parent().unwrap_or(Path::new(".")))?;
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("failed to open lock file {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(fs::TryLockError::WouldBlock) => Ok(None),
+        Err(fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("failed to lock {}", path.display()))
+        }
+    }
+}

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -47,31 +47,12 @@ impl Journal {
     /// [`Busy`] when another run holds the lock; a corrupt line (not the last) names the file and
     /// line; filesystem errors name the path.
     pub fn open(dir: &Path, batch: &str) -> Result<Journal> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("failed to create directory {}", dir.display()))?;
-        let lock_path = dir.join(format!("{batch}.lock"));
-        let lock = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&lock_path)
-            .with_context(|| format!("failed to open {}", lock_path.display()))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => {
-                return Err(Busy(format!(
-                    "another mailpilot process is sending batch {batch} right now"
-                ))
-                .into())
-            }
-            Err(fs::TryLockError::Error(e)) => {
-                return Err(e).with_context(|| format!("failed to lock {}", lock_path.display()))
-            }
-        }
+        let Some(lock) = crate::fsutil::try_lock(&dir.join(format!("{batch}.lock")))? else {
+            return Err(Busy(format!(
+                "another mailpilot process is sending batch {batch} right now"
+            ))
+            .into());
+        };
         let path = dir.join(format!("{batch}.jsonl"));
         let mut file = OpenOptions::new()
             .read(true)

@@ -164,39 +164,19 @@ impl StateFiles {
     }
 
     async fn lock(&self, mailbox: &str) -> Result<std::fs::File> {
-        use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
-        if let Some(dir) = self.lock.parent() {
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .with_context(|| format!("failed to create directory {}", dir.display()))?;
-        }
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&self.lock)
-            .with_context(|| format!("failed to open {}", self.lock.display()))?;
         let deadline = tokio::time::Instant::now() + LOCK_WAIT;
         loop {
-            match file.try_lock() {
-                Ok(()) => return Ok(file),
-                Err(std::fs::TryLockError::WouldBlock) if tokio::time::Instant::now() < deadline => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
-                Err(std::fs::TryLockError::WouldBlock) => {
-                    return Err(Busy(format!(
-                        "another mailpilot process has been polling {mailbox} for over {}s; try again later",
-                        LOCK_WAIT.as_secs()
-                    ))
-                    .into())
-                }
-                Err(std::fs::TryLockError::Error(e)) => {
-                    return Err(e).with_context(|| format!("failed to lock {}", self.lock.display()))
-                }
+            if let Some(file) = crate::fsutil::try_lock(&self.lock)? {
+                return Ok(file);
             }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Busy(format!(
+                    "another mailpilot process has been polling {mailbox} for over {}s; try again later",
+                    LOCK_WAIT.as_secs()
+                ))
+                .into());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 }
@@ -251,19 +231,9 @@ async fn select_and_pass(
 ) -> Result<PollSummary> {
     let selected = imap.select(&options.mailbox).await?;
     let mut checkpoint = starting_point(files.load()?, selected, options, out, files, now)?;
-    let since = checkpoint.since.clone();
-    let summary = pass(
-        account,
-        imap,
-        files,
-        &mut checkpoint,
-        options,
-        out,
-        since.as_deref(),
-        stop,
-    )
-    .await?;
-    if since.is_some() && summary.complete {
+    let windowed = checkpoint.since.is_some();
+    let summary = pass(account, imap, files, &mut checkpoint, options, out, stop).await?;
+    if windowed && summary.complete {
         // The window is done: what is older than it was passed over on purpose.
         checkpoint.since = None;
         checkpoint.last_uid = checkpoint.last_uid.max(selected.uidnext.saturating_sub(1));
@@ -275,12 +245,8 @@ async fn select_and_pass(
     })
 }
 
-/// Handles every message after the checkpoint (optionally only those since an IMAP date),
+/// Handles every message after the checkpoint (only those in its SINCE window, if it has one),
 /// checkpointing after each; `stop` is asked between messages.
-#[allow(
-    clippy::too_many_arguments,
-    reason = "one pass's context, passed explicitly"
-)]
 async fn pass(
     account: &Account,
     imap: &mut Imap,
@@ -288,10 +254,10 @@ async fn pass(
     checkpoint: &mut Checkpoint,
     options: &PollOptions,
     out: &Output,
-    since: Option<&str>,
     stop: &dyn Fn() -> bool,
 ) -> Result<PollSummary> {
-    let criteria = match (since, &options.search) {
+    // A first `--since` poll's window stays in force until a pass completes.
+    let criteria = match (checkpoint.since.as_deref(), &options.search) {
         (Some(d), Some(c)) => Some(format!("SINCE {d} {c}")),
         (Some(d), None) => Some(format!("SINCE {d}")),
         (None, c) => c.clone(),
@@ -490,7 +456,6 @@ async fn watch_round<S: TokenStore>(
         let Some(mut checkpoint) = files.load()? else {
             anyhow::bail!("poll state of {} vanished while watching", options.mailbox);
         };
-        let since = checkpoint.since.clone();
         let summary = pass(
             account,
             &mut imap,
@@ -498,7 +463,6 @@ async fn watch_round<S: TokenStore>(
             &mut checkpoint,
             options,
             out,
-            since.as_deref(),
             stop,
         )
         .await?;
@@ -516,7 +480,7 @@ fn jitter(d: Duration) -> Duration {
     d.mul_f64(factor)
 }
 
-/// The checkpoint to continue from, and the SINCE window of a first `--since` poll.
+/// The checkpoint to continue from (with the SINCE window of a first `--since` poll).
 fn starting_point(
     saved: Option<Checkpoint>,
     selected: Selected,

@@ -3,8 +3,7 @@
 //! that runs it from outside. Running the job itself is the CLI's business (it parses the job's
 //! arguments like a command line).
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -65,18 +64,9 @@ impl JobFiles {
     /// # Errors
     /// The write fails.
     pub fn record(&self, run: &LastRun) -> Result<()> {
-        self.ensure_dir()?;
+        crate::fsutil::private_dir(self.state.parent().unwrap_or(Path::new(".")))?;
         let bytes = serde_json::to_vec_pretty(run).context("failed to encode job state")?;
         crate::fsutil::write_atomic(&self.state, &bytes)
-    }
-
-    fn ensure_dir(&self) -> Result<()> {
-        let dir = self.state.parent().unwrap_or(Path::new("."));
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .with_context(|| format!("failed to create directory {}", dir.display()))
     }
 
     /// Takes the job's lock if free (`None` when another run holds it).
@@ -84,21 +74,7 @@ impl JobFiles {
     /// # Errors
     /// The lock file cannot be opened.
     pub fn try_lock(&self) -> Result<Option<File>> {
-        self.ensure_dir()?;
-        let file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&self.lock)
-            .with_context(|| format!("failed to open {}", self.lock.display()))?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(file)),
-            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
-            Err(std::fs::TryLockError::Error(e)) => {
-                Err(e).with_context(|| format!("failed to lock {}", self.lock.display()))
-            }
-        }
+        crate::fsutil::try_lock(&self.lock)
     }
 }
 

@@ -6,9 +6,9 @@
 //! either the old or the new file. A corrupt file or one written by a newer mailpilot is an error that
 //! names it; it is never overwritten behind the user's back.
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, File};
 use std::io::ErrorKind;
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -131,11 +131,7 @@ impl FileStore {
     /// directory's own mode if someone loosened it. Existing parents are left as they are: they
     /// may be shared (`/tmp`, a home directory).
     fn ensure_dir(&self) -> Result<()> {
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&self.dir)
-            .with_context(|| format!("failed to create directory {}", self.dir.display()))?;
+        crate::fsutil::private_dir(&self.dir)?;
         let mode = fs::metadata(&self.dir)
             .with_context(|| format!("failed to read metadata of {}", self.dir.display()))?
             .permissions()
@@ -245,22 +241,7 @@ impl TokenStore for FileStore {
 
     fn try_lock(&self, account: &str) -> Result<Option<FileLock>> {
         self.ensure_dir()?;
-        let path = self.lock_path(account);
-        let file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(&path)
-            .with_context(|| format!("failed to open lock file {}", path.display()))?;
-        match file.try_lock() {
-            Ok(()) => Ok(Some(FileLock { _file: file })),
-            Err(fs::TryLockError::WouldBlock) => Ok(None),
-            Err(fs::TryLockError::Error(e)) => {
-                Err(e).with_context(|| format!("failed to lock {}", path.display()))
-            }
-        }
+        Ok(crate::fsutil::try_lock(&self.lock_path(account))?.map(|file| FileLock { _file: file }))
     }
 
     fn last_error(&self, account: &str) -> Result<Option<LastError>> {
