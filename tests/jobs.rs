@@ -8,24 +8,14 @@ use crate::support::{MailStack, TestEnv};
 
 /// A stack account plus `jobs` appended to its config.
 fn setup(stack: &MailStack, test: &str, jobs: &str) -> (TestEnv, String, String) {
-    let (user, rcpt) = (stack.user(test), stack.user(&format!("{test}-rcpt")));
-    let env = TestEnv::new();
-    env.config_for_stack(
-        stack,
-        &user,
-        (stack.ports.postfix_submission, "starttls", "xoauth2"),
-        &stack.ca_file,
-    );
+    let (env, user) = TestEnv::for_mailbox(stack, test);
+    let rcpt = stack.user(&format!("{test}-rcpt"));
     let text = fs::read_to_string(env.config_path()).expect("config");
     env.write_config(&format!(
         "{text}\n{}",
         jobs.replace("RCPT", &rcpt)
             .replace("ROOT", &env.root().display().to_string())
     ));
-    stack.doveadm(
-        &["mailbox", "status", "-u", &user, "messages", "INBOX"],
-        None,
-    );
     env.import_for(&stack.oauth, &user);
     (env, user, rcpt)
 }

@@ -8,20 +8,8 @@ use std::time::{Duration, Instant};
 use crate::support::{MailStack, Policy, Run, TestEnv};
 
 fn setup(stack: &MailStack, test: &str) -> (TestEnv, String) {
-    let user = stack.user(test);
-    let env = TestEnv::new();
-    env.config_for_stack(
-        stack,
-        &user,
-        (stack.ports.postfix_submission, "starttls", "xoauth2"),
-        &stack.ca_file,
-    );
+    let (env, user) = TestEnv::for_mailbox(stack, test);
     env.import_for(&stack.oauth, &user);
-    // The mailbox exists before the first poll (a real account's INBOX always does).
-    stack.doveadm(
-        &["mailbox", "status", "-u", &user, "messages", "INBOX"],
-        None,
-    );
     (env, user)
 }
 

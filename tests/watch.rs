@@ -9,22 +9,6 @@ use std::time::{Duration, Instant};
 use crate::support::proxy::DroppingProxy;
 use crate::support::{MailStack, Policy, TestEnv};
 
-fn setup(stack: &MailStack, test: &str) -> (TestEnv, String) {
-    let user = stack.user(test);
-    let env = TestEnv::new();
-    env.config_for_stack(
-        stack,
-        &user,
-        (stack.ports.postfix_submission, "starttls", "xoauth2"),
-        &stack.ca_file,
-    );
-    stack.doveadm(
-        &["mailbox", "status", "-u", &user, "messages", "INBOX"],
-        None,
-    );
-    (env, user)
-}
-
 fn start_watch(env: &TestEnv, stack: &MailStack, log: &Path, extra: &[&str]) -> Child {
     let exec = format!("echo \"$MAILPILOT_SUBJECT\" >> {}", log.display());
     let mut args = vec!["watch", "--from-now", "--exec", &exec];
@@ -81,7 +65,7 @@ fn wait_until_watching(stack: &MailStack, user: &str, logins: u64) {
 #[test]
 fn idle_handles_new_mail_and_stops_cleanly() {
     let stack = MailStack::get();
-    let (env, user) = setup(stack, "watchidle");
+    let (env, user) = TestEnv::for_mailbox(stack, "watchidle");
     env.import_for(&stack.oauth, &user);
     let log = env.root().join("log");
     let child = start_watch(&env, stack, &log, &[]);
@@ -114,7 +98,7 @@ fn idle_handles_new_mail_and_stops_cleanly() {
 #[test]
 fn reconnects_before_token_expiry() {
     let stack = MailStack::get();
-    let (env, user) = setup(stack, "watchexpiry");
+    let (env, user) = TestEnv::for_mailbox(stack, "watchexpiry");
     let text = fs::read_to_string(env.config_path())
         .expect("config")
         .replace("token_url", "refresh_margin = \"1s\"\ntoken_url");
@@ -158,7 +142,7 @@ fn reconnects_before_token_expiry() {
 #[test]
 fn reconnects_after_dropped_connection() {
     let stack = MailStack::get();
-    let (env, user) = setup(stack, "watchdrop");
+    let (env, user) = TestEnv::for_mailbox(stack, "watchdrop");
     let proxy = DroppingProxy::start_timed(stack.ports.imaps, Duration::from_secs(2));
     let text = fs::read_to_string(env.config_path())
         .expect("config")
@@ -192,7 +176,7 @@ fn reconnects_after_dropped_connection() {
 #[test]
 fn polls_without_idle() {
     let stack = MailStack::get();
-    let (env, user) = setup(stack, "watchnoidle");
+    let (env, user) = TestEnv::for_mailbox(stack, "watchnoidle");
     env.import_for(&stack.oauth, &user);
     let log = env.root().join("log");
     let child = start_watch(&env, stack, &log, &["--no-idle", "--poll-interval", "1s"]);
@@ -208,7 +192,7 @@ fn polls_without_idle() {
 #[test]
 fn sigterm_finishes_message_in_hand() {
     let stack = MailStack::get();
-    let (env, user) = setup(stack, "watchterm");
+    let (env, user) = TestEnv::for_mailbox(stack, "watchterm");
     env.import_for(&stack.oauth, &user);
     let log = env.root().join("log");
     let exec = format!(

@@ -239,6 +239,24 @@ ca_file = "{ca}"
         ));
     }
 
+    /// A fresh environment for a new stack user of `test` (config sending via Postfix, reading via
+    /// Dovecot IMAPS) whose INBOX exists, as a real account's always does. No grant yet.
+    pub fn for_mailbox(stack: &MailStack, test: &str) -> (TestEnv, String) {
+        let user = stack.user(test);
+        let env = TestEnv::new();
+        env.config_for_stack(
+            stack,
+            &user,
+            (stack.ports.postfix_submission, "starttls", "xoauth2"),
+            &stack.ca_file,
+        );
+        stack.doveadm(
+            &["mailbox", "status", "-u", &user, "messages", "INBOX"],
+            None,
+        );
+        (env, user)
+    }
+
     /// Runs with the test client secret in the environment.
     pub fn run_with_secret(&self, server: &OAuthServer, args: &[&str]) -> Run {
         self.run_full(args, &[("MP_TEST_SECRET", &server.client_secret())], None)
