@@ -1,8 +1,7 @@
-//! Exit statuses and the mapping from an error to one — decided here and nowhere else.
+//! Exit statuses, the mapping from an error to one, and the words that name them in run lines and
+//! `status` — decided here and nowhere else.
 
-use crate::config::ConfigError;
-use crate::login::ServerError;
-use crate::oauth::AuthError;
+use crate::error::{AuthError, Busy, ConfigError, ServerError, TimedOut, UsageError};
 
 /// The process exit status. Documented in `--help` and the README.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -25,8 +24,22 @@ impl Exit {
         self as u8
     }
 
-    /// How bad it is, to pick the worst of several results (`auth refresh` over many accounts).
-    pub fn severity(self) -> u8 {
+    /// The status a recorded exit code stands for; codes mailpilot does not use count as
+    /// [`Exit::Failure`].
+    pub fn from_code(code: u8) -> Exit {
+        [
+            Exit::Success,
+            Exit::Usage,
+            Exit::Transient,
+            Exit::NeedsAuthorization,
+        ]
+        .into_iter()
+        .find(|e| e.code() == code)
+        .unwrap_or(Exit::Failure)
+    }
+
+    /// How bad it is, to pick the worst of several results.
+    fn severity(self) -> u8 {
         match self {
             Exit::Success => 0,
             Exit::Transient => 1,
@@ -35,22 +48,39 @@ impl Exit {
             Exit::NeedsAuthorization => 4,
         }
     }
+
+    /// The worse of two results (`auth refresh` over many accounts, `status` over many jobs):
+    /// needing a person beats a bad config beats a failure beats a transient failure.
+    #[must_use]
+    pub fn worst(self, other: Exit) -> Exit {
+        if other.severity() > self.severity() {
+            other
+        } else {
+            self
+        }
+    }
+
+    /// The status a monitoring check (`status`) reports for a job whose last run ended with
+    /// this: a job's configuration error is the job's failure, not a usage error of the check.
+    #[must_use]
+    pub fn as_check(self) -> Exit {
+        match self {
+            Exit::Usage => Exit::Failure,
+            other => other,
+        }
+    }
+
+    /// The word for this outcome in the daemon's run lines and `status`.
+    pub fn word(self) -> &'static str {
+        match self {
+            Exit::Success => "ok",
+            Exit::Transient => "retry-later",
+            Exit::NeedsAuthorization => "needs-authorization",
+            Exit::Usage => "config-error",
+            Exit::Failure => "failed",
+        }
+    }
 }
-
-/// A command-line problem clap cannot see (e.g. an empty stdin where a token was expected).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct UsageError(pub String);
-
-/// Another process is doing the same work right now (a batch or job lock is held): retry later.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct Busy(pub String);
-
-/// Work ran past its time limit (a job's `timeout`): retry later.
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct TimedOut(pub String);
 
 /// The exit status for `err`: the first typed error in its chain decides.
 pub fn classify(err: &anyhow::Error) -> Exit {
@@ -81,33 +111,6 @@ pub fn classify(err: &anyhow::Error) -> Exit {
     Exit::Failure
 }
 
-/// The `hint:` line for `err`, if a typed error in its chain knows a fix.
-pub fn hint(err: &anyhow::Error) -> Option<String> {
-    err.chain().find_map(|cause| {
-        if let Some(e) = cause.downcast_ref::<AuthError>() {
-            return e.hint().map(str::to_string);
-        }
-        if let Some(e) = cause.downcast_ref::<ServerError>() {
-            return e.hint().map(str::to_string);
-        }
-        cause
-            .downcast_ref::<ConfigError>()
-            .and_then(ConfigError::hint)
-    })
-}
-
-/// Extra lines listed under the error (every configuration problem).
-pub fn details(err: &anyhow::Error) -> Vec<String> {
-    err.chain()
-        .find_map(|cause| match cause.downcast_ref::<ConfigError>() {
-            Some(ConfigError::Invalid { problems, .. }) => {
-                Some(problems.iter().map(ToString::to_string).collect())
-            }
-            _ => None,
-        })
-        .unwrap_or_default()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -124,5 +127,30 @@ mod tests {
         assert_eq!(classify(&e), Exit::Transient);
         assert_eq!(classify(&anyhow::anyhow!("plain")), Exit::Failure);
         assert_eq!(classify(&UsageError("x".into()).into()), Exit::Usage);
+    }
+
+    /// The worst of several results, and recorded codes read back.
+    #[test]
+    fn worst_and_codes() {
+        assert_eq!(
+            Exit::Transient.worst(Exit::Failure),
+            Exit::Failure,
+            "a failure beats a transient one"
+        );
+        assert_eq!(
+            Exit::NeedsAuthorization.worst(Exit::Usage),
+            Exit::NeedsAuthorization
+        );
+        assert_eq!(Exit::Success.worst(Exit::Success), Exit::Success);
+        for e in [
+            Exit::Success,
+            Exit::Failure,
+            Exit::Usage,
+            Exit::Transient,
+            Exit::NeedsAuthorization,
+        ] {
+            assert_eq!(Exit::from_code(e.code()), e);
+        }
+        assert_eq!(Exit::from_code(101), Exit::Failure);
     }
 }

@@ -1,7 +1,7 @@
 //! IMAP on async-imap over tokio-rustls: connect (implicit TLS or STARTTLS), read the greeting,
 //! AUTHENTICATE with XOAUTH2 or OAUTHBEARER (answering the server's error continuation so its final
 //! NO can be read and decoded), and the few commands polling needs. Every network step has a
-//! timeout. A rejected token is refreshed once and the login retried once (see [`crate::login`]).
+//! timeout. A rejected token is refreshed once and the login retried once (see [`crate::mail_auth`]).
 
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -10,15 +10,14 @@ use std::time::Duration;
 use anyhow::Result;
 use futures_util::TryStreamExt;
 
-use crate::config::{Account, Mechanism, Server, Tls};
-use crate::login::{self, LoginFailure, ServerError};
-use crate::net::{self, Stream};
+use crate::config::{Account, Protocol, Server, Tls};
+use crate::error::{BoxError, ServerError};
+use crate::mail_auth::{self, Login, LoginFailure};
+use crate::net::{self, Stream, COMMAND_TIMEOUT};
 use crate::oauth::{TokenSource, TokenStore};
 use crate::sasl::{self, Rejection};
 use crate::secret::Secret;
 
-/// One command and its response.
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// Fetching one message body (a large attachment on a slow link).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -76,28 +75,21 @@ impl async_imap::Authenticator for OAuthAuthenticator {
     }
 }
 
+/// Runs `fut` with a timeout, classifying its error.
 async fn timed<T, E: std::error::Error + Send + Sync + 'static>(
     limit: Duration,
     server: &str,
     what: &str,
     fut: impl Future<Output = Result<T, E>>,
 ) -> Result<T, ServerError> {
-    match tokio::time::timeout(limit, fut).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(classify(server, what, Box::new(e))),
-        Err(_) => Err(ServerError::Transient {
-            server: server.to_string(),
-            reason: format!(
-                "{what} timed out after {}",
-                humantime::format_duration(limit)
-            ),
-            source: None,
-        }),
-    }
+    net::timed(limit, server, what, fut, |e| {
+        classify(server, what, Box::new(e))
+    })
+    .await
 }
 
 /// NO and BAD replies are permanent for the operation; network trouble is transient.
-fn classify(server: &str, what: &str, e: Box<dyn std::error::Error + Send + Sync>) -> ServerError {
+fn classify(server: &str, what: &str, e: BoxError) -> ServerError {
     let permanent = matches!(
         e.downcast_ref::<async_imap::error::Error>(),
         Some(
@@ -107,18 +99,9 @@ fn classify(server: &str, what: &str, e: Box<dyn std::error::Error + Send + Sync
         )
     );
     if permanent {
-        ServerError::Failed {
-            server: server.to_string(),
-            reason: format!("{what} failed: {e}"),
-            hint: None,
-            source: None,
-        }
+        ServerError::failed(server, format!("{what} failed: {e}"))
     } else {
-        ServerError::Transient {
-            server: server.to_string(),
-            reason: format!("{what} failed"),
-            source: Some(e),
-        }
+        ServerError::transient(server, format!("{what} failed")).with_source(e)
     }
 }
 
@@ -131,27 +114,20 @@ impl Imap {
         account: &Account,
         tokens: &TokenSource<'_, S>,
     ) -> Result<Imap> {
-        let server = login::server(account, "imap")?;
-        let name = net::name(server);
-        let (mut session, renew_at) = login::with_one_refresh(
+        let server = account.server(Protocol::Imap)?;
+        let name = server.address();
+        let login = Login {
             account,
-            &name,
-            tokens,
-            |token| async move { login(account, server, &token).await },
-            |challenge, reply| ServerError::Failed {
-                server: name.clone(),
-                reason: match challenge {
-                    Some(c) => format!("login refused ({c}): {reply}"),
-                    None => format!("login refused: {reply}"),
-                },
-                hint: Some(format!(
-                    "check mechanism of [accounts.{}.imap] and that the server accepts OAuth2 logins for {}",
-                    account.name, account.email
-                )),
-                source: None,
+            server: &name,
+            refused: |challenge, reply: String| {
+                mail_auth::refused(account, Protocol::Imap, &name, challenge, &reply)
             },
-        )
-        .await?;
+        };
+        let (mut session, renew_at) =
+            mail_auth::with_one_refresh(login, tokens, |token| async move {
+                self::login(account, server, &token).await
+            })
+            .await?;
         let caps = timed(COMMAND_TIMEOUT, &name, "CAPABILITY", session.capabilities()).await?;
         Ok(Imap {
             can_move: caps.has_str("MOVE"),
@@ -182,11 +158,11 @@ impl Imap {
         )
         .await?;
         self.drain();
-        let missing = |what: &str| ServerError::Failed {
-            server: self.server.clone(),
-            reason: format!("the server did not report {what} for {mailbox}"),
-            hint: None,
-            source: None,
+        let missing = |what: &str| {
+            ServerError::failed(
+                &self.server,
+                format!("the server did not report {what} for {mailbox}"),
+            )
         };
         Ok(Selected {
             uidvalidity: mb.uid_validity.ok_or_else(|| missing("UIDVALIDITY"))?,
@@ -351,10 +327,8 @@ impl Imap {
         } = self;
         let mut handle = session.idle();
         timed(COMMAND_TIMEOUT, &server, "IDLE", handle.init()).await?;
-        let lost = |why: &str| ServerError::Transient {
-            server: server.clone(),
-            reason: format!("the connection ended during IDLE ({why})"),
-            source: None,
+        let lost = |why: &str| {
+            ServerError::transient(&server, format!("the connection ended during IDLE ({why})"))
         };
         let wake = {
             // The library's own timeout restarts with every keepalive; the deadline is ours.
@@ -411,7 +385,7 @@ async fn login(
     server: &Server,
     token: &Secret,
 ) -> Result<async_imap::Session<Stream>, LoginFailure> {
-    let name = net::name(server);
+    let name = server.address();
     let other = LoginFailure::Other;
     let tcp = net::connect(server).await.map_err(other)?;
     let stream = match server.tls {
@@ -430,12 +404,10 @@ async fn login(
         .await
         .map_err(other)?;
         let Stream::Plain(tcp) = client.into_inner() else {
-            return Err(other(ServerError::Failed {
-                server: name,
-                reason: "internal: STARTTLS on an encrypted stream".into(),
-                hint: None,
-                source: None,
-            }));
+            return Err(other(ServerError::failed(
+                name,
+                "internal: STARTTLS on an encrypted stream",
+            )));
         };
         client = async_imap::Client::new(net::tls(tcp, server, "STARTTLS").await.map_err(other)?);
     }
@@ -445,21 +417,14 @@ async fn login(
 async fn greeting(client: &mut async_imap::Client<Stream>, name: &str) -> Result<(), ServerError> {
     match tokio::time::timeout(net::CONNECT_TIMEOUT, client.read_response()).await {
         Ok(Ok(Some(_))) => Ok(()),
-        Ok(Ok(None)) => Err(ServerError::Transient {
-            server: name.to_string(),
-            reason: "the server closed the connection before its greeting".into(),
-            source: None,
-        }),
-        Ok(Err(e)) => Err(ServerError::Transient {
-            server: name.to_string(),
-            reason: "reading the greeting failed".into(),
-            source: Some(Box::new(e)),
-        }),
-        Err(_) => Err(ServerError::Transient {
-            server: name.to_string(),
-            reason: "no greeting from the server".into(),
-            source: None,
-        }),
+        Ok(Ok(None)) => Err(ServerError::transient(
+            name,
+            "the server closed the connection before its greeting",
+        )),
+        Ok(Err(e)) => {
+            Err(ServerError::transient(name, "reading the greeting failed").with_source(e))
+        }
+        Err(_) => Err(ServerError::transient(name, "no greeting from the server")),
     }
 }
 
@@ -481,20 +446,16 @@ async fn authenticate(
         cancel: sasl::cancel_reply_raw(server.mechanism),
         challenge: challenge.clone(),
     };
-    let mech = match server.mechanism {
-        Mechanism::Xoauth2 => "XOAUTH2",
-        Mechanism::Oauthbearer => "OAUTHBEARER",
-    };
+    let mech = server.mechanism.sasl_name();
     tracing::trace!(server = %name, "AUTHENTICATE {mech} [redacted]");
     let result = match tokio::time::timeout(COMMAND_TIMEOUT, client.authenticate(mech, auth)).await
     {
         Ok(r) => r,
         Err(_) => {
-            return Err(LoginFailure::Other(ServerError::Transient {
-                server: name.to_string(),
-                reason: "AUTHENTICATE timed out".into(),
-                source: None,
-            }))
+            return Err(LoginFailure::Other(ServerError::transient(
+                name,
+                "AUTHENTICATE timed out",
+            )))
         }
     };
     let error = match result {
@@ -508,11 +469,10 @@ async fn authenticate(
         .map(|c| Rejection::parse(&c));
     match error {
         async_imap::error::Error::No(text) if text.contains("[UNAVAILABLE]") => {
-            Err(LoginFailure::Other(ServerError::Transient {
-                server: name.to_string(),
-                reason: format!("the server could not check the token now: {text}"),
-                source: None,
-            }))
+            Err(LoginFailure::Other(ServerError::transient(
+                name,
+                format!("the server could not check the token now: {text}"),
+            )))
         }
         async_imap::error::Error::No(text) => Err(LoginFailure::Rejected {
             challenge: decoded,

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::exit::Busy;
+use crate::error::Busy;
 
 /// One journaled message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -9,8 +9,8 @@
 //!   [`oauth::refresh`] (one refresh request; never files), [`oauth::source`] (when to refresh,
 //!   locking, adopting a peer's token).
 //! - [`sasl`]: XOAUTH2 / OAUTHBEARER strings and server error challenges; pure.
-//! - [`login`]: what SMTP and IMAP logins share: server errors and the one refresh-and-retry on
-//!   a rejected token.
+//! - [`mail_auth`]: what SMTP and IMAP logins share: the one refresh-and-retry on a rejected
+//!   token, and the error for a refused login.
 //! - [`net`]: TCP (timeouts, `TCP_NODELAY`) and TLS (rustls with ring, `ca_file`) for both
 //!   protocols.
 //! - [`smtp`]: connect, TLS, AUTH, send (lettre); owns no token storage (asks a `TokenSource`).
@@ -23,7 +23,9 @@
 //! - [`schedule`]: job timing (cron, intervals), job locks and last outcomes, on_failure hooks,
 //!   crontab/systemd text; never runs a job's command itself.
 //! - [`output`]: the only place that prints; stdout is data only.
-//! - [`exit`]: exit statuses and the mapping from errors to them, in one place.
+//! - [`error`]: the typed errors callers branch on (usage, busy, timed out, auth, server,
+//!   config) and error-chain text; a leaf that imports nothing from the crate.
+//! - [`exit`]: exit statuses, the mapping from errors to them, and their words, in one place.
 //! - [`fsutil`]: atomic file replacement (temp file, fsync, rename, fsync of the directory).
 //! - [`paths`]: environment variables for paths, read once at start-up.
 //! - [`clock`]: "now" as a parameter, and time formatting.
@@ -33,11 +35,12 @@ pub mod cli;
 pub mod clock;
 pub mod compose;
 pub mod config;
+pub mod error;
 pub mod exit;
 pub mod fsutil;
 pub mod imap;
 pub mod journal;
-pub mod login;
+pub mod mail_auth;
 pub mod net;
 pub mod oauth;
 pub mod output;

@@ -4,6 +4,7 @@
 //! `TCP_NODELAY` matters: SMTP clients write the message body and the final `.` separately, and
 //! with Nagle's algorithm the second write waits for the server's delayed ACK — 40 ms per message.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -19,10 +20,18 @@ use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
 use tokio_rustls::TlsConnector;
 
 use crate::config::Server;
-use crate::login::ServerError;
+use crate::error::{BoxError, ServerError};
 
-/// Connecting and the TLS handshake, each.
+/// Connecting, the TLS handshake and the greeting, each: long enough for a slow network, short
+/// enough for cron.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// One command and its reply (RFC 5321 §4.5.3.2 suggests minutes; servers answer in
+/// milliseconds).
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The hint for a failed handshake.
+pub const TLS_HINT: &str =
+    "the server's certificate is not trusted for this host name: check host, or set ca_file to the CA that signed it";
 
 /// A connection, encrypted or (loopback only, by config validation) not.
 #[derive(Debug)]
@@ -93,43 +102,45 @@ impl lettre::transport::smtp::client::AsyncTokioStream for Stream {
     }
 }
 
-/// `host:port` of a server, for messages.
-pub fn name(server: &Server) -> String {
-    format!("{}:{}", server.host, server.port)
-}
-
 /// Opens a TCP connection with [`CONNECT_TIMEOUT`] and `TCP_NODELAY`.
 ///
 /// # Errors
 /// [`ServerError::Transient`]: refused, unreachable, timed out.
 pub async fn connect(server: &Server) -> Result<TcpStream, ServerError> {
-    let name = name(server);
-    let transient = |reason: String, source: Option<io::Error>| ServerError::Transient {
-        server: name.clone(),
-        reason,
-        source: source.map(|e| Box::new(e) as _),
-    };
-    let tcp = match tokio::time::timeout(
-        CONNECT_TIMEOUT,
-        TcpStream::connect((server.host.as_str(), server.port)),
-    )
-    .await
-    {
-        Ok(Ok(tcp)) => tcp,
-        Ok(Err(e)) => return Err(transient("connecting failed".into(), Some(e))),
-        Err(_) => {
-            return Err(transient(
-                format!(
-                    "connecting timed out after {}",
-                    humantime::format_duration(CONNECT_TIMEOUT)
-                ),
-                None,
-            ))
-        }
-    };
+    let name = server.address();
+    let connect = TcpStream::connect((server.host.as_str(), server.port));
+    let tcp = timed(CONNECT_TIMEOUT, &name, "connecting", connect, |e| {
+        ServerError::transient(&name, "connecting failed").with_source(e)
+    })
+    .await?;
     tcp.set_nodelay(true)
-        .map_err(|e| transient("setting TCP_NODELAY failed".into(), Some(e)))?;
+        .map_err(|e| ServerError::transient(&name, "setting TCP_NODELAY failed").with_source(e))?;
     Ok(tcp)
+}
+
+/// Runs `fut` with a time limit: its own error becomes a [`ServerError`] through `classify`, and
+/// running out of time a transient "`what` timed out after …".
+///
+/// # Errors
+/// As `classify` says, or [`ServerError::Transient`] for the timeout.
+pub async fn timed<T, E>(
+    limit: Duration,
+    server: &str,
+    what: &str,
+    fut: impl Future<Output = Result<T, E>>,
+    classify: impl FnOnce(E) -> ServerError,
+) -> Result<T, ServerError> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(classify(e)),
+        Err(_) => Err(ServerError::transient(
+            server,
+            format!(
+                "{what} timed out after {}",
+                humantime::format_duration(limit)
+            ),
+        )),
+    }
 }
 
 /// Runs the TLS handshake over `tcp`, verifying the certificate for `server.host`.
@@ -138,82 +149,79 @@ pub async fn connect(server: &Server) -> Result<TcpStream, ServerError> {
 /// [`ServerError::Failed`] for an untrusted certificate or a handshake failure (with the rustls
 /// reason and a hint), [`ServerError::Transient`] for a timeout.
 pub async fn tls(tcp: TcpStream, server: &Server, what: &str) -> Result<Stream, ServerError> {
-    let name = name(server);
+    let name = server.address();
     let config = client_config(server)?;
-    let server_name =
-        ServerName::try_from(server.host.clone()).map_err(|e| ServerError::Failed {
-            server: name.clone(),
-            reason: format!("\"{}\" is not a valid TLS server name", server.host),
-            hint: None,
-            source: Some(Box::new(e)),
-        })?;
-    match tokio::time::timeout(
+    let server_name = ServerName::try_from(server.host.clone()).map_err(|e| {
+        ServerError::failed(
+            &name,
+            format!("\"{}\" is not a valid TLS server name", server.host),
+        )
+        .with_source(e)
+    })?;
+    let handshake = TlsConnector::from(config).connect(server_name, tcp);
+    let stream = timed(
         CONNECT_TIMEOUT,
-        TlsConnector::from(config).connect(server_name, tcp),
+        &name,
+        "the TLS handshake",
+        handshake,
+        |e| handshake_failed(&name, what, &e),
     )
-    .await
-    {
-        Ok(Ok(stream)) => Ok(Stream::Tls(Box::new(stream))),
-        Ok(Err(e)) => Err(ServerError::Failed {
-            server: name,
-            reason: format!("{what} failed: the TLS handshake failed ({e})"),
-            hint: Some(TLS_HINT.into()),
-            source: None,
-        }),
-        Err(_) => Err(ServerError::Transient {
-            server: name,
-            reason: format!(
-                "the TLS handshake timed out after {}",
-                humantime::format_duration(CONNECT_TIMEOUT)
-            ),
-            source: None,
-        }),
-    }
+    .await?;
+    Ok(Stream::Tls(Box::new(stream)))
 }
 
-/// The hint for a failed handshake.
-pub const TLS_HINT: &str =
-    "the server's certificate is not trusted for this host name: check host, or set ca_file to the CA that signed it";
+/// A handshake that failed (untrusted certificate, protocol mismatch), with [`TLS_HINT`].
+pub fn handshake_failed(server: &str, what: &str, e: &dyn std::fmt::Display) -> ServerError {
+    ServerError::failed(
+        server,
+        format!("{what} failed: the TLS handshake failed ({e})"),
+    )
+    .with_hint(TLS_HINT)
+}
+
+/// The certificates of a server's `ca_file` (none when it has no `ca_file`).
+///
+/// # Errors
+/// [`ServerError::Failed`]: the file is unreadable or holds no PEM certificate.
+pub fn ca_certs(server: &Server) -> Result<Vec<CertificateDer<'static>>, ServerError> {
+    let Some(ca) = &server.ca_file else {
+        return Ok(Vec::new());
+    };
+    let failed = |reason: String| ServerError::failed(server.address(), reason);
+    let certs = CertificateDer::pem_file_iter(ca)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| failed(format!("failed to read ca_file {}", ca.display())).with_source(e))?;
+    if certs.is_empty() {
+        return Err(failed(format!(
+            "ca_file {} holds no PEM certificate",
+            ca.display()
+        )));
+    }
+    Ok(certs)
+}
 
 fn client_config(server: &Server) -> Result<Arc<ClientConfig>, ServerError> {
-    let failed = |reason: String, source: Option<Box<dyn std::error::Error + Send + Sync>>| {
-        ServerError::Failed {
-            server: name(server),
-            reason,
-            hint: None,
-            source,
-        }
+    let failed = |reason: String, source: BoxError| {
+        ServerError::failed(server.address(), reason).with_source(source)
     };
     let mut roots = RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    if let Some(ca) = &server.ca_file {
-        let certs = CertificateDer::pem_file_iter(ca)
-            .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-            .map_err(|e| {
-                failed(
-                    format!("failed to read ca_file {}", ca.display()),
-                    Some(Box::new(e)),
-                )
-            })?;
-        if certs.is_empty() {
-            return Err(failed(
-                format!("ca_file {} holds no PEM certificate", ca.display()),
-                None,
-            ));
-        }
-        for cert in certs {
-            roots.add(cert).map_err(|e| {
-                failed(
-                    format!("ca_file {} holds an unusable certificate", ca.display()),
-                    Some(Box::new(e)),
-                )
-            })?;
-        }
+    for cert in ca_certs(server)? {
+        roots.add(cert).map_err(|e| {
+            let ca = server
+                .ca_file
+                .as_deref()
+                .unwrap_or(std::path::Path::new(""));
+            failed(
+                format!("ca_file {} holds an unusable certificate", ca.display()),
+                Box::new(e),
+            )
+        })?;
     }
     let config =
         ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
             .with_safe_default_protocol_versions()
-            .map_err(|e| failed("failed to set up TLS".into(), Some(Box::new(e))))?
+            .map_err(|e| failed("failed to set up TLS".into(), Box::new(e)))?
             .with_root_certificates(roots)
             .with_no_client_auth();
     Ok(Arc::new(config))

@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use crate::exit;
+use crate::error;
 use crate::secret::Secret;
 
 /// Version of every `--json` document; bumped on incompatible changes.
@@ -85,6 +85,12 @@ impl Output {
         }
     }
 
+    /// Text a person must read to go on (a sign-in URL, a device code, "paste here"): on stderr,
+    /// shown even with `-q`.
+    pub fn prompt(&self, message: &str) {
+        eprintln!("{message}");
+    }
+
     /// A warning on stderr (always shown).
     pub fn warn(&self, message: &str) {
         eprintln!("warning: {message}");
@@ -104,8 +110,8 @@ pub fn error_report(err: &anyhow::Error) -> Vec<String> {
         lines.push(format!("  caused by: {text}"));
         previous = text;
     }
-    lines.extend(exit::details(err).into_iter().map(|d| format!("  {d}")));
-    if let Some(hint) = exit::hint(err) {
+    lines.extend(error::details(err).into_iter().map(|d| format!("  {d}")));
+    if let Some(hint) = error::hint(err) {
         lines.push(format!("hint: {hint}"));
     }
     lines
@@ -117,21 +123,6 @@ pub fn report_error(err: &anyhow::Error) {
     for line in error_report(err) {
         let _ = writeln!(stderr, "{line}");
     }
-}
-
-/// An error and its causes on one line (`a: b: c`), for records such as the last refresh error.
-pub fn error_text(err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let s = cause.to_string();
-        if !text.contains(&s) {
-            text.push_str(": ");
-            text.push_str(&s);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncWriteExt;
 
 use crate::config::Account;
-use crate::exit::{Busy, UsageError};
+use crate::error::{Busy, UsageError};
 use crate::imap::{Imap, Selected};
 use crate::oauth::{TokenSource, TokenStore};
 use crate::output::{Output, JSON_SCHEMA_VERSION};
@@ -374,7 +374,7 @@ pub async fn watch<S: TokenStore>(
                 let wait = jitter(backoff);
                 out.warn(&format!(
                     "{}; reconnecting in {:.1}s",
-                    crate::output::error_text(e.as_ref()),
+                    crate::error::error_text(e.as_ref()),
                     wait.as_secs_f64()
                 ));
                 tokio::select! {

@@ -19,8 +19,8 @@ use crate::compose::data::{list, row_label, Row};
 use crate::compose::template::Templates;
 use crate::compose::Draft;
 use crate::config::Account;
+use crate::error::ServerError;
 use crate::journal::{Entry, Journal};
-use crate::login::ServerError;
 use crate::oauth::{TokenSource, TokenStore};
 use crate::smtp::Session;
 
@@ -95,7 +95,7 @@ pub fn prepare(
             }
             Err(e) => bad.push(Invalid {
                 label,
-                problem: crate::output::error_text(e.as_ref()),
+                problem: crate::error::error_text(e.as_ref()),
             }),
         }
     }

@@ -6,7 +6,7 @@
 //! challenge is decoded and answered, the final 535/454 read, and a rejected token triggers exactly
 //! one forced refresh and one retry. Every network step has a timeout.
 
-use std::future::Future;
+use std::convert::Infallible;
 use std::time::Duration;
 
 use anyhow::Result;
@@ -15,17 +15,14 @@ use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParam
 use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
 
-use crate::config::{Account, Server, Tls};
-use crate::login::{self, LoginFailure, ServerError};
-use crate::net;
+use crate::config::{Account, Protocol, Server, Tls};
+use crate::error::ServerError;
+use crate::mail_auth::{self, Login, LoginFailure};
+use crate::net::{self, COMMAND_TIMEOUT, CONNECT_TIMEOUT};
 use crate::oauth::{TokenSource, TokenStore};
 use crate::sasl::{self, Rejection};
 use crate::secret::Secret;
 
-/// Connecting, TLS and the greeting: long enough for a slow network, short enough for cron.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// One command and its reply (RFC 5321 §4.5.3.2 suggests minutes; servers answer in milliseconds).
-const COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// The message body and the server's final reply (RFC 5321 §4.5.3.2.6: 10 minutes).
 const DATA_TIMEOUT: Duration = Duration::from_secs(600);
 /// RFC 5321 §4.5.3.1.4: a command line is at most 512 octets with its CRLF. Longer AUTH lines
@@ -51,15 +48,16 @@ impl Session {
         account: &Account,
         tokens: &TokenSource<'_, S>,
     ) -> Result<Session> {
-        let server = login::server(account, "smtp")?;
-        let name = net::name(server);
-        let (conn, renew_at) = login::with_one_refresh(
+        let server = account.server(Protocol::Smtp)?;
+        let name = server.address();
+        let login = Login {
             account,
-            &name,
-            tokens,
-            |token| async move { login(account, server, &token).await },
-            |challenge, reply| refused_without_token_error(account, &name, challenge, &reply),
-        )
+            server: &name,
+            refused: |challenge, reply: String| refused(account, &name, challenge, &reply),
+        };
+        let (conn, renew_at) = mail_auth::with_one_refresh(login, tokens, |token| async move {
+            self::login(account, server, &token).await
+        })
         .await?;
         Ok(Session {
             conn,
@@ -103,33 +101,22 @@ impl Session {
     }
 }
 
-/// The error for a login refused without a usable "token invalid" challenge.
-fn refused_without_token_error(
+/// The error for a login refused without a usable "token invalid" challenge; Microsoft's "SMTP
+/// AUTH is disabled" gets the admin setting as its hint.
+fn refused(
     account: &Account,
     server: &str,
     challenge: Option<Rejection>,
     reply: &str,
 ) -> ServerError {
+    let error = mail_auth::refused(account, Protocol::Smtp, server, challenge, reply);
     let disabled = reply.contains("5.7.139")
         || reply.contains("5.7.3 ")
         || reply.contains("SmtpClientAuthentication");
-    let hint = if disabled {
-        Some("Microsoft: SMTP AUTH is disabled for this mailbox or tenant; an admin must enable \"Authenticated SMTP\" (Exchange admin center → the mailbox → Email apps, or Set-CASMailbox -SmtpClientAuthenticationDisabled $false)".to_string())
+    if disabled {
+        error.with_hint("Microsoft: SMTP AUTH is disabled for this mailbox or tenant; an admin must enable \"Authenticated SMTP\" (Exchange admin center → the mailbox → Email apps, or Set-CASMailbox -SmtpClientAuthenticationDisabled $false)")
     } else {
-        Some(format!(
-            "check mechanism of [accounts.{}.smtp] and that the server accepts OAuth2 logins for {}",
-            account.name, account.email
-        ))
-    };
-    let reason = match challenge {
-        Some(c) => format!("login refused ({c}): {reply}"),
-        None => format!("login refused: {reply}"),
-    };
-    ServerError::Failed {
-        server: server.to_string(),
-        reason,
-        hint,
-        source: None,
+        error
     }
 }
 
@@ -138,53 +125,23 @@ async fn timed<T>(
     limit: Duration,
     server: &str,
     what: &str,
-    fut: impl Future<Output = Result<T, lettre::transport::smtp::Error>>,
+    fut: impl std::future::Future<Output = Result<T, lettre::transport::smtp::Error>>,
 ) -> Result<T, ServerError> {
-    match tokio::time::timeout(limit, fut).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(classify(server, what, e)),
-        Err(_) => Err(ServerError::Transient {
-            server: server.to_string(),
-            reason: format!(
-                "{what} timed out after {}",
-                humantime::format_duration(limit)
-            ),
-            source: None,
-        }),
-    }
+    net::timed(limit, server, what, fut, |e| classify(server, what, e)).await
 }
 
 /// 4xx and network trouble are transient; 5xx and TLS failures are not.
 fn classify(server: &str, what: &str, e: lettre::transport::smtp::Error) -> ServerError {
-    let server = server.to_string();
     if e.is_permanent() {
-        return ServerError::Failed {
-            server,
-            reason: format!("{what} failed: {e}"),
-            hint: None,
-            source: None,
-        };
+        return ServerError::failed(server, format!("{what} failed: {e}"));
     }
     if e.is_transient() {
-        return ServerError::Transient {
-            server,
-            reason: format!("{what} failed: {e}"),
-            source: None,
-        };
+        return ServerError::transient(server, format!("{what} failed: {e}"));
     }
     if let Some(tls) = tls_failure(&e) {
-        return ServerError::Failed {
-            server,
-            reason: format!("{what} failed: the TLS handshake failed ({tls})"),
-            hint: Some("the server's certificate is not trusted for this host name: check host, or set ca_file to the CA that signed it".into()),
-            source: None,
-        };
+        return net::handshake_failed(server, what, &tls);
     }
-    ServerError::Transient {
-        server,
-        reason: format!("{what} failed"),
-        source: Some(Box::new(e)),
-    }
+    ServerError::transient(server, format!("{what} failed")).with_source(e)
 }
 
 /// A TLS alert or certificate error, as its innermost text: rustls errors reach us as
@@ -202,32 +159,20 @@ fn tls_failure(e: &(dyn std::error::Error + 'static)) -> Option<String> {
     None
 }
 
+/// lettre's TLS settings for STARTTLS: the host name, and the `ca_file`'s certificates as
+/// extra roots.
 fn tls_parameters(server: &Server, name: &str) -> Result<TlsParameters, ServerError> {
-    let failed = |reason: String, e: lettre::transport::smtp::Error| ServerError::Failed {
-        server: name.to_string(),
-        reason,
-        hint: None,
-        source: Some(Box::new(e)),
-    };
+    let failed = |reason: &str, e| ServerError::failed(name, reason.to_string()).with_source(e);
     let mut builder = TlsParameters::builder(server.host.clone());
-    if let Some(ca) = &server.ca_file {
-        let pem = std::fs::read(ca).map_err(|e| ServerError::Failed {
-            server: name.to_string(),
-            reason: format!("failed to read ca_file {}", ca.display()),
-            hint: None,
-            source: Some(Box::new(e)),
-        })?;
-        let cert = Certificate::from_pem(&pem).map_err(|e| {
-            failed(
-                format!("ca_file {} holds no usable PEM certificate", ca.display()),
-                e,
-            )
-        })?;
-        builder = builder.add_root_certificate(cert);
+    for cert in net::ca_certs(server)? {
+        builder = builder.add_root_certificate(
+            Certificate::from_der(cert.to_vec())
+                .map_err(|e| failed("ca_file holds an unusable certificate", e))?,
+        );
     }
     builder
         .build_rustls()
-        .map_err(|e| failed("failed to set up TLS".into(), e))
+        .map_err(|e| failed("failed to set up TLS", e))
 }
 
 /// Connects, secures the connection as configured, and runs one AUTH exchange.
@@ -236,7 +181,7 @@ async fn login(
     server: &Server,
     token: &Secret,
 ) -> Result<AsyncSmtpConnection, LoginFailure> {
-    let name = format!("{}:{}", server.host, server.port);
+    let name = server.address();
     let other = LoginFailure::Other;
     let hello = ClientId::default();
     let tcp = net::connect(server).await.map_err(other)?;
@@ -251,14 +196,13 @@ async fn login(
     if server.tls == Tls::Starttls {
         if !conn.can_starttls() {
             conn.abort().await;
-            return Err(other(ServerError::Failed {
-                server: name,
-                reason:
-                    "the server does not offer STARTTLS; refusing to send a token in clear text"
-                        .into(),
-                hint: Some("use tls = \"implicit\" with the server's TLS port (465)".into()),
-                source: None,
-            }));
+            return Err(other(
+                ServerError::failed(
+                    name,
+                    "the server does not offer STARTTLS; refusing to send a token in clear text",
+                )
+                .with_hint("use tls = \"implicit\" with the server's TLS port (465)"),
+            ));
         }
         let params = tls_parameters(server, &name).map_err(other)?;
         timed(
@@ -270,7 +214,7 @@ async fn login(
         .await
         .map_err(other)?;
     }
-    tracing::debug!(account = %account.name, server = %name, tls = server.tls.name(), "connected");
+    tracing::debug!(account = %account.name, server = %name, tls = %server.tls, "connected");
     match authenticate(&mut conn, account, server, &name, token).await {
         Ok(()) => Ok(conn),
         Err(e) => {
@@ -289,7 +233,7 @@ async fn authenticate(
     name: &str,
     token: &Secret,
 ) -> Result<(), LoginFailure> {
-    let mech = server.mechanism.name().to_ascii_uppercase();
+    let mech = server.mechanism.sasl_name();
     let response = sasl::initial_response(
         server.mechanism,
         &account.email,
@@ -312,12 +256,10 @@ async fn authenticate(
         Ok(r) if r.has_code(235) => return Ok(()),
         Ok(r) if r.has_code(334) => r,
         Ok(r) => {
-            return Err(LoginFailure::Other(ServerError::Failed {
-                server: name.to_string(),
-                reason: format!("unexpected reply to AUTH: {}", reply_text(&r)),
-                hint: None,
-                source: None,
-            }))
+            return Err(LoginFailure::Other(ServerError::failed(
+                name,
+                format!("unexpected reply to AUTH: {}", reply_text(&r)),
+            )))
         }
         Err(AuthReply::Negative(e)) if e.is_transient() => return Err(cannot_check_now(name, &e)),
         Err(AuthReply::Negative(e)) => {
@@ -347,11 +289,10 @@ async fn authenticate(
 
 /// A 4xx reply to AUTH: the server's token validation is unavailable (Dovecot's 454).
 fn cannot_check_now(name: &str, e: &lettre::transport::smtp::Error) -> LoginFailure {
-    LoginFailure::Other(ServerError::Transient {
-        server: name.to_string(),
-        reason: format!("the server could not check the token now: {e}"),
-        source: None,
-    })
+    LoginFailure::Other(ServerError::transient(
+        name,
+        format!("the server could not check the token now: {e}"),
+    ))
 }
 
 /// A command's outcome: lettre turns 4xx/5xx replies into errors; keep them apart from failures to
@@ -366,22 +307,25 @@ async fn command(
     name: &str,
     line: String,
 ) -> Result<Response, AuthReply> {
-    match tokio::time::timeout(COMMAND_TIMEOUT, conn.command(line)).await {
+    let reply = async { Ok(conn.command(line).await) };
+    match net::timed(
+        COMMAND_TIMEOUT,
+        name,
+        "AUTH",
+        reply,
+        |never: Infallible| match never {},
+    )
+    .await
+    {
         Ok(Ok(r)) => Ok(r),
         Ok(Err(e)) if e.is_transient() || e.is_permanent() => Err(AuthReply::Negative(e)),
         Ok(Err(e)) => Err(AuthReply::Failed(classify(name, "AUTH", e))),
-        Err(_) => Err(AuthReply::Failed(ServerError::Transient {
-            server: name.to_string(),
-            reason: format!(
-                "AUTH timed out after {}",
-                humantime::format_duration(COMMAND_TIMEOUT)
-            ),
-            source: None,
-        })),
+        Err(timeout) => Err(AuthReply::Failed(timeout)),
     }
 }
 
-fn reply_text(r: &Response) -> String {
+/// A reply as one line of text: `250 2.0.0 Ok: queued as 4F1`.
+pub fn reply_text(r: &Response) -> String {
     format!("{} {}", r.code(), r.message().collect::<Vec<_>>().join(" "))
 }
 

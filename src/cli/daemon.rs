@@ -8,9 +8,9 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use super::Ctx;
 use crate::config::Config;
+use crate::error::error_text;
 use crate::exit::{classify, Exit};
 use crate::oauth::{Fetch, TokenSource, TokenStore};
-use crate::output::error_text;
 use crate::schedule::{local_time, next_run};
 
 /// How often idle grants are checked for the keep-alive refresh.
@@ -36,106 +36,149 @@ impl Args {
     /// # Errors
     /// An invalid configuration at start, or signal handlers that cannot be installed.
     pub async fn run(self, ctx: &Ctx) -> Result<Exit> {
-        let mut config = load(ctx)?;
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut term =
-            signal(SignalKind::terminate()).context("failed to install the SIGTERM handler")?;
-        let mut int =
-            signal(SignalKind::interrupt()).context("failed to install the SIGINT handler")?;
-        let mut hup =
-            signal(SignalKind::hangup()).context("failed to install the SIGHUP handler")?;
-        tokio::spawn(async move {
-            loop {
-                let sig = tokio::select! {
-                    _ = term.recv() => Signal::Stop,
-                    _ = int.recv() => Signal::Stop,
-                    _ = hup.recv() => Signal::Reload,
-                };
-                if tx.send(sig).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut next = plan(&config, ctx.clock.now());
+        let config = load(ctx)?;
+        let mut signals = signals()?;
+        let next = plan(&config, ctx.clock.now());
         ctx.out.info(&format!(
             "daemon started: {} scheduled job{}",
             next.len(),
             if next.len() == 1 { "" } else { "s" }
         ));
-        let mut next_keepalive = ctx.clock.now();
+        let mut daemon = Daemon {
+            ctx,
+            config,
+            next,
+            next_keepalive: ctx.clock.now(),
+        };
         loop {
-            let now = ctx.clock.now();
-            if now >= next_keepalive {
-                keep_alive(ctx, &config).await;
-                next_keepalive = now + KEEPALIVE_CHECK.as_secs();
+            if daemon.run_due(&mut signals).await == Flow::Stop {
+                break;
             }
-            let mut due: Vec<(u64, String)> = next
-                .iter()
-                .filter(|(_, t)| **t <= now)
-                .map(|(n, t)| (*t, n.clone()))
-                .collect();
-            due.sort();
-            let mut reload_requested = false;
-            for (_, name) in due {
-                match rx.try_recv() {
-                    Ok(Signal::Stop) => {
-                        ctx.out.info("daemon stopping");
-                        return Ok(Exit::Success);
-                    }
-                    Ok(Signal::Reload) => reload_requested = true,
-                    Err(_) => {}
-                }
-                let Some(job) = config.jobs.get(&name) else {
-                    continue;
-                };
-                run_one(ctx, job).await;
-                if let Some(schedule) = &job.schedule {
-                    // Planned from the end of the run: a slow run is never overlapped.
-                    if let Some(t) = next_run(schedule, ctx.clock.now()) {
-                        next.insert(name.clone(), t);
-                    }
-                }
-            }
-            if reload_requested {
-                reload(ctx, &mut config, &mut next);
-            }
-            let wake = next
-                .values()
-                .min()
-                .copied()
-                .unwrap_or(u64::MAX)
-                .min(next_keepalive);
-            let sleep =
-                Duration::from_secs(wake.saturating_sub(ctx.clock.now())).min(KEEPALIVE_CHECK);
+            let sleep = daemon.time_to_next();
             tokio::select! {
                 () = tokio::time::sleep(sleep) => {}
-                sig = rx.recv() => match sig {
-                    Some(Signal::Reload) => reload(ctx, &mut config, &mut next),
-                    Some(Signal::Stop) | None => {
-                        ctx.out.info("daemon stopping");
-                        return Ok(Exit::Success);
-                    }
+                sig = signals.recv() => match sig {
+                    Some(Signal::Reload) => daemon.reload(),
+                    Some(Signal::Stop) | None => break,
                 },
             }
         }
+        ctx.out.info("daemon stopping");
+        Ok(Exit::Success)
     }
 }
 
-/// Re-reads the configuration; a broken file is reported and the old configuration kept.
-fn reload(ctx: &Ctx, config: &mut Config, next: &mut BTreeMap<String, u64>) {
-    match load(ctx) {
-        Ok(c) => {
-            *config = c;
-            *next = plan(config, ctx.clock.now());
-            ctx.out.info(&format!(
-                "configuration reloaded: {} scheduled jobs",
-                next.len()
-            ));
+/// Forwards SIGTERM and SIGINT (stop) and SIGHUP (reload) into one channel.
+fn signals() -> Result<tokio::sync::mpsc::UnboundedReceiver<Signal>> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut term =
+        signal(SignalKind::terminate()).context("failed to install the SIGTERM handler")?;
+    let mut int =
+        signal(SignalKind::interrupt()).context("failed to install the SIGINT handler")?;
+    let mut hup = signal(SignalKind::hangup()).context("failed to install the SIGHUP handler")?;
+    tokio::spawn(async move {
+        loop {
+            let sig = tokio::select! {
+                _ = term.recv() => Signal::Stop,
+                _ = int.recv() => Signal::Stop,
+                _ = hup.recv() => Signal::Reload,
+            };
+            if tx.send(sig).is_err() {
+                break;
+            }
         }
-        Err(e) => ctx.out.warn(&format!(
-            "configuration not reloaded, keeping the old one: {}",
-            error_text(e.as_ref())
-        )),
+    });
+    Ok(rx)
+}
+
+/// Whether the daemon goes on.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    Stop,
+}
+
+/// The daemon's clock: the configuration it runs, each job's next run, the next keep-alive.
+struct Daemon<'a> {
+    ctx: &'a Ctx,
+    config: Config,
+    next: BTreeMap<String, u64>,
+    next_keepalive: u64,
+}
+
+impl Daemon<'_> {
+    /// Runs the keep-alive if it is due, then every due job in order of due time. A stop signal
+    /// is honoured between jobs; a reload waits until the due jobs have run.
+    async fn run_due(
+        &mut self,
+        signals: &mut tokio::sync::mpsc::UnboundedReceiver<Signal>,
+    ) -> Flow {
+        let ctx = self.ctx;
+        let now = ctx.clock.now();
+        if now >= self.next_keepalive {
+            keep_alive(ctx, &self.config).await;
+            self.next_keepalive = now + KEEPALIVE_CHECK.as_secs();
+        }
+        let mut due: Vec<(u64, String)> = self
+            .next
+            .iter()
+            .filter(|(_, t)| **t <= now)
+            .map(|(n, t)| (*t, n.clone()))
+            .collect();
+        due.sort();
+        let mut reload_requested = false;
+        for (_, name) in due {
+            match signals.try_recv() {
+                Ok(Signal::Stop) => return Flow::Stop,
+                Ok(Signal::Reload) => reload_requested = true,
+                Err(_) => {}
+            }
+            let Some(job) = self.config.jobs.get(&name) else {
+                continue;
+            };
+            run_one(ctx, job).await;
+            if let Some(schedule) = &job.schedule {
+                // Planned from the end of the run: a slow run is never overlapped.
+                if let Some(t) = next_run(schedule, ctx.clock.now()) {
+                    self.next.insert(name.clone(), t);
+                }
+            }
+        }
+        if reload_requested {
+            self.reload();
+        }
+        Flow::Continue
+    }
+
+    /// How long to sleep until the next job or keep-alive (at most [`KEEPALIVE_CHECK`]).
+    fn time_to_next(&self) -> Duration {
+        let wake = self
+            .next
+            .values()
+            .min()
+            .copied()
+            .unwrap_or(u64::MAX)
+            .min(self.next_keepalive);
+        Duration::from_secs(wake.saturating_sub(self.ctx.clock.now())).min(KEEPALIVE_CHECK)
+    }
+
+    /// Re-reads the configuration; a broken file is reported and the old configuration kept.
+    fn reload(&mut self) {
+        let ctx = self.ctx;
+        match load(ctx) {
+            Ok(c) => {
+                self.config = c;
+                self.next = plan(&self.config, ctx.clock.now());
+                ctx.out.info(&format!(
+                    "configuration reloaded: {} scheduled jobs",
+                    self.next.len()
+                ));
+            }
+            Err(e) => ctx.out.warn(&format!(
+                "configuration not reloaded, keeping the old one: {}",
+                error_text(e.as_ref())
+            )),
+        }
     }
 }
 
@@ -174,13 +217,7 @@ async fn run_one(ctx: &Ctx, job: &crate::config::Job) {
         Ok(exit) => (exit, None),
         Err(e) => (classify(&e), Some(error_text(e.as_ref()))),
     };
-    let outcome = match exit {
-        Exit::Success => "ok",
-        Exit::Transient => "retry-later",
-        Exit::NeedsAuthorization => "needs-authorization",
-        Exit::Usage => "config-error",
-        Exit::Failure => "failed",
-    };
+    let outcome = exit.word();
     let error = error.map_or(String::new(), |e| format!(" error={e:?}"));
     ctx.out.info(&format!(
         "{} job={} event=end outcome={outcome} exit={} duration={:.1}s{error}",

@@ -4,6 +4,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::Ctx;
+use crate::config::Spelled;
 use crate::exit::Exit;
 use crate::output::JSON_SCHEMA_VERSION;
 use crate::schedule::{local_time, next_run, JobFiles, LastRun};
@@ -21,7 +22,7 @@ struct JobsJson {
 #[derive(Serialize)]
 struct JobJson {
     name: String,
-    kind: String,
+    kind: &'static str,
     schedule: Option<String>,
     next_run: Option<u64>,
     last_run: Option<LastRun>,
@@ -40,7 +41,7 @@ impl Args {
         for job in config.jobs.values() {
             rows.push(JobJson {
                 name: job.name.clone(),
-                kind: job.kind.clone(),
+                kind: job.kind.name(),
                 schedule: job.schedule.as_ref().map(|s| match s {
                     crate::config::Schedule::Cron(p) => format!("cron \"{p}\""),
                     crate::config::Schedule::Every(d) => {

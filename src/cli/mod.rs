@@ -136,7 +136,7 @@ impl Ctx {
             Some(name) => config.account(name),
             None => match config.accounts.values().collect::<Vec<_>>().as_slice() {
                 [only] => Ok(only),
-                _ => Err(crate::exit::UsageError(format!(
+                _ => Err(crate::error::UsageError(format!(
                     "choose an account with --account ({})",
                     config
                         .accounts
@@ -170,9 +170,9 @@ impl Ctx {
 /// The command line of a job (`send …` or `poll …`), parsed like the real one.
 ///
 /// # Errors
-/// [`crate::exit::UsageError`] naming the job and the option clap refused.
+/// [`crate::error::UsageError`] naming the job and the option clap refused.
 pub fn parse_job(job: &crate::config::Job) -> Result<Command> {
-    let argv = ["mailpilot".to_string(), job.kind.clone()]
+    let argv = ["mailpilot".to_string(), job.kind.to_string()]
         .into_iter()
         .chain(job.args.iter().cloned());
     match Cli::try_parse_from(argv) {
@@ -184,7 +184,7 @@ pub fn parse_job(job: &crate::config::Job) -> Result<Command> {
                 .next()
                 .unwrap_or_default()
                 .trim_start_matches("error: ");
-            Err(crate::exit::UsageError(format!("jobs.{}: {first}", job.name)).into())
+            Err(crate::error::UsageError(format!("jobs.{}: {first}", job.name)).into())
         }
     }
 }
@@ -197,9 +197,7 @@ pub async fn execute_job(ctx: &Ctx, job: &crate::config::Job) -> Result<Exit> {
     match parse_job(job)? {
         Command::Send(args) => args.run(ctx).await,
         Command::Poll(args) => args.run(ctx).await,
-        _ => Err(
-            crate::exit::UsageError(format!("jobs.{}: kind must be send or poll", job.name)).into(),
-        ),
+        _ => anyhow::bail!("internal: job {} parsed as neither send nor poll", job.name),
     }
 }
 

@@ -6,7 +6,8 @@ use anyhow::Result;
 
 use super::Ctx;
 use crate::config::{Config, Job};
-use crate::exit::{classify, Busy, Exit, TimedOut, UsageError};
+use crate::error::{Busy, TimedOut, UsageError};
+use crate::exit::{classify, Exit};
 use crate::output::error_report;
 use crate::schedule::{self, JobFiles, LastRun};
 

@@ -4,10 +4,11 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::Ctx;
+use crate::error::AuthErrorKind;
 use crate::exit::Exit;
 use crate::oauth::{FileStore, TokenStore};
 use crate::output::JSON_SCHEMA_VERSION;
-use crate::schedule::{local_time, JobFiles};
+use crate::schedule::{local_time, JobFiles, LastRun};
 
 /// Summarises accounts (is there a grant, did its last refresh fail) and jobs (last run, last
 /// error). Exits 77 when an account needs a new login, 1 (or 75) when a job's last run failed, so
@@ -19,16 +20,74 @@ pub struct Args {}
 struct StatusJson {
     version: u32,
     ok: bool,
-    accounts: Vec<Item>,
-    jobs: Vec<Item>,
+    accounts: Vec<Item<AccountState>>,
+    jobs: Vec<Item<JobState>>,
 }
 
 #[derive(Serialize)]
-struct Item {
+struct Item<S> {
     name: String,
-    state: &'static str,
+    state: S,
     detail: String,
 }
+
+/// An account's health, as `status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AccountState {
+    /// A grant is stored and its last refresh worked.
+    Ok,
+    /// The last refresh failed, but not for want of a login (network, server).
+    Degraded,
+    /// A person must sign in again.
+    NeedsAuthorization,
+}
+
+/// A job's last run, as `status` shows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum JobState {
+    /// Never run.
+    NeverRun,
+    /// Started, not ended (or killed).
+    Running,
+    /// The last run succeeded.
+    Ok,
+    /// The last run failed.
+    Failed,
+}
+
+impl AccountState {
+    fn word(self) -> &'static str {
+        match self {
+            AccountState::Ok => Exit::Success.word(),
+            AccountState::Degraded => "degraded",
+            AccountState::NeedsAuthorization => Exit::NeedsAuthorization.word(),
+        }
+    }
+}
+
+impl JobState {
+    fn word(self) -> &'static str {
+        match self {
+            JobState::NeverRun => "never-run",
+            JobState::Running => "running",
+            JobState::Ok => Exit::Success.word(),
+            JobState::Failed => Exit::Failure.word(),
+        }
+    }
+}
+
+/// Both states are shown (and written in `--json`) as their word.
+macro_rules! serialize_as_word {
+    ($($t:ty),+) => {$(
+        impl Serialize for $t {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.word())
+            }
+        }
+    )+};
+}
+
+serialize_as_word!(AccountState, JobState);
 
 impl Args {
     /// Runs the command.
@@ -40,16 +99,11 @@ impl Args {
         let store = ctx.store()?;
         let state_dir = ctx.state_dir()?;
         let mut worst = Exit::Success;
-        let mut note = |e: Exit| {
-            if e.severity() > worst.severity() {
-                worst = e;
-            }
-        };
         let mut accounts = Vec::new();
         for account in config.accounts.values() {
             let (state, detail) = account_state(&store, &account.name);
-            if state == "needs-authorization" {
-                note(Exit::NeedsAuthorization);
+            if state == AccountState::NeedsAuthorization {
+                worst = worst.worst(Exit::NeedsAuthorization);
             }
             accounts.push(Item {
                 name: account.name.clone(),
@@ -60,33 +114,10 @@ impl Args {
         let mut jobs = Vec::new();
         for job in config.jobs.values() {
             let last = JobFiles::new(&state_dir, &job.name).last_run()?;
-            let (state, detail) = match last {
-                None => ("never-run", String::new()),
-                Some(l) if l.ended == 0 => ("running", format!("since {}", local_time(l.started))),
-                Some(l) if l.exit_code == 0 => ("ok", format!("last run {}", local_time(l.ended))),
-                Some(l) => {
-                    note(if l.exit_code == Exit::Transient.code() {
-                        Exit::Transient
-                    } else if l.exit_code == Exit::NeedsAuthorization.code() {
-                        Exit::NeedsAuthorization
-                    } else {
-                        Exit::Failure
-                    });
-                    (
-                        "failed",
-                        format!(
-                            "exit {} at {}: {}",
-                            l.exit_code,
-                            local_time(l.ended),
-                            l.error
-                                .unwrap_or_default()
-                                .lines()
-                                .next()
-                                .unwrap_or_default()
-                        ),
-                    )
-                }
-            };
+            let (state, detail) = job_state(last.as_ref());
+            if let Some(l) = last.filter(|_| state == JobState::Failed) {
+                worst = worst.worst(Exit::from_code(l.exit_code).as_check());
+            }
             jobs.push(Item {
                 name: job.name.clone(),
                 state,
@@ -101,34 +132,64 @@ impl Args {
                 jobs,
             })?;
         } else {
-            for (kind, items) in [("account", &accounts), ("job", &jobs)] {
-                for i in items.iter() {
-                    ctx.out
-                        .data(format!("{kind} {}: {} {}", i.name, i.state, i.detail).trim_end())?;
-                }
+            for a in &accounts {
+                line(ctx, "account", &a.name, a.state.word(), &a.detail)?;
+            }
+            for j in &jobs {
+                line(ctx, "job", &j.name, j.state.word(), &j.detail)?;
             }
         }
         Ok(worst)
     }
 }
 
-fn account_state(store: &FileStore, name: &str) -> (&'static str, String) {
+fn line(ctx: &Ctx, kind: &str, name: &str, state: &str, detail: &str) -> Result<()> {
+    ctx.out
+        .data(format!("{kind} {name}: {state} {detail}").trim_end())
+}
+
+fn job_state(last: Option<&LastRun>) -> (JobState, String) {
+    match last {
+        None => (JobState::NeverRun, String::new()),
+        Some(l) if l.ended == 0 => (
+            JobState::Running,
+            format!("since {}", local_time(l.started)),
+        ),
+        Some(l) if l.exit_code == 0 => (JobState::Ok, format!("last run {}", local_time(l.ended))),
+        Some(l) => (
+            JobState::Failed,
+            format!(
+                "exit {} at {}: {}",
+                l.exit_code,
+                local_time(l.ended),
+                l.error
+                    .as_deref()
+                    .unwrap_or_default()
+                    .lines()
+                    .next()
+                    .unwrap_or_default()
+            ),
+        ),
+    }
+}
+
+fn account_state(store: &FileStore, name: &str) -> (AccountState, String) {
     match (store.load(name), store.last_error(name)) {
         (Err(e), _) => (
-            "needs-authorization",
+            AccountState::NeedsAuthorization,
             format!("token file unreadable: {e:#}"),
         ),
         (Ok(None), _) => (
-            "needs-authorization",
+            AccountState::NeedsAuthorization,
             format!("no grant stored; run `mailpilot auth login {name}`"),
         ),
-        (Ok(Some(_)), Ok(Some(err))) if err.kind == "needs_authorization" => {
-            ("needs-authorization", err.message)
+        (Ok(Some(_)), Ok(Some(err))) if err.kind == AuthErrorKind::NeedsAuthorization => {
+            (AccountState::NeedsAuthorization, err.message)
         }
         (Ok(Some(_)), Ok(Some(err))) => (
-            "degraded",
+            AccountState::Degraded,
             format!("last refresh failed ({}): {}", err.kind, err.message),
         ),
-        (Ok(Some(_)), _) => ("ok", String::new()),
+        (Ok(Some(_)), _) => (AccountState::Ok, String::new()),
     }
 }

@@ -13,7 +13,7 @@ use lettre::message::header::{ContentType, HeaderName, HeaderValue};
 use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
 use lettre::Message;
 
-use crate::exit::UsageError;
+use crate::error::UsageError;
 
 /// What a message should contain, before it is built.
 #[derive(Debug, Clone, Default)]

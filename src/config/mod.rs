@@ -6,10 +6,10 @@
 
 mod provider;
 pub mod raw;
+mod spelled;
 mod validate;
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -17,8 +17,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-pub use provider::{Provider, ServerPreset, PROVIDER_NAMES};
+pub use provider::{Provider, ServerPreset};
+pub use spelled::{ClientAuth, JobKind, Mechanism, Protocol, ProviderKind, Spelled, Tls};
 
+use crate::error::{ConfigError, Problem, UsageError};
 use crate::secret::Secret;
 
 /// A validated configuration.
@@ -39,8 +41,8 @@ pub struct Config {
 pub struct Job {
     /// The `NAME` of `[jobs.NAME]`.
     pub name: String,
-    /// `send` or `poll`.
-    pub kind: String,
+    /// What it runs.
+    pub kind: JobKind,
     /// The command's arguments, from the table's keys (`to = ["a@x"]` → `--to a@x`).
     pub args: Vec<String>,
     /// When the daemon runs it.
@@ -120,35 +122,6 @@ pub struct Server {
     pub mechanism: Mechanism,
 }
 
-/// How the connection is protected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Tls {
-    /// TLS from the first byte (465, 993).
-    Implicit,
-    /// Plain connect, then STARTTLS (587, 143).
-    Starttls,
-    /// No TLS: allowed to loopback hosts only.
-    None,
-}
-
-/// SASL mechanism carrying the bearer token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mechanism {
-    /// Google's XOAUTH2 (Google and Microsoft).
-    Xoauth2,
-    /// RFC 7628 OAUTHBEARER (Google, Dovecot; not Microsoft).
-    Oauthbearer,
-}
-
-/// Client authentication at the token endpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ClientAuth {
-    /// `client_id`/`client_secret` in the form body.
-    Body,
-    /// HTTP Basic.
-    Basic,
-}
-
 /// Where a client secret comes from.
 #[derive(Debug, Clone)]
 pub enum SecretSource {
@@ -160,69 +133,6 @@ pub enum SecretSource {
     File(PathBuf),
     /// A shell command whose stdout is the secret.
     Cmd(String),
-}
-
-/// A problem found in the configuration, with the key path it belongs to.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Problem {
-    /// `accounts.work.smtp.port`, or `line 3, column 7` for syntax errors.
-    pub path: String,
-    /// What is wrong, and what would be right.
-    pub message: String,
-}
-
-impl fmt::Display for Problem {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.path, self.message)
-    }
-}
-
-/// Configuration failures a caller branches on (exit code 2).
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// No file at the resolved path.
-    #[error("configuration file {} not found", path.display())]
-    NotFound {
-        /// The path looked at.
-        path: PathBuf,
-    },
-    /// The file has problems; all of them are listed.
-    #[error("invalid configuration in {} ({} problem{})", path.display(), problems.len(), if problems.len() == 1 { "" } else { "s" })]
-    Invalid {
-        /// The file.
-        path: PathBuf,
-        /// Every problem found.
-        problems: Vec<Problem>,
-    },
-    /// A command names an account the config does not have.
-    #[error("no account named \"{name}\" in {}", path.display())]
-    UnknownAccount {
-        /// The name asked for.
-        name: String,
-        /// The config file.
-        path: PathBuf,
-        /// Names that do exist.
-        known: Vec<String>,
-    },
-}
-
-impl ConfigError {
-    /// A command that would fix it, where one exists.
-    pub fn hint(&self) -> Option<String> {
-        match self {
-            ConfigError::NotFound { path } => Some(format!(
-                "create {} (start from examples/config.toml in the mailpilot repository) or pass --config FILE",
-                path.display()
-            )),
-            ConfigError::Invalid { .. } => None,
-            ConfigError::UnknownAccount { known, .. } if known.is_empty() => {
-                Some("add an [accounts.NAME] table to the configuration".into())
-            }
-            ConfigError::UnknownAccount { known, .. } => {
-                Some(format!("configured accounts: {}", known.join(", ")))
-            }
-        }
-    }
 }
 
 impl Config {
@@ -272,42 +182,39 @@ impl Config {
     }
 }
 
+impl Server {
+    /// `host:port`, as messages name the server.
+    pub fn address(&self) -> String {
+        format!("{}:{}", self.host, self.port)
+    }
+}
+
+impl Account {
+    /// The account's SMTP or IMAP server.
+    ///
+    /// # Errors
+    /// [`UsageError`] when the account has none.
+    pub fn server(&self, protocol: Protocol) -> Result<&Server, UsageError> {
+        let server = match protocol {
+            Protocol::Smtp => self.smtp.as_ref(),
+            Protocol::Imap => self.imap.as_ref(),
+        };
+        server.ok_or_else(|| {
+            UsageError(format!(
+                "account \"{}\" has no {} server: add an [accounts.{}.{protocol}] table with host and port",
+                self.name,
+                protocol.name().to_uppercase(),
+                self.name
+            ))
+        })
+    }
+}
+
 fn file_mode(path: &Path) -> Result<u32> {
     use std::os::unix::fs::PermissionsExt;
     let meta = std::fs::metadata(path)
         .with_context(|| format!("failed to read metadata of {}", path.display()))?;
     Ok(meta.permissions().mode())
-}
-
-impl Tls {
-    /// The config spelling.
-    pub fn name(self) -> &'static str {
-        match self {
-            Tls::Implicit => "implicit",
-            Tls::Starttls => "starttls",
-            Tls::None => "none",
-        }
-    }
-}
-
-impl Mechanism {
-    /// The config spelling.
-    pub fn name(self) -> &'static str {
-        match self {
-            Mechanism::Xoauth2 => "xoauth2",
-            Mechanism::Oauthbearer => "oauthbearer",
-        }
-    }
-}
-
-impl ClientAuth {
-    /// The config spelling.
-    pub fn name(self) -> &'static str {
-        match self {
-            ClientAuth::Body => "body",
-            ClientAuth::Basic => "basic",
-        }
-    }
 }
 
 impl SecretSource {

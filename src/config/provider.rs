@@ -2,7 +2,7 @@
 //! writes `provider = "google"` and an email address instead of copying URLs (and getting the
 //! `outlook.office365.com` scope spelling or a missing `offline_access` wrong).
 
-use super::{ClientAuth, Mechanism, Tls};
+use super::{ClientAuth, Mechanism, ProviderKind, Spelled, Tls};
 
 /// Which preset an account uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,9 +19,6 @@ pub enum Provider {
     Custom,
 }
 
-/// The names accepted for `provider`.
-pub const PROVIDER_NAMES: &[&str] = &["google", "microsoft", "custom"];
-
 /// Default server settings of a preset.
 #[derive(Debug, Clone, Copy)]
 pub struct ServerPreset {
@@ -34,13 +31,18 @@ pub struct ServerPreset {
 }
 
 impl Provider {
+    /// The `provider` word.
+    pub fn kind(&self) -> ProviderKind {
+        match self {
+            Provider::Google => ProviderKind::Google,
+            Provider::Microsoft { .. } => ProviderKind::Microsoft,
+            Provider::Custom => ProviderKind::Custom,
+        }
+    }
+
     /// The config spelling of the provider.
     pub fn name(&self) -> &'static str {
-        match self {
-            Provider::Google => "google",
-            Provider::Microsoft { .. } => "microsoft",
-            Provider::Custom => "custom",
-        }
+        self.kind().name()
     }
 
     /// The authorization endpoint.

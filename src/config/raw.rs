@@ -67,6 +67,22 @@ pub struct RawServer {
     pub mechanism: Option<String>,
 }
 
+/// The scheduling keys of `[jobs.NAME]` as written. Every other key of the table is a long option
+/// of the job's command (`to = ["a@x"]` → `--to a@x`), checked by that command's own parser.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawJob {
+    /// `send` or `poll`.
+    pub kind: Option<String>,
+    /// A cron expression.
+    pub schedule: Option<String>,
+    /// An interval (`15m`).
+    pub every: Option<String>,
+    /// Longest a run may take (`10m`).
+    pub timeout: Option<String>,
+    /// A shell command run when the job fails.
+    pub on_failure: Option<String>,
+}
+
 impl<'de> Deserialize<'de> for Secret {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         String::deserialize(deserializer).map(Secret::new)

@@ -14,9 +14,10 @@ use oauth2::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use super::{AuthError, Refreshed};
+use super::Refreshed;
 use crate::config::{Account, ClientAuth, Provider};
-use crate::exit::UsageError;
+use crate::error::AuthError;
+use crate::error::UsageError;
 use crate::secret::Secret;
 
 /// How the user proves who they are.

@@ -10,8 +10,9 @@ use oauth2::{
     RequestTokenError, Scope, TokenResponse, TokenUrl,
 };
 
-use super::{login_command, AuthError, BoxError};
+use super::login_command;
 use crate::config::{Account, ClientAuth, Provider};
+use crate::error::{AuthError, BoxError};
 use crate::secret::Secret;
 
 /// What a successful refresh returned.

@@ -13,9 +13,10 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::{login_command, AuthError, LastError, Refreshed, Refresher, StoredToken, TokenStore};
+use super::{login_command, LastError, Refreshed, Refresher, StoredToken, TokenStore};
 use crate::clock::Clock;
 use crate::config::Account;
+use crate::error::AuthError;
 use crate::secret::Secret;
 
 /// How often a waiting process retries the lock.
@@ -276,8 +277,8 @@ impl<'a, S: TokenStore> TokenSource<'a, S> {
     fn record_error(&self, e: &AuthError) {
         let record = LastError {
             at: self.clock.now(),
-            kind: e.kind().into(),
-            message: crate::output::error_text(e),
+            kind: e.kind(),
+            message: crate::error::error_text(e),
         };
         if let Err(err) = self.store.set_last_error(&self.account.name, Some(&record)) {
             tracing::warn!(account = %self.account.name, error = %format!("{err:#}"), "could not record the refresh error");

@@ -15,6 +15,7 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::token::StoredToken;
+use crate::error::AuthErrorKind;
 use crate::fsutil::write_atomic;
 use crate::secret::Secret;
 
@@ -69,8 +70,8 @@ pub trait TokenStore {
 pub struct LastError {
     /// When it happened, unix seconds.
     pub at: u64,
-    /// `needs_authorization`, `transient` or `failed`.
-    pub kind: String,
+    /// What kind of failure it was.
+    pub kind: AuthErrorKind,
     /// The error text (never contains a secret).
     pub message: String,
 }

@@ -7,7 +7,8 @@ use serde::Serialize;
 
 use crate::cli::Ctx;
 use crate::clock::span;
-use crate::exit::{Exit, UsageError};
+use crate::error::UsageError;
+use crate::exit::Exit;
 use crate::oauth::TokenSource;
 use crate::output::JSON_SCHEMA_VERSION;
 use crate::secret::Secret;

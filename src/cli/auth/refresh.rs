@@ -9,9 +9,10 @@ use serde::Serialize;
 use crate::cli::Ctx;
 use crate::clock::span;
 use crate::config::Account;
+use crate::error::error_text;
 use crate::exit::{classify, Exit};
 use crate::oauth::{Fetch, FileStore, TokenSource, TokenStore};
-use crate::output::{error_text, report_error, JSON_SCHEMA_VERSION};
+use crate::output::{report_error, JSON_SCHEMA_VERSION};
 
 /// Refreshes one account's token, or every account that has a stored grant.
 #[derive(Debug, clap::Args)]
@@ -35,11 +36,26 @@ struct RefreshJson {
 #[derive(Serialize)]
 struct Outcome {
     account: String,
-    /// `refreshed`, `fresh` (not needed), `adopted` (a peer refreshed), `skipped` or `error`.
-    result: &'static str,
+    result: RefreshResult,
     expires_at: Option<u64>,
     error: Option<String>,
     exit_code: u8,
+}
+
+/// What `auth refresh` did for one account (`--json` spells it in lower case).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+enum RefreshResult {
+    /// This process refreshed the token.
+    Refreshed,
+    /// Not needed: the token is still fresh.
+    Fresh,
+    /// Another process refreshed it while this one waited for the lock.
+    Adopted,
+    /// `--if-older-than` was not reached.
+    Skipped,
+    /// The refresh failed.
+    Error,
 }
 
 impl Args {
@@ -76,12 +92,10 @@ impl Args {
                 Err(e) => {
                     report_error(&e);
                     let exit = classify(&e);
-                    if exit.severity() > worst.severity() {
-                        worst = exit;
-                    }
+                    worst = worst.worst(exit);
                     Outcome {
                         account: account.name.clone(),
-                        result: "error",
+                        result: RefreshResult::Error,
                         expires_at: None,
                         error: Some(error_text(e.as_ref())),
                         exit_code: exit.code(),
@@ -117,7 +131,11 @@ impl Args {
                         account.name,
                         span(since)
                     ));
-                    return Ok(self.outcome(account, "skipped", current.token.expires_at));
+                    return Ok(self.outcome(
+                        account,
+                        RefreshResult::Skipped,
+                        current.token.expires_at,
+                    ));
                 }
                 Fetch::Force
             }
@@ -127,17 +145,19 @@ impl Args {
         let obtained = source.access_token(fetch).await?;
         let left = span(u64::try_from(obtained.token.remaining(ctx.clock.now())).unwrap_or(0));
         let result = match (obtained.refreshed, fetch) {
-            (true, _) => "refreshed",
-            (false, Fetch::Force) => "adopted",
-            (false, Fetch::IfNeeded) => "fresh",
+            (true, _) => RefreshResult::Refreshed,
+            (false, Fetch::Force) => RefreshResult::Adopted,
+            (false, Fetch::IfNeeded) => RefreshResult::Fresh,
         };
         let message = match result {
-            "refreshed" => format!("{}: refreshed; access token valid for {left}", account.name),
-            "adopted" => format!(
+            RefreshResult::Refreshed => {
+                format!("{}: refreshed; access token valid for {left}", account.name)
+            }
+            RefreshResult::Adopted => format!(
                 "{}: another process just refreshed it; access token valid for {left}",
                 account.name
             ),
-            _ => format!(
+            RefreshResult::Fresh | RefreshResult::Skipped | RefreshResult::Error => format!(
                 "{}: access token still valid for {left}; not refreshing (use --force)",
                 account.name
             ),
@@ -146,7 +166,7 @@ impl Args {
         Ok(self.outcome(account, result, obtained.token.expires_at))
     }
 
-    fn outcome(&self, account: &Account, result: &'static str, expires_at: u64) -> Outcome {
+    fn outcome(&self, account: &Account, result: RefreshResult, expires_at: u64) -> Outcome {
         Outcome {
             account: account.name.clone(),
             result,

@@ -3,8 +3,9 @@
 use anyhow::{bail, Context, Result};
 
 use crate::cli::Ctx;
+use crate::error::AuthError;
 use crate::exit::Exit;
-use crate::oauth::{AuthError, TokenStore};
+use crate::oauth::TokenStore;
 
 /// Revokes the grant at the provider's revocation endpoint (Google has one) and deletes the
 /// stored tokens. Where the provider has none (Microsoft), says how to revoke it there.

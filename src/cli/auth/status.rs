@@ -6,9 +6,10 @@ use serde::Serialize;
 use crate::cli::Ctx;
 use crate::clock::{rfc3339, span};
 use crate::config::Account;
+use crate::error::error_text;
 use crate::exit::Exit;
 use crate::oauth::{FileStore, LastError, StoredToken, TokenStore};
-use crate::output::{error_text, JSON_SCHEMA_VERSION};
+use crate::output::JSON_SCHEMA_VERSION;
 
 /// Shows, per account: whether a refresh token is stored, when the access token expires, the
 /// refresh token's age, the last refresh and the last refresh error. Makes no network request.

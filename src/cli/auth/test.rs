@@ -3,10 +3,10 @@
 use anyhow::Result;
 
 use crate::cli::Ctx;
+use crate::error::error_text;
 use crate::exit::{classify, Exit};
 use crate::imap::Imap;
 use crate::oauth::TokenSource;
-use crate::output::error_text;
 use crate::smtp::Session;
 
 /// Logs in to the account's SMTP and IMAP servers with its token and reports each result (with
@@ -31,19 +31,15 @@ impl Args {
         let mut report =
             |what: &str, server: &crate::config::Server, result: Result<()>| -> Result<()> {
                 let label = format!(
-                    "{what} {}:{} ({}, {})",
-                    server.host,
-                    server.port,
-                    server.tls.name(),
-                    server.mechanism.name()
+                    "{what} {} ({}, {})",
+                    server.address(),
+                    server.tls,
+                    server.mechanism
                 );
                 match result {
                     Ok(()) => ctx.out.data(&format!("{label}: OK")),
                     Err(e) => {
-                        let exit = classify(&e);
-                        if exit.severity() > worst.severity() {
-                            worst = exit;
-                        }
+                        worst = worst.worst(classify(&e));
                         ctx.out
                             .data(&format!("{label}: FAILED: {}", error_text(e.as_ref())))
                     }

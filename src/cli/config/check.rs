@@ -4,7 +4,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::cli::Ctx;
-use crate::config::{Account, Server};
+use crate::config::{Account, Server, Spelled};
 use crate::exit::Exit;
 use crate::output::JSON_SCHEMA_VERSION;
 
@@ -57,21 +57,21 @@ impl Args {
     /// The configuration is missing or invalid (exit 2, every problem listed).
     pub fn run(self, ctx: &Ctx) -> Result<Exit> {
         let config = ctx.config()?;
-        let problems: Vec<crate::config::Problem> = config
+        let problems: Vec<crate::error::Problem> = config
             .jobs
             .values()
             .filter_map(|job| crate::cli::parse_job(job).err())
             .map(|e| {
                 let text = e.to_string();
                 let (path, message) = text.split_once(": ").unwrap_or(("jobs", text.as_str()));
-                crate::config::Problem {
+                crate::error::Problem {
                     path: path.to_string(),
                     message: message.to_string(),
                 }
             })
             .collect();
         if !problems.is_empty() {
-            return Err(crate::config::ConfigError::Invalid {
+            return Err(crate::error::ConfigError::Invalid {
                 path: config.path.clone(),
                 problems,
             }

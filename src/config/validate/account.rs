@@ -1,0 +1,433 @@
+//! `[accounts.NAME]`: who the account is (provider, email, client), where its secret comes from,
+//! its scopes and endpoints (presets plus overrides), its timings and servers.
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::super::raw::{field_names, RawAccount, RawServer};
+use super::super::{
+    Account, ClientAuth, Endpoints, Protocol, Provider, ProviderKind, SecretSource, Server, Spelled,
+};
+use super::server::{is_loopback, server, ServerCtx};
+use super::suggest::quoted;
+use super::{choice, deserialize_collecting, duration, required, valid_name, Problems};
+
+/// Default for `refresh_margin`: refresh a token with less than 5 minutes left, so a command that
+/// starts with it still has minutes of validity for its SMTP/IMAP login.
+const DEFAULT_REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
+/// Largest `refresh_margin`: Google tokens live 3599 s, so a margin near an hour would refresh on
+/// every call.
+const MAX_REFRESH_MARGIN: Duration = Duration::from_secs(30 * 60);
+/// Default for `token_timeout`: generous for a slow link, short enough for cron.
+const DEFAULT_TOKEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Largest `token_timeout`.
+const MAX_TOKEN_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Where an account table sits.
+pub(super) struct AccountCtx<'a> {
+    /// `accounts.NAME`.
+    pub at: &'a str,
+    /// `NAME`.
+    pub name: &'a str,
+    /// The config file's directory (relative paths).
+    pub dir: &'a Path,
+    /// Whether the config file is world-readable (inline secrets are refused then).
+    pub world_readable: bool,
+}
+
+/// `[accounts.NAME]` → [`Account`], or `None` after recording its problems.
+pub(super) fn account(
+    value: toml::Value,
+    ctx: &AccountCtx<'_>,
+    problems: &mut Problems,
+) -> Option<Account> {
+    let at = ctx.at;
+    if !valid_name(ctx.name) {
+        problems.push(
+            at,
+            "account names may use letters, digits, '.', '_' and '-' (and start with a letter or digit); the name is used in file names",
+        );
+    }
+    let known = |parent: &str| match parent {
+        "smtp" | "imap" => field_names::<RawServer>(),
+        _ => field_names::<RawAccount>(),
+    };
+    let raw: RawAccount = deserialize_collecting(value, at, known, problems)?;
+    let before = problems.count();
+
+    let provider = provider(&raw, at, problems);
+    let email = required(raw.email.clone(), &format!("{at}.email"), problems);
+    if let Some(email) = &email {
+        if !valid_email(email) {
+            problems.push(
+                format!("{at}.email"),
+                format!("\"{email}\" is not an email address"),
+            );
+        }
+    }
+    let client_id = required(raw.client_id.clone(), &format!("{at}.client_id"), problems);
+    let client_secret = secret_source(&raw, ctx, problems);
+    let client_auth = match raw.client_auth.as_deref() {
+        None => provider.as_ref().map(Provider::client_auth),
+        Some(word) => choice::<ClientAuth>(word, &format!("{at}.client_auth"), problems),
+    };
+    let scopes = scopes(&raw, provider.as_ref(), at, problems);
+    let endpoints = provider
+        .as_ref()
+        .and_then(|p| endpoints(&raw, p, at, problems));
+    let refresh_margin = duration(
+        raw.refresh_margin.as_deref(),
+        DEFAULT_REFRESH_MARGIN,
+        (Duration::ZERO, MAX_REFRESH_MARGIN),
+        &format!("{at}.refresh_margin"),
+        problems,
+    );
+    let token_timeout = duration(
+        raw.token_timeout.as_deref(),
+        DEFAULT_TOKEN_TIMEOUT,
+        (Duration::from_secs(1), MAX_TOKEN_TIMEOUT),
+        &format!("{at}.token_timeout"),
+        problems,
+    );
+    let (smtp, imap) = match &provider {
+        Some(p) => servers(&raw, p, ctx, problems),
+        None => (None, None),
+    };
+    if problems.count() > before {
+        return None;
+    }
+    let provider = provider?;
+    Some(Account {
+        name: ctx.name.to_string(),
+        scope_on_refresh: provider.scope_on_refresh(),
+        provider,
+        email: email?,
+        client_id: client_id?,
+        client_secret,
+        client_auth: client_auth?,
+        scopes: scopes?,
+        endpoints: endpoints?,
+        refresh_margin,
+        token_timeout,
+        smtp,
+        imap,
+    })
+}
+
+/// The account's SMTP and IMAP servers.
+fn servers(
+    raw: &RawAccount,
+    provider: &Provider,
+    ctx: &AccountCtx<'_>,
+    problems: &mut Problems,
+) -> (Option<Server>, Option<Server>) {
+    let mut one = |protocol: Protocol, given: Option<&RawServer>, preset| {
+        let path = format!("{}.{protocol}", ctx.at);
+        let server_ctx = ServerCtx {
+            path: &path,
+            protocol,
+            provider,
+            dir: ctx.dir,
+        };
+        server(given, preset, &server_ctx, problems)
+    };
+    (
+        one(Protocol::Smtp, raw.smtp.as_ref(), provider.smtp()),
+        one(Protocol::Imap, raw.imap.as_ref(), provider.imap()),
+    )
+}
+
+fn valid_email(email: &str) -> bool {
+    match email.split_once('@') {
+        Some((local, domain)) => {
+            !local.is_empty()
+                && !domain.is_empty()
+                && !domain.contains('@')
+                && !email
+                    .chars()
+                    .any(|c| c.is_whitespace() || c.is_control() || c == '<' || c == '>')
+        }
+        None => false,
+    }
+}
+
+fn provider(raw: &RawAccount, at: &str, problems: &mut Problems) -> Option<Provider> {
+    let path = format!("{at}.provider");
+    let Some(word) = raw.provider.as_deref() else {
+        problems.push(
+            path,
+            format!(
+                "missing (required): one of {}",
+                quoted(&ProviderKind::names())
+            ),
+        );
+        return None;
+    };
+    let provider = match choice::<ProviderKind>(word, &path, problems)? {
+        ProviderKind::Google => Provider::Google,
+        ProviderKind::Custom => Provider::Custom,
+        ProviderKind::Microsoft => {
+            let tenant = raw.tenant.clone().unwrap_or_else(|| "common".into());
+            if tenant.is_empty()
+                || !tenant
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'))
+            {
+                problems.push(
+                    format!("{at}.tenant"),
+                    format!("\"{tenant}\" is not a tenant: use \"common\", \"organizations\", \"consumers\", a tenant id or a domain"),
+                );
+            }
+            return Some(Provider::Microsoft { tenant });
+        }
+    };
+    if raw.tenant.is_some() {
+        problems.push(
+            format!("{at}.tenant"),
+            "only used with provider = \"microsoft\"",
+        );
+    }
+    Some(provider)
+}
+
+fn secret_source(
+    raw: &RawAccount,
+    ctx: &AccountCtx<'_>,
+    problems: &mut Problems,
+) -> Option<SecretSource> {
+    let at = ctx.at;
+    let mut sources = Vec::new();
+    if let Some(secret) = &raw.client_secret {
+        sources.push(("client_secret", SecretSource::Inline(secret.clone())));
+        if ctx.world_readable {
+            problems.push(
+                format!("{at}.client_secret"),
+                "an inline secret in a world-readable file is refused: run `chmod 600` on the config file, or use client_secret_env, client_secret_file or client_secret_cmd",
+            );
+        }
+    }
+    if let Some(var) = &raw.client_secret_env {
+        sources.push(("client_secret_env", SecretSource::Env(var.clone())));
+    }
+    if let Some(file) = &raw.client_secret_file {
+        sources.push(("client_secret_file", SecretSource::File(ctx.dir.join(file))));
+    }
+    if let Some(cmd) = &raw.client_secret_cmd {
+        sources.push(("client_secret_cmd", SecretSource::Cmd(cmd.clone())));
+    }
+    if sources.len() > 1 {
+        let names: Vec<_> = sources.iter().map(|(n, _)| *n).collect();
+        problems.push(
+            at,
+            format!(
+                "give the client secret one way, not {}",
+                names.join(" and ")
+            ),
+        );
+    }
+    sources.pop().map(|(_, s)| s)
+}
+
+fn scopes(
+    raw: &RawAccount,
+    provider: Option<&Provider>,
+    at: &str,
+    problems: &mut Problems,
+) -> Option<Vec<String>> {
+    let path = format!("{at}.scopes");
+    let scopes = match (&raw.scopes, provider) {
+        (Some(s), _) => s.clone(),
+        (None, Some(p)) => p.scopes(),
+        (None, None) => return None,
+    };
+    if scopes
+        .iter()
+        .any(|s| s.trim().is_empty() || s.contains(' '))
+    {
+        problems.push(&path, "give one scope per string, without spaces");
+    }
+    if let Some(Provider::Microsoft { .. }) = provider {
+        if let Some(bad) = scopes.iter().find(|s| s.contains("outlook.office365.com")) {
+            problems.push(
+                &path,
+                format!("\"{bad}\" has the wrong host: Microsoft mail scopes are https://outlook.office.com/..."),
+            );
+        }
+        if !scopes.iter().any(|s| s == "offline_access") {
+            problems.push(
+                &path,
+                "\"offline_access\" is missing: without it Microsoft issues no refresh token",
+            );
+        }
+    }
+    Some(scopes)
+}
+
+fn endpoints(
+    raw: &RawAccount,
+    provider: &Provider,
+    at: &str,
+    problems: &mut Problems,
+) -> Option<Endpoints> {
+    let mut url = |value: &Option<String>, preset: Option<String>, key: &str| -> Option<String> {
+        let value = value.clone().or(preset)?;
+        match check_url(&value) {
+            Ok(()) => Some(value),
+            Err(message) => {
+                problems.push(format!("{at}.{key}"), message);
+                None
+            }
+        }
+    };
+    let auth_url = url(&raw.auth_url, provider.auth_url(), "auth_url");
+    let device_url = url(&raw.device_url, provider.device_url(), "device_url");
+    let revoke_url = url(&raw.revoke_url, provider.revoke_url(), "revoke_url");
+    let token_url = url(&raw.token_url, provider.token_url(), "token_url");
+    if raw.device_url.is_some() && *provider == Provider::Google {
+        problems.push(
+            format!("{at}.device_url"),
+            "Google does not allow Gmail scopes in the device flow; use `mailpilot auth login` (browser) or `--paste`",
+        );
+    }
+    if token_url.is_none() && raw.token_url.is_none() {
+        problems.push(
+            format!("{at}.token_url"),
+            "missing (required for provider = \"custom\")",
+        );
+    }
+    Some(Endpoints {
+        auth_url,
+        token_url: token_url?,
+        device_url,
+        revoke_url,
+    })
+}
+
+/// `https://`, or `http://` to a loopback host (test servers).
+fn check_url(value: &str) -> Result<(), String> {
+    let url = url::Url::parse(value).map_err(|e| format!("\"{value}\" is not a URL ({e})"))?;
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if url.host_str().is_some_and(is_loopback) => Ok(()),
+        "http" => Err(format!(
+            "\"{value}\" uses plain http: tokens would travel unencrypted (http is allowed only to a loopback host)"
+        )),
+        other => Err(format!("\"{value}\": unsupported scheme \"{other}\" (expected https)")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::parse;
+    use super::super::tests::problems;
+    use super::DEFAULT_REFRESH_MARGIN;
+    use crate::config::Tls;
+    use std::path::Path;
+
+    const GOOD: &str = r#"
+        [accounts.work]
+        provider = "google"
+        email = "ops@example.com"
+        client_id = "id"
+        client_secret_env = "SECRET"
+    "#;
+
+    /// A minimal Google account gets the preset's endpoints and servers.
+    #[test]
+    fn preset_fills_everything() {
+        let cfg = parse(GOOD, Path::new("/c.toml"), false).expect("valid");
+        let a = &cfg.accounts["work"];
+        assert_eq!(a.endpoints.token_url, "https://oauth2.googleapis.com/token");
+        let smtp = a.smtp.as_ref().expect("smtp");
+        assert_eq!(
+            (smtp.host.as_str(), smtp.port, smtp.tls),
+            ("smtp.gmail.com", 465, Tls::Implicit)
+        );
+        assert_eq!(a.refresh_margin, DEFAULT_REFRESH_MARGIN);
+        assert!(!a.scope_on_refresh);
+    }
+
+    /// Enumerated values suggest the closest spelling.
+    #[test]
+    fn enum_suggestion() {
+        let p = problems(
+            r#"
+            [accounts.work]
+            provider = "gogle"
+            email = "ops@example.com"
+            client_id = "id"
+            "#,
+        );
+        assert_eq!(
+            p,
+            ["accounts.work.provider: unknown value \"gogle\" (expected one of \"google\", \"microsoft\", \"custom\"; did you mean \"google\"?)"]
+        );
+    }
+
+    /// A custom provider needs its token endpoint; plain http is refused off loopback.
+    #[test]
+    fn custom_endpoints() {
+        let p = problems(
+            r#"
+            [accounts.a]
+            provider = "custom"
+            email = "a@example.com"
+            client_id = "id"
+            [accounts.b]
+            provider = "custom"
+            email = "b@example.com"
+            client_id = "id"
+            token_url = "http://auth.example.com/token"
+            [accounts.c]
+            provider = "custom"
+            email = "c@example.com"
+            client_id = "id"
+            token_url = "http://127.0.0.1:9/token"
+            "#,
+        );
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert_eq!(
+            p[0],
+            "accounts.a.token_url: missing (required for provider = \"custom\")"
+        );
+        assert!(p[1].starts_with(
+            "accounts.b.token_url: \"http://auth.example.com/token\" uses plain http"
+        ));
+    }
+
+    /// Inline secrets are refused in world-readable files and two secret sources conflict.
+    #[test]
+    fn secret_rules() {
+        let text = r#"
+            [accounts.work]
+            provider = "google"
+            email = "ops@example.com"
+            client_id = "id"
+            client_secret = "s3cr3t"
+            client_secret_env = "X"
+        "#;
+        let p: Vec<String> = parse(text, Path::new("/c.toml"), true)
+            .err()
+            .unwrap_or_default()
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(p.len(), 2, "{p:?}");
+        assert!(p[0].starts_with(
+            "accounts.work.client_secret: an inline secret in a world-readable file is refused"
+        ));
+        assert_eq!(p[1], "accounts.work: give the client secret one way, not client_secret and client_secret_env");
+        assert!(!p.join("").contains("s3cr3t"));
+    }
+
+    /// `Debug` of the validated config never shows an inline secret.
+    #[test]
+    fn debug_redacts_inline_secret() {
+        let text = format!("{GOOD}client_secret = \"GOCSPX-do-not-print\"\n")
+            .replace("client_secret_env = \"SECRET\"\n", "");
+        let cfg = parse(&text, Path::new("/c.toml"), false).expect("valid");
+        let debug = format!("{cfg:?}");
+        assert!(debug.contains("Inline([redacted])"), "{debug}");
+        assert!(!debug.contains("GOCSPX-do-not-print"));
+    }
+}

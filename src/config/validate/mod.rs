@@ -1,0 +1,318 @@
+//! From text to [`Config`]: syntax, unknown keys, types, then meaning — collecting every problem.
+//!
+//! - this file: the whole file's pass (root keys, syntax), the shared helpers (the collecting
+//!   serde pass, durations, required values, words);
+//! - [`account`]: `[accounts.NAME]` (provider, secrets, scopes, endpoints);
+//! - [`server`]: `[accounts.NAME.smtp]` / `.imap`;
+//! - [`job`]: job tables (`jobs.NAME`);
+//! - [`suggest`]: "did you mean" for unknown keys and values.
+
+mod account;
+mod job;
+mod server;
+mod suggest;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::{Config, Problem, Spelled};
+use suggest::{choice_message, unknown_key_message};
+
+/// Top-level keys; later features add theirs here.
+const ROOT_KEYS: &[&str] = &["accounts", "templates_dir", "jobs"];
+
+/// Collects problems with their key paths.
+#[derive(Default)]
+struct Problems(Vec<Problem>);
+
+impl Problems {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(Problem {
+            path: path.into(),
+            message: message.into(),
+        });
+    }
+
+    /// How many were found so far (to tell whether a part added any).
+    fn count(&self) -> usize {
+        self.0.len()
+    }
+}
+
+/// Parses and validates `text` read from `path`.
+pub(super) fn parse(text: &str, path: &Path, world_readable: bool) -> Result<Config, Vec<Problem>> {
+    let table: toml::Table = toml::from_str(text).map_err(|e| vec![syntax_problem(text, &e)])?;
+    let dir = path.parent().unwrap_or(Path::new(".")).to_path_buf();
+    let mut problems = Problems::default();
+    for key in table.keys().filter(|k| !ROOT_KEYS.contains(&k.as_str())) {
+        problems.push(key.clone(), unknown_key_message(key, ROOT_KEYS));
+    }
+    let mut accounts = BTreeMap::new();
+    match table.get("accounts") {
+        None => problems.push(
+            "accounts",
+            "no accounts defined (add an [accounts.NAME] table)",
+        ),
+        Some(toml::Value::Table(raw_accounts)) => {
+            for (name, value) in raw_accounts {
+                let ctx = account::AccountCtx {
+                    at: &format!("accounts.{name}"),
+                    name,
+                    dir: &dir,
+                    world_readable,
+                };
+                if let Some(account) = account::account(value.clone(), &ctx, &mut problems) {
+                    accounts.insert(name.clone(), account);
+                }
+            }
+        }
+        Some(other) => problems.push(
+            "accounts",
+            format!("expected a table of accounts, found {}", other.type_str()),
+        ),
+    }
+    let templates_dir = match table.get("templates_dir") {
+        None => dir.join("templates"),
+        Some(toml::Value::String(d)) => dir.join(d),
+        Some(other) => {
+            problems.push(
+                "templates_dir",
+                format!("expected a directory path, found {}", other.type_str()),
+            );
+            dir.join("templates")
+        }
+    };
+    let jobs = job::jobs(table.get("jobs"), &accounts, &mut problems);
+    if problems.0.is_empty() {
+        Ok(Config {
+            path: path.to_path_buf(),
+            accounts,
+            templates_dir,
+            jobs,
+        })
+    } else {
+        Err(problems.0)
+    }
+}
+
+fn syntax_problem(text: &str, e: &toml::de::Error) -> Problem {
+    let path = match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {col}")
+        }
+        None => "syntax".into(),
+    };
+    Problem {
+        path,
+        message: e.message().to_string(),
+    }
+}
+
+/// Deserializes `value` as `T`, reporting unknown keys (with suggestions) and type errors with their
+/// full key paths. `known` gives the field names of the table at a relative path.
+fn deserialize_collecting<T: for<'de> Deserialize<'de>>(
+    value: toml::Value,
+    at: &str,
+    known: impl Fn(&str) -> &'static [&'static str],
+    problems: &mut Problems,
+) -> Option<T> {
+    let mut unknown = Vec::new();
+    let mut record = |p: serde_ignored::Path<'_>| unknown.push(p.to_string());
+    let ignored = serde_ignored::Deserializer::new(value, &mut record);
+    let result: Result<T, _> = serde_path_to_error::deserialize(ignored);
+    for rel in unknown {
+        // serde_ignored marks `Option` layers as `?`; they are not part of the key path.
+        let rel = rel.replace("?.", "");
+        let (parent, key) = rel.rsplit_once('.').unwrap_or(("", rel.as_str()));
+        problems.push(
+            format!("{at}.{rel}"),
+            unknown_key_message(key, known(parent)),
+        );
+    }
+    match result {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let inner = e.path().to_string();
+            let path = if inner == "." {
+                at.to_string()
+            } else {
+                format!("{at}.{inner}")
+            };
+            // toml appends "in `key`" on later lines; the path is already in front.
+            let message = e.into_inner().to_string();
+            problems.push(path, message.lines().next().unwrap_or_default());
+            None
+        }
+    }
+}
+
+/// Account and job names: used in file names.
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+        && name.len() <= 64
+}
+
+fn required(value: Option<String>, path: &str, problems: &mut Problems) -> Option<String> {
+    match value {
+        Some(v) if !v.trim().is_empty() => Some(v),
+        Some(_) => {
+            problems.push(path, "must not be empty");
+            None
+        }
+        None => {
+            problems.push(path, "missing (required)");
+            None
+        }
+    }
+}
+
+/// The value spelled `got` at `path`, or a problem listing the spellings (with a suggestion).
+fn choice<T: Spelled>(got: &str, path: &str, problems: &mut Problems) -> Option<T> {
+    let value = T::from_name(got);
+    if value.is_none() {
+        problems.push(path, choice_message(got, &T::names()));
+    }
+    value
+}
+
+fn duration(
+    value: Option<&str>,
+    default: Duration,
+    (min, max): (Duration, Duration),
+    path: &str,
+    problems: &mut Problems,
+) -> Duration {
+    let Some(text) = value else { return default };
+    match humantime::parse_duration(text) {
+        Ok(d) if d >= min && d <= max => d,
+        Ok(_) => {
+            problems.push(
+                path,
+                format!(
+                    "\"{text}\" is out of range ({} to {})",
+                    humantime::format_duration(min),
+                    humantime::format_duration(max)
+                ),
+            );
+            default
+        }
+        Err(_) => {
+            problems.push(
+                path,
+                format!("\"{text}\" is not a duration (write e.g. \"90s\", \"5m\", \"1h\")"),
+            );
+            default
+        }
+    }
+}
+
+#[cfg(test)]
+pub(super) mod tests {
+    use super::*;
+
+    /// The problems `text` has, as printed.
+    pub(crate) fn problems(text: &str) -> Vec<String> {
+        parse(text, Path::new("/etc/mp/config.toml"), false)
+            .err()
+            .unwrap_or_default()
+            .iter()
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    /// Unknown keys at every level are all reported, with suggestions.
+    #[test]
+    fn unknown_keys_everywhere() {
+        let p = problems(
+            r#"
+            acounts = 1
+            [accounts.work]
+            providr = "google"
+            provider = "google"
+            email = "ops@example.com"
+            client_id = "id"
+            [accounts.work.smtp]
+            hots = "x"
+            "#,
+        );
+        assert_eq!(
+            p,
+            [
+                "acounts: unknown key (did you mean `accounts`?)",
+                "accounts.work.providr: unknown key (did you mean `provider`?)",
+                "accounts.work.smtp.hots: unknown key (did you mean `host`?)",
+            ]
+        );
+    }
+
+    /// Several semantic problems in one account are reported together.
+    #[test]
+    fn collects_all_problems() {
+        let p = problems(
+            r#"
+            [accounts."bad name"]
+            provider = "microsoft"
+            email = "nobody"
+            client_id = ""
+            scopes = ["https://outlook.office365.com/SMTP.Send"]
+            refresh_margin = "2h"
+            [accounts."bad name".imap]
+            port = 70000
+            mechanism = "oauthbearer"
+            [accounts."bad name".smtp]
+            host = "mail.example.com"
+            tls = "none"
+            "#,
+        );
+        let joined = p.join("\n");
+        for want in [
+            "accounts.bad name: account names may use",
+            "accounts.bad name.email: \"nobody\" is not an email address",
+            "accounts.bad name.client_id: must not be empty",
+            "accounts.bad name.scopes: \"https://outlook.office365.com/SMTP.Send\" has the wrong host",
+            "accounts.bad name.scopes: \"offline_access\" is missing",
+            "accounts.bad name.refresh_margin: \"2h\" is out of range (0s to 30m)",
+            "accounts.bad name.imap.port: 70000 is not a port (expected 1..=65535)",
+            "accounts.bad name.imap.mechanism: microsoft servers accept only \"xoauth2\"",
+            "accounts.bad name.smtp.tls: \"none\" is allowed only to a loopback host",
+        ] {
+            assert!(joined.contains(want), "missing {want:?} in:\n{joined}");
+        }
+        assert_eq!(p.len(), 9, "{joined}");
+    }
+
+    /// Type errors carry the full key path.
+    #[test]
+    fn type_error_has_path() {
+        let p = problems(
+            r#"
+            [accounts.work]
+            provider = "google"
+            email = "ops@example.com"
+            client_id = "id"
+            [accounts.work.smtp]
+            port = "587"
+            "#,
+        );
+        assert_eq!(
+            p,
+            ["accounts.work.smtp.port: invalid type: string \"587\", expected i64"]
+        );
+    }
+
+    /// Syntax errors name line and column.
+    #[test]
+    fn syntax_error_has_line() {
+        let p = problems("[accounts.work]\nprovider = \"google\nemail = 1\n");
+        assert_eq!(p.len(), 1);
+        assert!(p[0].starts_with("line 2, column "), "{p:?}");
+    }
+}
