@@ -1,9 +1,12 @@
-//! Crash-safe file writes shared by the token store, poll checkpoints and saved messages.
+//! File handling shared by every piece of state (tokens, poll checkpoints, journals, job records,
+//! saved messages): crash-safe writes, private directories, advisory locks and waiting for them,
+//! and reading a file that may not exist.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
+use std::io::{ErrorKind, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 
@@ -92,5 +95,39 @@ pub fn try_lock(path: &Path) -> Result<Option<File>> {
         Err(fs::TryLockError::Error(e)) => {
             Err(e).with_context(|| format!("failed to lock {}", path.display()))
         }
+    }
+}
+
+/// Tries `try_lock` until it yields a lock, every `poll`, for at most `wait` (`None`: as long as
+/// it takes). `None` when the wait ran out; the caller says who holds it and what to do.
+///
+/// # Errors
+/// What `try_lock` fails with.
+pub async fn wait_for_lock<L>(
+    mut try_lock: impl FnMut() -> Result<Option<L>>,
+    wait: Option<Duration>,
+    poll: Duration,
+) -> Result<Option<L>> {
+    let deadline = wait.map(|w| tokio::time::Instant::now() + w);
+    loop {
+        if let Some(lock) = try_lock()? {
+            return Ok(Some(lock));
+        }
+        if deadline.is_some_and(|d| tokio::time::Instant::now() >= d) {
+            return Ok(None);
+        }
+        tokio::time::sleep(poll).await;
+    }
+}
+
+/// The contents of `path`, or `None` when there is no such file.
+///
+/// # Errors
+/// Any other read failure, naming the path.
+pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
+    match fs::read(path) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("failed to read {}", path.display())),
     }
 }

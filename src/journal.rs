@@ -25,10 +25,21 @@ pub struct Entry {
     pub message_id: String,
     /// When, unix seconds.
     pub at: u64,
-    /// `sent` or `rejected`.
-    pub status: String,
+    /// What the server did with it.
+    #[serde(rename = "status")]
+    pub outcome: Outcome,
     /// The server's reply.
     pub reply: String,
+}
+
+/// What the server did with a journaled message (the `status` of a journal line).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    /// Accepted (250).
+    Sent,
+    /// Refused permanently (5xx); a rerun does not try it again.
+    Rejected,
 }
 
 /// An open journal holding its batch lock.
@@ -137,7 +148,7 @@ mod tests {
             row: "r.csv:2".into(),
             message_id: format!("<{key}@x>"),
             at: 1,
-            status: "sent".into(),
+            outcome: Outcome::Sent,
             reply: "250 ok".into(),
         }
     }

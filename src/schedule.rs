@@ -50,13 +50,12 @@ impl JobFiles {
     /// # Errors
     /// The file is unreadable or corrupt.
     pub fn last_run(&self) -> Result<Option<LastRun>> {
-        match std::fs::read(&self.state) {
-            Ok(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .with_context(|| format!("job state {} is corrupt", self.state.display())),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e).with_context(|| format!("failed to read {}", self.state.display())),
-        }
+        crate::fsutil::read_optional(&self.state)?
+            .map(|bytes| {
+                serde_json::from_slice(&bytes)
+                    .with_context(|| format!("job state {} is corrupt", self.state.display()))
+            })
+            .transpose()
     }
 
     /// Records a run.

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use lettre::Message;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
@@ -20,7 +20,7 @@ use crate::compose::template::Templates;
 use crate::compose::Draft;
 use crate::config::Account;
 use crate::error::ServerError;
-use crate::journal::{Entry, Journal};
+use crate::journal::{Entry, Journal, Outcome};
 use crate::oauth::{TokenSource, TokenStore};
 use crate::smtp::Session;
 
@@ -237,111 +237,108 @@ pub async fn run_batch<S: TokenStore>(
     options: BatchOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Summary> {
-    let mut summary = Summary::default();
-    let mut session: Option<Session> = None;
+    let mut sender = Sender {
+        account,
+        tokens,
+        clock,
+        journal,
+        session: None,
+        summary: Summary::default(),
+    };
     for (i, p) in messages.iter().enumerate() {
-        if journal.get(&p.key).is_some() {
-            summary.already_done += 1;
+        if sender.journal.get(&p.key).is_some() {
+            sender.summary.already_done += 1;
             progress(i + 1, messages.len());
             continue;
         }
-        if let (Some(pause), true) = (options.interval, summary.sent > 0) {
+        if let (Some(pause), true) = (options.interval, sender.summary.sent > 0) {
             tokio::time::sleep(pause).await;
         }
-        send_with_retries(
-            account,
-            tokens,
-            clock,
-            journal,
-            p,
-            &mut session,
-            &mut summary,
-        )
-        .await?;
+        sender.send(p).await?;
         progress(i + 1, messages.len());
     }
-    if let Some(s) = session {
+    if let Some(s) = sender.session {
         s.quit().await;
     }
-    Ok(summary)
+    Ok(sender.summary)
 }
 
-#[allow(
-    clippy::too_many_arguments,
-    reason = "the loop state of one batch, passed explicitly"
-)]
-async fn send_with_retries<S: TokenStore>(
-    account: &Account,
-    tokens: &TokenSource<'_, S>,
-    clock: &dyn Clock,
-    journal: &mut Journal,
-    p: &Prepared,
-    session: &mut Option<Session>,
-    summary: &mut Summary,
-) -> Result<()> {
-    let message_id = p
-        .message
-        .headers()
-        .get_raw("Message-ID")
-        .unwrap_or_default()
-        .to_string();
-    let bytes = p.message.formatted();
-    let mut backoff = FIRST_BACKOFF;
-    for attempt in 1..=MAX_ATTEMPTS {
-        if session
+/// A batch in flight: where it sends, where it records, the session it reuses and its counts.
+struct Sender<'b, 't, S: TokenStore> {
+    account: &'b Account,
+    tokens: &'b TokenSource<'t, S>,
+    clock: &'b dyn Clock,
+    journal: &'b mut Journal,
+    session: Option<Session>,
+    summary: Summary,
+}
+
+impl<S: TokenStore> Sender<'_, '_, S> {
+    /// Sends one message, retrying transient failures, and journals the outcome.
+    async fn send(&mut self, p: &Prepared) -> Result<()> {
+        let message_id = p
+            .message
+            .headers()
+            .get_raw("Message-ID")
+            .unwrap_or_default()
+            .to_string();
+        let bytes = p.message.formatted();
+        let mut backoff = FIRST_BACKOFF;
+        for attempt in 1..=MAX_ATTEMPTS {
+            let session = self.session().await?;
+            let (outcome, reply) = match session.send(p.message.envelope(), &bytes).await {
+                Ok(reply) => (Outcome::Sent, crate::smtp::reply_text(&reply)),
+                Err(ServerError::Failed { reason, .. }) => {
+                    // lettre closes the connection after a refused command.
+                    self.session = None;
+                    (Outcome::Rejected, reason)
+                }
+                Err(e) if attempt == MAX_ATTEMPTS => return Err(e.into()),
+                Err(e) => {
+                    tracing::warn!(row = %p.label, attempt, error = %e, "temporary failure; retrying");
+                    self.session = None;
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                    continue;
+                }
+            };
+            self.journal.record(Entry {
+                key: p.key.clone(),
+                row: p.label.clone(),
+                message_id: message_id.clone(),
+                at: self.clock.now(),
+                outcome,
+                reply: reply.clone(),
+            })?;
+            match outcome {
+                Outcome::Sent => self.summary.sent += 1,
+                Outcome::Rejected => self.summary.rejected.push((p.label.clone(), reply)),
+            }
+            return Ok(());
+        }
+        Ok(())
+    }
+
+    /// The open session, reconnecting first when its token nears expiry or it was dropped.
+    async fn session(&mut self) -> Result<&mut Session> {
+        if self
+            .session
             .as_ref()
-            .is_some_and(|s| s.token_expiring(clock.now()))
+            .is_some_and(|s| s.token_expiring(self.clock.now()))
         {
-            tracing::info!(account = %account.name, "token nearly expired; reconnecting with a fresh one");
-            if let Some(old) = session.take() {
+            tracing::info!(account = %self.account.name, "token nearly expired; reconnecting with a fresh one");
+            if let Some(old) = self.session.take() {
                 old.quit().await;
             }
         }
-        if session.is_none() {
-            *session = Some(Session::open(account, tokens).await?);
-            summary.sessions += 1;
+        if self.session.is_none() {
+            self.session = Some(Session::open(self.account, self.tokens).await?);
+            self.summary.sessions += 1;
         }
-        let Some(s) = session.as_mut() else { continue };
-        let result = s.send(p.message.envelope(), &bytes).await;
-        let (status, reply) = match result {
-            Ok(reply) => (
-                "sent",
-                format!(
-                    "{} {}",
-                    reply.code(),
-                    reply.message().collect::<Vec<_>>().join(" ")
-                ),
-            ),
-            Err(ServerError::Failed { reason, .. }) => {
-                // lettre closes the connection after a refused command.
-                *session = None;
-                ("rejected", reason)
-            }
-            Err(e) if attempt == MAX_ATTEMPTS => return Err(e.into()),
-            Err(e) => {
-                tracing::warn!(row = %p.label, attempt, error = %e, "temporary failure; retrying");
-                *session = None;
-                tokio::time::sleep(backoff).await;
-                backoff *= 2;
-                continue;
-            }
-        };
-        journal.record(Entry {
-            key: p.key.clone(),
-            row: p.label.clone(),
-            message_id: message_id.clone(),
-            at: clock.now(),
-            status: status.into(),
-            reply: reply.clone(),
-        })?;
-        if status == "sent" {
-            summary.sent += 1;
-        } else {
-            summary.rejected.push((p.label.clone(), reply));
-        }
-        return Ok(());
+        self.session
+            .as_mut()
+            .context("internal: no SMTP session after opening one")
     }
-    Ok(())
 }
 
 /// Where journals live.

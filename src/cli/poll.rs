@@ -8,7 +8,8 @@ use anyhow::{Context, Result};
 use super::Ctx;
 use crate::exit::Exit;
 use crate::oauth::TokenSource;
-use crate::poll::{self, Actions, Handler, PollOptions, Start};
+use crate::output::Output;
+use crate::poll::{Actions, Handler, MessageJson, Notice, PollOptions, Poller, Sink, Start};
 
 /// Hands each new message of a mailbox to a handler exactly once, in UID order, and remembers how
 /// far it got (per account and mailbox). By default prints one JSON object per message.
@@ -89,15 +90,9 @@ impl Args {
         options.limit = self.limit;
         let store = ctx.store()?;
         let tokens = TokenSource::new(account, &store, ctx.clock.as_ref());
-        let summary = poll::poll_once(
-            account,
-            &tokens,
-            &ctx.state_dir()?,
-            &options,
-            &ctx.out,
-            ctx.clock.now(),
-        )
-        .await?;
+        let state_dir = ctx.state_dir()?;
+        let poller = Poller::new(account, &tokens, &state_dir, &options, &ctx.out);
+        let summary = poller.once(ctx.clock.now()).await?;
         ctx.out.info(&format!(
             "{}: {} new message{} handled (checkpoint UID {})",
             options.mailbox,
@@ -106,6 +101,17 @@ impl Args {
             summary.last_uid
         ));
         Ok(Exit::Success)
+    }
+}
+
+/// The poll's JSON documents go to stdout, its notices to stderr as warnings.
+impl Sink for Output {
+    fn message(&self, message: &MessageJson) -> Result<()> {
+        self.json(message)
+    }
+
+    fn notice(&self, notice: &Notice) {
+        self.warn(&notice.to_string());
     }
 }
 

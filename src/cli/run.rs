@@ -11,6 +11,9 @@ use crate::exit::{classify, Exit};
 use crate::output::error_report;
 use crate::schedule::{self, JobFiles, LastRun};
 
+/// How often `run --wait` retries a busy job's lock.
+const LOCK_POLL: Duration = Duration::from_millis(200);
+
 /// Runs job NAME from the configuration once, now — what a crontab line or a systemd service
 /// calls. A run already in progress makes this one exit 75 at once (or wait with --wait). The
 /// outcome is recorded for `jobs` and `status`; a failure runs the job's on_failure command.
@@ -61,18 +64,15 @@ pub fn find<'c>(config: &'c Config, name: &str) -> Result<&'c Job> {
 /// [`Busy`] when another run holds the lock (and `wait` is false); otherwise the job's error.
 pub async fn run_job(ctx: &Ctx, job: &Job, wait: bool) -> Result<Exit> {
     let files = JobFiles::new(&ctx.state_dir()?, &job.name);
-    let _lock = loop {
-        if let Some(lock) = files.try_lock()? {
-            break lock;
-        }
-        if !wait {
-            return Err(Busy(format!(
-                "job {} is already running; this run exits (use --wait to queue behind it)",
-                job.name
-            ))
-            .into());
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+    // --wait queues behind a running run for as long as it takes; otherwise exit 75 at once.
+    let wait_for = if wait { None } else { Some(Duration::ZERO) };
+    let lock = crate::fsutil::wait_for_lock(|| files.try_lock(), wait_for, LOCK_POLL).await?;
+    let Some(_lock) = lock else {
+        return Err(Busy(format!(
+            "job {} is already running; this run exits (use --wait to queue behind it)",
+            job.name
+        ))
+        .into());
     };
     let started = ctx.clock.now();
     files.record(&LastRun {

@@ -227,11 +227,7 @@ impl Args {
         let reply = smtp::send_one(account, &tokens, message).await?;
         let message_id = message.headers().get_raw("Message-ID").map(str::to_string);
         let recipients = message.envelope().to().len();
-        let reply = format!(
-            "{} {}",
-            reply.code(),
-            reply.message().collect::<Vec<_>>().join(" ")
-        );
+        let reply = smtp::reply_text(&reply);
         if ctx.out.is_json() {
             ctx.out.json(&SentJson {
                 version: JSON_SCHEMA_VERSION,

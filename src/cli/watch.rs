@@ -9,7 +9,7 @@ use super::poll::Common;
 use super::Ctx;
 use crate::exit::Exit;
 use crate::oauth::TokenSource;
-use crate::poll::{self, WatchOptions};
+use crate::poll::{Poller, WatchOptions};
 
 /// Watches a mailbox and handles each new message like `poll` as soon as it arrives (IMAP IDLE).
 /// Reconnects with a fresh token before the token expires, and with backoff when the connection
@@ -57,17 +57,9 @@ impl Args {
             idle: !self.no_idle,
             poll_interval: self.poll_interval,
         };
-        let summary = poll::watch(
-            account,
-            &tokens,
-            &ctx.state_dir()?,
-            &options,
-            settings,
-            &ctx.out,
-            ctx.clock.as_ref(),
-            stop_rx,
-        )
-        .await?;
+        let state_dir = ctx.state_dir()?;
+        let poller = Poller::new(account, &tokens, &state_dir, &options, &ctx.out);
+        let summary = poller.watch(settings, ctx.clock.as_ref(), stop_rx).await?;
         ctx.out.info(&format!(
             "stopped; {} message{} handled",
             summary.handled,

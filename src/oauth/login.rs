@@ -5,17 +5,15 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use oauth2::basic::BasicClient;
 use oauth2::{
-    AuthType, AuthUrl, AuthorizationCode, ClientId, ClientSecret, CsrfToken,
-    DeviceAuthorizationUrl, PkceCodeChallenge, RedirectUrl, RequestTokenError, Scope,
-    StandardDeviceAuthorizationResponse, TokenResponse, TokenUrl,
+    AuthUrl, AuthorizationCode, CsrfToken, DeviceAuthorizationUrl, PkceCodeChallenge, RedirectUrl,
+    RequestTokenError, Scope, StandardDeviceAuthorizationResponse, TokenResponse, TokenUrl,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::Refreshed;
-use crate::config::{Account, ClientAuth, Provider};
+use crate::config::{Account, Provider};
 use crate::error::AuthError;
 use crate::error::UsageError;
 use crate::secret::Secret;
@@ -112,17 +110,6 @@ fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-fn client_id(account: &Account) -> ClientId {
-    ClientId::new(account.client_id.clone())
-}
-
-fn auth_type(account: &Account) -> AuthType {
-    match account.client_auth {
-        ClientAuth::Body => AuthType::RequestBody,
-        ClientAuth::Basic => AuthType::BasicAuth,
-    }
-}
-
 fn bad_url(what: &str) -> impl Fn(url::ParseError) -> anyhow::Error + '_ {
     move |e| anyhow::anyhow!("invalid {what}: {e}")
 }
@@ -143,12 +130,9 @@ fn authorize_url(
     // RFC 8252 §7.3: the loopback IP literal, any port.
     let redirect =
         RedirectUrl::new(format!("http://127.0.0.1:{port}/")).map_err(bad_url("redirect URL"))?;
-    let mut client = BasicClient::new(client_id(account))
+    let client = super::client(account, secret)
         .set_auth_uri(AuthUrl::new(auth_url.clone()).map_err(bad_url("auth_url"))?)
         .set_redirect_uri(redirect.clone());
-    if let Some(s) = secret {
-        client = client.set_client_secret(ClientSecret::new(s.expose().to_string()));
-    }
     let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
     let mut request = client
         .authorize_url(CsrfToken::new_random)
@@ -261,15 +245,11 @@ async fn exchange(
     verifier: oauth2::PkceCodeVerifier,
     redirect: RedirectUrl,
 ) -> Result<Refreshed> {
-    let mut client = BasicClient::new(client_id(account))
+    let client = super::client(account, secret)
         .set_token_uri(
             TokenUrl::new(account.endpoints.token_url.clone()).map_err(bad_url("token_url"))?,
         )
-        .set_redirect_uri(redirect)
-        .set_auth_type(auth_type(account));
-    if let Some(s) = secret {
-        client = client.set_client_secret(ClientSecret::new(s.expose().to_string()));
-    }
+        .set_redirect_uri(redirect);
     let http = super::refresh::http_client(account)?;
     let token = client
         .exchange_code(code)
@@ -340,17 +320,13 @@ async fn device(
         ))
         .into());
     };
-    let mut client = BasicClient::new(client_id(account))
+    let client = super::client(account, secret)
         .set_device_authorization_url(
             DeviceAuthorizationUrl::new(device_url.clone()).map_err(bad_url("device_url"))?,
         )
         .set_token_uri(
             TokenUrl::new(account.endpoints.token_url.clone()).map_err(bad_url("token_url"))?,
-        )
-        .set_auth_type(auth_type(account));
-    if let Some(s) = secret {
-        client = client.set_client_secret(ClientSecret::new(s.expose().to_string()));
-    }
+        );
     let http = super::refresh::http_client(account)?;
     let details: StandardDeviceAuthorizationResponse = client
         .exchange_device_code()

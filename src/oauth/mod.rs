@@ -18,6 +18,24 @@ pub use source::{Fetch, Obtained, TokenSource};
 pub use store::{FileStore, LastError, TokenStore};
 pub use token::StoredToken;
 
+/// The `oauth2` client of `account`: its id, the resolved secret (`None` for public clients) and
+/// how it authenticates at the token endpoint. Callers add the endpoints their grant needs.
+pub(crate) fn client(
+    account: &crate::config::Account,
+    secret: Option<&crate::secret::Secret>,
+) -> oauth2::basic::BasicClient {
+    let auth_type = match account.client_auth {
+        crate::config::ClientAuth::Body => oauth2::AuthType::RequestBody,
+        crate::config::ClientAuth::Basic => oauth2::AuthType::BasicAuth,
+    };
+    let client = oauth2::basic::BasicClient::new(oauth2::ClientId::new(account.client_id.clone()))
+        .set_auth_type(auth_type);
+    match secret {
+        Some(s) => client.set_client_secret(oauth2::ClientSecret::new(s.expose().to_string())),
+        None => client,
+    }
+}
+
 /// The command that gets a new grant for `account`.
 pub fn login_command(account: &str) -> String {
     format!("mailpilot auth login {account}")

@@ -4,14 +4,14 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use oauth2::basic::{BasicClient, BasicErrorResponse, BasicErrorResponseType};
+use oauth2::basic::{BasicErrorResponse, BasicErrorResponseType};
 use oauth2::{
-    AsyncHttpClient, AuthType, ClientId, ClientSecret, HttpRequest, HttpResponse, RefreshToken,
-    RequestTokenError, Scope, TokenResponse, TokenUrl,
+    AsyncHttpClient, HttpRequest, HttpResponse, RefreshToken, RequestTokenError, Scope,
+    TokenResponse, TokenUrl,
 };
 
 use super::login_command;
-use crate::config::{Account, ClientAuth, Provider};
+use crate::config::{Account, Provider};
 use crate::error::{AuthError, BoxError};
 use crate::secret::Secret;
 
@@ -87,15 +87,7 @@ impl<'a> Refresher<'a> {
         let url = &account.endpoints.token_url;
         let token_url =
             TokenUrl::new(url.clone()).map_err(|e| self.failed("invalid token_url", e))?;
-        let mut client = BasicClient::new(ClientId::new(account.client_id.clone()))
-            .set_token_uri(token_url)
-            .set_auth_type(match account.client_auth {
-                ClientAuth::Body => AuthType::RequestBody,
-                ClientAuth::Basic => AuthType::BasicAuth,
-            });
-        if let Some(secret) = client_secret {
-            client = client.set_client_secret(ClientSecret::new(secret.expose().to_string()));
-        }
+        let client = super::client(account, client_secret).set_token_uri(token_url);
         let rt = RefreshToken::new(refresh_token.expose().to_string());
         let mut request = client.exchange_refresh_token(&rt);
         if account.scope_on_refresh {
@@ -280,7 +272,7 @@ fn reauth_hint(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Endpoints;
+    use crate::config::{ClientAuth, Endpoints};
 
     fn account(provider: Provider) -> Account {
         Account {

@@ -58,24 +58,18 @@ pub async fn wait_for_lock<S: TokenStore>(
     account: &str,
     wait: Duration,
 ) -> Result<S::Lock> {
-    let deadline = tokio::time::Instant::now() + wait;
-    loop {
-        if let Some(lock) = store.try_lock(account)? {
-            return Ok(lock);
+    let lock = crate::fsutil::wait_for_lock(|| store.try_lock(account), Some(wait), LOCK_POLL);
+    lock.await?.ok_or_else(|| {
+        AuthError::Transient {
+            account: account.to_string(),
+            reason: format!(
+                "another mailpilot process has held the token lock for over {}",
+                humantime::format_duration(wait)
+            ),
+            source: None,
         }
-        if tokio::time::Instant::now() >= deadline {
-            return Err(AuthError::Transient {
-                account: account.to_string(),
-                reason: format!(
-                    "another mailpilot process has held the token lock for over {}",
-                    humantime::format_duration(wait)
-                ),
-                source: None,
-            }
-            .into());
-        }
-        tokio::time::sleep(LOCK_POLL).await;
-    }
+        .into()
+    })
 }
 
 /// Hands out valid access tokens for one account.

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 
 use super::token::StoredToken;
 use crate::error::AuthErrorKind;
-use crate::fsutil::write_atomic;
+use crate::fsutil::{read_optional, write_atomic};
 use crate::secret::Secret;
 
 /// The token file format this build reads and writes.
@@ -142,14 +142,6 @@ impl FileStore {
                 .with_context(|| format!("failed to set mode 0700 on {}", self.dir.display()))?;
         }
         Ok(())
-    }
-}
-
-fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
-    match fs::read(path) {
-        Ok(bytes) => Ok(Some(bytes)),
-        Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("failed to read {}", path.display())),
     }
 }
 

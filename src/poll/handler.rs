@@ -1,0 +1,244 @@
+//! What happens to one fetched message: a JSON document for the sink (with attachments saved on
+//! request), an `.eml` file, or a shell command with the raw message on stdin and its envelope in
+//! the environment. A handler that fails stops the poll before the checkpoint moves.
+
+use std::path::Path;
+use std::process::Stdio;
+
+use anyhow::{bail, Context, Result};
+use mail_parser::{MessageParser, MimeHeaders};
+use serde::Serialize;
+use tokio::io::AsyncWriteExt;
+
+use super::{Handler, Sink};
+use crate::output::JSON_SCHEMA_VERSION;
+
+/// One fetched message and where it came from.
+pub(super) struct Fetched<'m> {
+    /// The account's name.
+    pub account: &'m str,
+    /// The mailbox it was read from.
+    pub mailbox: &'m str,
+    /// The mailbox's UIDVALIDITY.
+    pub uidvalidity: u32,
+    /// Its UID.
+    pub uid: u32,
+    /// The raw RFC 5322 bytes.
+    pub raw: &'m [u8],
+}
+
+/// A message as `poll` prints it (schema version 1).
+#[derive(Debug, Serialize)]
+pub struct MessageJson {
+    version: u32,
+    account: String,
+    mailbox: String,
+    uidvalidity: u32,
+    uid: u32,
+    message_id: Option<String>,
+    date: Option<String>,
+    from: Vec<String>,
+    to: Vec<String>,
+    cc: Vec<String>,
+    subject: Option<String>,
+    text: Option<String>,
+    html: Option<String>,
+    attachments: Vec<AttachmentJson>,
+    size: usize,
+}
+
+/// An attachment in [`MessageJson`].
+#[derive(Debug, Serialize)]
+struct AttachmentJson {
+    name: Option<String>,
+    content_type: Option<String>,
+    size: usize,
+    saved_as: Option<String>,
+}
+
+/// Hands `message` to `handler`.
+///
+/// # Errors
+/// The handler failed: the sink cannot write, a file cannot be saved, the command fails.
+pub(super) async fn handle(
+    message: &Fetched<'_>,
+    handler: &Handler,
+    sink: &dyn Sink,
+) -> Result<()> {
+    let parsed = MessageParser::default().parse(message.raw);
+    match handler {
+        Handler::Json {
+            html,
+            save_attachments,
+        } => {
+            let json = message_json(message, parsed.as_ref(), *html, save_attachments.as_deref())?;
+            sink.message(&json)
+        }
+        Handler::Save(dir) => {
+            let path = dir.join(format!("{}-{}.eml", message.uidvalidity, message.uid));
+            crate::fsutil::write_atomic(&path, message.raw).with_context(|| {
+                format!("failed to save UID {} to {}", message.uid, path.display())
+            })
+        }
+        Handler::Exec(cmd) => exec(message, parsed.as_ref(), cmd).await,
+    }
+}
+
+fn addresses(list: Option<&mail_parser::Address<'_>>) -> Vec<String> {
+    list.map(|a| {
+        a.iter()
+            .map(|addr| match (addr.name(), addr.address()) {
+                (Some(n), Some(a)) => format!("{n} <{a}>"),
+                (None, Some(a)) => a.to_string(),
+                (Some(n), None) => n.to_string(),
+                (None, None) => String::new(),
+            })
+            .collect()
+    })
+    .unwrap_or_default()
+}
+
+fn message_json(
+    message: &Fetched<'_>,
+    parsed: Option<&mail_parser::Message<'_>>,
+    with_html: bool,
+    save_attachments: Option<&Path>,
+) -> Result<MessageJson> {
+    let attachments = match parsed {
+        Some(m) => attachments(message, m, save_attachments)?,
+        None => Vec::new(),
+    };
+    Ok(MessageJson {
+        version: JSON_SCHEMA_VERSION,
+        account: message.account.to_string(),
+        mailbox: message.mailbox.to_string(),
+        uidvalidity: message.uidvalidity,
+        uid: message.uid,
+        message_id: parsed.and_then(|m| m.message_id()).map(str::to_string),
+        date: parsed.and_then(|m| m.date()).map(|d| d.to_rfc3339()),
+        from: addresses(parsed.and_then(|m| m.from())),
+        to: addresses(parsed.and_then(|m| m.to())),
+        cc: addresses(parsed.and_then(|m| m.cc())),
+        subject: parsed.and_then(|m| m.subject()).map(str::to_string),
+        text: parsed
+            .filter(|m| !m.text_body.is_empty())
+            .and_then(|m| m.body_text(0))
+            .map(|t| t.into_owned()),
+        html: if with_html {
+            parsed
+                .filter(|m| !m.html_body.is_empty())
+                .and_then(|m| m.body_html(0))
+                .map(|t| t.into_owned())
+        } else {
+            None
+        },
+        attachments,
+        size: message.raw.len(),
+    })
+}
+
+/// The attachments' metadata, each written into `save_to` first when given.
+fn attachments(
+    message: &Fetched<'_>,
+    parsed: &mail_parser::Message<'_>,
+    save_to: Option<&Path>,
+) -> Result<Vec<AttachmentJson>> {
+    let (uidvalidity, uid) = (message.uidvalidity, message.uid);
+    let mut attachments = Vec::new();
+    for (i, part) in parsed.attachments().enumerate() {
+        let name = part.attachment_name().map(str::to_string);
+        let saved_as = match save_to {
+            Some(dir) => {
+                let safe = name
+                    .as_deref()
+                    .map(|n| n.replace(['/', '\\', '\0'], "_"))
+                    .filter(|n| !n.is_empty() && n != "." && n != "..")
+                    .unwrap_or_else(|| format!("attachment-{}", i + 1));
+                let path = dir.join(format!("{uidvalidity}-{uid}-{safe}"));
+                crate::fsutil::write_atomic(&path, part.contents()).with_context(|| {
+                    format!(
+                        "failed to save an attachment of UID {uid} to {}",
+                        path.display()
+                    )
+                })?;
+                Some(path.display().to_string())
+            }
+            None => None,
+        };
+        attachments.push(AttachmentJson {
+            name,
+            content_type: part.content_type().map(|c| match c.subtype() {
+                Some(sub) => format!("{}/{sub}", c.ctype()),
+                None => c.ctype().to_string(),
+            }),
+            size: part.contents().len(),
+            saved_as,
+        });
+    }
+    Ok(attachments)
+}
+
+/// Runs `cmd` with the raw message on stdin and its envelope in `MAILPILOT_*` variables.
+async fn exec(
+    message: &Fetched<'_>,
+    parsed: Option<&mail_parser::Message<'_>>,
+    cmd: &str,
+) -> Result<()> {
+    let uid = message.uid;
+    let one_line = |s: String| s.replace(['\r', '\n'], " ");
+    let header = |value: Option<&str>| value.unwrap_or_default().to_string();
+    let env = [
+        ("MAILPILOT_ACCOUNT", message.account.to_string()),
+        ("MAILPILOT_MAILBOX", message.mailbox.to_string()),
+        ("MAILPILOT_UIDVALIDITY", message.uidvalidity.to_string()),
+        ("MAILPILOT_UID", uid.to_string()),
+        (
+            "MAILPILOT_MESSAGE_ID",
+            header(parsed.and_then(|m| m.message_id())),
+        ),
+        (
+            "MAILPILOT_FROM",
+            addresses(parsed.and_then(|m| m.from())).join(", "),
+        ),
+        (
+            "MAILPILOT_TO",
+            addresses(parsed.and_then(|m| m.to())).join(", "),
+        ),
+        (
+            "MAILPILOT_SUBJECT",
+            header(parsed.and_then(|m| m.subject())),
+        ),
+        (
+            "MAILPILOT_DATE",
+            parsed
+                .and_then(|m| m.date())
+                .map(|d| d.to_rfc3339())
+                .unwrap_or_default(),
+        ),
+    ];
+    let mut child = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(cmd)
+        .envs(env.into_iter().map(|(k, v)| (k, one_line(v))))
+        .stdin(Stdio::piped())
+        .spawn()
+        .with_context(|| format!("failed to start `{cmd}`"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A command that does not read its input closes the pipe early; that is not a failure.
+        match stdin.write_all(message.raw).await {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                return Err(e).with_context(|| format!("failed to write UID {uid} to `{cmd}`"))
+            }
+            _ => {}
+        }
+        drop(stdin);
+    }
+    let status = child
+        .wait()
+        .await
+        .with_context(|| format!("failed to wait for `{cmd}`"))?;
+    if !status.success() {
+        bail!("the --exec command `{cmd}` failed for UID {uid} ({status})");
+    }
+    Ok(())
+}

@@ -1,0 +1,184 @@
+//! `watch`: the same passes as `poll`, kept going — IDLE (re-issued within RFC 2177's 29
+//! minutes), a reconnect with a fresh token before the token expires, a reconnect with backoff and
+//! jitter after a drop, and one pass after every reconnect so nothing that arrived meanwhile is
+//! missed.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use tokio::sync::watch::Receiver;
+
+use super::{Notice, PollSummary, Poller};
+use crate::clock::Clock;
+use crate::exit::{classify, Exit};
+use crate::imap::{Imap, Wake};
+use crate::oauth::TokenStore;
+
+/// Settings of a long-running watch.
+#[derive(Debug, Clone, Copy)]
+pub struct WatchOptions {
+    /// Use IDLE when the server has it (else, or when false, poll every `poll_interval`).
+    pub idle: bool,
+    /// How often to look for new mail without IDLE.
+    pub poll_interval: Duration,
+}
+
+/// RFC 2177: clients should re-issue IDLE at least every 29 minutes; servers may drop idle clients
+/// after 30.
+const IDLE_REISSUE: Duration = Duration::from_secs(25 * 60);
+/// First wait before reconnecting after a failure; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest wait between reconnection attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// How one connected round of a watch ended.
+enum RoundEnd {
+    Shutdown,
+    Reconnect,
+}
+
+/// A watch in progress: its settings, clock and stop signal, and what it has done so far.
+struct Watch<'w> {
+    settings: WatchOptions,
+    clock: &'w dyn Clock,
+    shutdown: Receiver<bool>,
+    total: PollSummary,
+    backoff: Duration,
+}
+
+impl Watch<'_> {
+    fn stopping(&self) -> bool {
+        *self.shutdown.borrow()
+    }
+}
+
+impl<S: TokenStore> Poller<'_, S> {
+    /// Watches the mailbox until `shutdown` turns true, handling new messages exactly like
+    /// [`Poller::once`]. Shutdown finishes the message in hand.
+    ///
+    /// # Errors
+    /// As [`Poller::once`], except that transient failures are retried rather than returned.
+    pub async fn watch(
+        &self,
+        settings: WatchOptions,
+        clock: &dyn Clock,
+        shutdown: Receiver<bool>,
+    ) -> Result<PollSummary> {
+        let _lock = self.files.lock(&self.options.mailbox).await?;
+        self.require_start()?;
+        let mut w = Watch {
+            settings,
+            clock,
+            shutdown,
+            total: PollSummary::default(),
+            backoff: FIRST_BACKOFF,
+        };
+        while !w.stopping() {
+            match self.round(&mut w).await {
+                Ok(RoundEnd::Shutdown) => break,
+                Ok(RoundEnd::Reconnect) => continue,
+                Err(e) if classify(&e) == Exit::Transient => {
+                    let wait = jitter(w.backoff);
+                    self.sink.notice(&Notice::Reconnecting {
+                        error: crate::error::error_text(e.as_ref()),
+                        wait,
+                    });
+                    tokio::select! {
+                        () = tokio::time::sleep(wait) => {}
+                        _ = w.shutdown.wait_for(|s| *s) => break,
+                    }
+                    w.backoff = (w.backoff * 2).min(MAX_BACKOFF);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(w.total)
+    }
+
+    /// One connection: log in, catch up, then wait for news and handle it until the token needs
+    /// renewing or shutdown.
+    async fn round(&self, w: &mut Watch<'_>) -> Result<RoundEnd> {
+        let mut imap = Imap::open(self.account, self.tokens).await?;
+        w.backoff = FIRST_BACKOFF;
+        let flag = w.shutdown.clone();
+        let stop = move || *flag.borrow();
+        let summary = self
+            .select_and_pass(&mut imap, w.clock.now(), &stop)
+            .await?;
+        w.total.handled += summary.handled;
+        let use_idle = w.settings.idle && imap.can_idle();
+        if w.settings.idle && !use_idle {
+            self.sink.notice(&Notice::NoIdle {
+                server: imap.server().to_string(),
+                interval: w.settings.poll_interval,
+            });
+        }
+        loop {
+            if w.stopping() {
+                imap.logout().await;
+                return Ok(RoundEnd::Shutdown);
+            }
+            let left = imap.renew_at.saturating_sub(w.clock.now());
+            if left == 0 {
+                tracing::info!(account = %self.account.name, "token nearly expired; reconnecting with a fresh one");
+                imap.logout().await;
+                return Ok(RoundEnd::Reconnect);
+            }
+            let wait = Duration::from_secs(left).min(if use_idle {
+                IDLE_REISSUE
+            } else {
+                w.settings.poll_interval
+            });
+            let Some(back) = wait_for_news(imap, use_idle, wait, &mut w.shutdown).await? else {
+                return Ok(RoundEnd::Shutdown);
+            };
+            imap = back;
+            let Some(mut checkpoint) = self.files.load()? else {
+                anyhow::bail!(
+                    "poll state of {} vanished while watching",
+                    self.options.mailbox
+                );
+            };
+            let summary = self.pass(&mut imap, &mut checkpoint, &stop).await?;
+            w.total.handled += summary.handled;
+            w.total.last_uid = summary.last_uid;
+        }
+    }
+}
+
+/// Waits up to `wait` for the server to report news (IDLE) or just waits and asks (NOOP).
+/// `None` when shutdown came first (the session is logged out then).
+async fn wait_for_news(
+    mut imap: Imap,
+    use_idle: bool,
+    wait: Duration,
+    shutdown: &mut Receiver<bool>,
+) -> Result<Option<Imap>> {
+    let deadline = tokio::time::Instant::now() + wait;
+    if use_idle {
+        let (back, wake) = imap.idle(deadline, shutdown).await?;
+        if wake == Wake::Shutdown {
+            back.logout().await;
+            return Ok(None);
+        }
+        return Ok(Some(back));
+    }
+    tokio::select! {
+        () = tokio::time::sleep_until(deadline) => {}
+        _ = shutdown.wait_for(|s| *s) => {
+            imap.logout().await;
+            return Ok(None);
+        }
+    }
+    imap.noop().await?;
+    Ok(Some(imap))
+}
+
+/// `d` ± 20%, so many clients cut off together do not reconnect in lockstep.
+fn jitter(d: Duration) -> Duration {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |t| t.subsec_nanos());
+    let factor = 0.8 + f64::from(nanos % 1000) / 1000.0 * 0.4;
+    d.mul_f64(factor)
+}
