@@ -17,7 +17,7 @@ done
 
 if [ ${#missing[@]} -gt 0 ]; then
     if [ "$(id -u)" -ne 0 ]; then
-        echo "error: missing packages: ${missing[*]}; run this script as root (or: sudo apt-get install ${missing[*]})" >&2
+        echo "error: missing packages: ${missing[*]}; install them with: sudo $0" >&2
         exit 1
     fi
     export DEBIAN_FRONTEND=noninteractive

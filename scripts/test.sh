@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
-# The whole test suite, as CI runs it: formatting, lints, dependency policy, unit and integration
-# tests. Usage: scripts/test.sh
+# The whole test suite, as CI runs it: system packages the tests need (installed when missing),
+# formatting, lints, dependency policy, unit and integration tests. Usage: scripts/test.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 CARGO_TERM_COLOR=never
+
+echo "== system packages (Dovecot, Postfix, openssl, python3)"
+# Installs what is missing when run as root; otherwise names the one command to run.
+scripts/install-test-deps.sh
 
 echo "== cargo fmt --check"
 cargo fmt --all -- --check

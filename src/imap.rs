@@ -109,7 +109,7 @@ impl Imap {
     /// Connects to the account's IMAP server and logs in.
     ///
     /// # Errors
-    /// [`ServerError`] or an [`crate::oauth::AuthError`].
+    /// [`ServerError`] or an [`crate::error::AuthError`].
     pub async fn open<S: TokenStore>(
         account: &Account,
         tokens: &TokenSource<'_, S>,

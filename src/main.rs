@@ -9,7 +9,7 @@ use tracing_subscriber::prelude::*;
 
 use mailpilot::cli::Cli;
 use mailpilot::exit::{classify, Exit};
-use mailpilot::output::report_error;
+use mailpilot::output::{report_error, Output};
 use mailpilot::paths::Env;
 
 fn main() -> ExitCode {
@@ -60,7 +60,7 @@ fn init_tracing(verbose: u8, quiet: bool) {
         .with_target("mailpilot", level);
     let filter = match std::env::var("RUST_LOG") {
         Ok(spec) if !spec.trim().is_empty() => spec.parse::<Targets>().unwrap_or_else(|e| {
-            eprintln!("warning: ignoring RUST_LOG={spec:?}: {e}");
+            Output::default().warn(&format!("ignoring RUST_LOG={spec:?}: {e}"));
             default.clone()
         }),
         _ => default,

@@ -227,7 +227,7 @@ pub struct BatchOptions {
 ///
 /// # Errors
 /// Login failures (as [`Session::open`]), a journal write failure, or [`ServerError::Transient`]
-/// after [`MAX_ATTEMPTS`] for one message; everything before it is journaled, so a rerun resumes.
+/// after `MAX_ATTEMPTS` for one message; everything before it is journaled, so a rerun resumes.
 pub async fn run_batch<S: TokenStore>(
     account: &Account,
     tokens: &TokenSource<'_, S>,

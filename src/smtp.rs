@@ -43,7 +43,7 @@ impl Session {
     /// server says the token is invalid.
     ///
     /// # Errors
-    /// [`ServerError`] or an [`crate::oauth::AuthError`] (possibly under context naming the server).
+    /// [`ServerError`] or an [`crate::error::AuthError`] (possibly under context naming the server).
     pub async fn open<S: TokenStore>(
         account: &Account,
         tokens: &TokenSource<'_, S>,

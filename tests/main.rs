@@ -6,6 +6,7 @@ mod support;
 mod auth;
 mod config;
 mod jobs;
+mod layers;
 mod login;
 mod merge;
 mod poll;

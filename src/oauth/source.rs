@@ -1,4 +1,5 @@
-//! "A valid access token for this account": the refresh protocol of DESIGN.md.
+//! "A valid access token for this account": the refresh protocol (ARCHITECTURE.md, "The token
+//! lifecycle").
 //!
 //! 1. Read the store without a lock; a token valid for longer than the margin is used as is.
 //! 2. Otherwise take the account's exclusive lock and **re-read**: if a peer refreshed while we

@@ -4,9 +4,9 @@
 //! two overlapping runs from handling the same message.
 //!
 //! - this file: the settings, the [`Sink`] that receives what the user sees, and [`Poller`], which
-//!   runs one pass (or, in [`watch`], many);
-//! - [`checkpoint`]: the checkpoint and lock files;
-//! - [`handler`]: what is done with each message (JSON, `--save`, `--exec`).
+//!   runs one pass (or, in `watch`, many: IDLE, reconnects);
+//! - `checkpoint`: the checkpoint and lock files;
+//! - `handler`: what is done with each message (JSON, `--save`, `--exec`).
 //!
 //! The library never prints: JSON documents and notices go to the caller's [`Sink`] (ripgrep's
 //! printers take the caller's writer the same way).

@@ -11,6 +11,7 @@ use crate::clock::span;
 use crate::exit::Exit;
 use crate::oauth::login::{self, Flow, Prompt};
 use crate::oauth::TokenSource;
+use crate::output::Output;
 
 /// Signs in to the provider and stores the grant. By default opens the provider's page in a
 /// browser and receives the answer on a loopback port (127.0.0.1); `--paste` for hosts without a
@@ -37,15 +38,19 @@ pub struct Args {
     timeout: Duration,
 }
 
+/// The sign-in dialogue on the terminal; every line goes through the output module.
 struct Terminal {
+    out: Output,
     open_browser: bool,
 }
 
 impl Prompt for Terminal {
     fn open_url(&mut self, url: &str, tunnel_port: Option<u16>) {
-        eprintln!("Open this address in a browser and sign in:\n\n  {url}\n");
+        self.out.prompt(&format!(
+            "Open this address in a browser and sign in:\n\n  {url}\n"
+        ));
         if let Some(port) = tunnel_port {
-            eprintln!("If that browser runs on another machine, tunnel the answer back first:\n\n  ssh -L {port}:127.0.0.1:{port} USER@THIS-HOST\n");
+            self.out.prompt(&format!("If that browser runs on another machine, tunnel the answer back first:\n\n  ssh -L {port}:127.0.0.1:{port} USER@THIS-HOST\n"));
         }
         if self.open_browser {
             let _ = Command::new("xdg-open")
@@ -58,16 +63,18 @@ impl Prompt for Terminal {
     }
 
     fn device_code(&mut self, verification_uri: &str, user_code: &str, complete_uri: Option<&str>) {
-        eprintln!("On any device, open {verification_uri} and enter the code:\n\n  {user_code}\n");
+        self.out.prompt(&format!(
+            "On any device, open {verification_uri} and enter the code:\n\n  {user_code}\n"
+        ));
         if let Some(uri) = complete_uri {
-            eprintln!("(or open {uri})\n");
+            self.out.prompt(&format!("(or open {uri})\n"));
         }
-        eprintln!("Waiting for you to approve...");
+        self.out.prompt("Waiting for you to approve...");
     }
 
     fn read_pasted(&mut self) -> Result<String> {
         if std::io::stdin().is_terminal() {
-            eprintln!("After signing in, the browser ends at an address starting with http://127.0.0.1 (the page may not load).\nPaste that whole address (or just the code) here and press Enter:");
+            self.out.prompt("After signing in, the browser ends at an address starting with http://127.0.0.1 (the page may not load).\nPaste that whole address (or just the code) here and press Enter:");
         }
         let mut line = String::new();
         std::io::stdin()
@@ -104,6 +111,7 @@ impl Args {
         let desktop =
             std::env::var_os("DISPLAY").is_some() || std::env::var_os("WAYLAND_DISPLAY").is_some();
         let mut prompt = Terminal {
+            out: ctx.out,
             open_browser: desktop && !self.no_browser && !self.paste,
         };
         let granted = login::login(account, secret.as_ref(), &flow, &mut prompt).await?;

@@ -3,6 +3,7 @@
 use anyhow::Result;
 
 use crate::cli::Ctx;
+use crate::config::{Protocol, Spelled};
 use crate::error::error_text;
 use crate::exit::{classify, Exit};
 use crate::imap::Imap;
@@ -28,42 +29,40 @@ impl Args {
         let store = ctx.store()?;
         let tokens = TokenSource::new(account, &store, ctx.clock.as_ref());
         let mut worst = Exit::Success;
-        let mut report =
-            |what: &str, server: &crate::config::Server, result: Result<()>| -> Result<()> {
-                let label = format!(
-                    "{what} {} ({}, {})",
-                    server.address(),
-                    server.tls,
-                    server.mechanism
-                );
-                match result {
-                    Ok(()) => ctx.out.data(&format!("{label}: OK")),
-                    Err(e) => {
-                        worst = worst.worst(classify(&e));
-                        ctx.out
-                            .data(&format!("{label}: FAILED: {}", error_text(e.as_ref())))
+        for &protocol in Protocol::ALL {
+            let Ok(server) = account.server(protocol) else {
+                continue;
+            };
+            let result = match protocol {
+                Protocol::Smtp => match Session::open(account, &tokens).await {
+                    Ok(session) => {
+                        session.quit().await;
+                        Ok(())
                     }
-                }
+                    Err(e) => Err(e),
+                },
+                Protocol::Imap => match Imap::open(account, &tokens).await {
+                    Ok(imap) => {
+                        imap.logout().await;
+                        Ok(())
+                    }
+                    Err(e) => Err(e),
+                },
             };
-        if let Some(server) = &account.smtp {
-            let result = match Session::open(account, &tokens).await {
-                Ok(session) => {
-                    session.quit().await;
-                    Ok(())
+            let label = format!(
+                "{protocol} {} ({}, {})",
+                server.address(),
+                server.tls,
+                server.mechanism
+            );
+            match result {
+                Ok(()) => ctx.out.data(&format!("{label}: OK"))?,
+                Err(e) => {
+                    worst = worst.worst(classify(&e));
+                    ctx.out
+                        .data(&format!("{label}: FAILED: {}", error_text(e.as_ref())))?;
                 }
-                Err(e) => Err(e),
-            };
-            report("smtp", server, result)?;
-        }
-        if let Some(server) = &account.imap {
-            let result = match Imap::open(account, &tokens).await {
-                Ok(imap) => {
-                    imap.logout().await;
-                    Ok(())
-                }
-                Err(e) => Err(e),
-            };
-            report("imap", server, result)?;
+            }
         }
         if account.smtp.is_none() && account.imap.is_none() {
             ctx.out.warn(&format!(

@@ -6,6 +6,7 @@ use clap::ValueEnum;
 use serde::Serialize;
 
 use crate::cli::Ctx;
+use crate::config::Protocol;
 use crate::exit::Exit;
 use crate::oauth::{Fetch, TokenSource};
 use crate::output::JSON_SCHEMA_VERSION;
@@ -72,10 +73,11 @@ impl Args {
             None => token.clone(),
             Some(SaslMechanism::Xoauth2) => sasl::xoauth2(&account.email, token),
             Some(SaslMechanism::Oauthbearer) => {
-                let server = match self.server {
-                    ServerKind::Smtp => account.smtp.as_ref(),
-                    ServerKind::Imap => account.imap.as_ref(),
+                let protocol = match self.server {
+                    ServerKind::Smtp => Protocol::Smtp,
+                    ServerKind::Imap => Protocol::Imap,
                 };
+                let server = account.server(protocol).ok();
                 sasl::oauthbearer(
                     &account.email,
                     server.map(|s| (s.host.as_str(), s.port)),

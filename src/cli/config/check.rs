@@ -4,7 +4,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::cli::Ctx;
-use crate::config::{Account, Server, Spelled};
+use crate::config::{Account, Protocol, Server, Spelled};
 use crate::exit::Exit;
 use crate::output::JSON_SCHEMA_VERSION;
 
@@ -175,14 +175,14 @@ fn human(a: &AccountJson) -> Vec<String> {
         "token_timeout",
         &format!("{}s", a.token_timeout_secs),
     ));
-    for (name, server) in [("smtp", &a.smtp), ("imap", &a.imap)] {
+    for (protocol, server) in [(Protocol::Smtp, &a.smtp), (Protocol::Imap, &a.imap)] {
         if let Some(s) = server {
             let ca = s
                 .ca_file
                 .as_ref()
                 .map_or(String::new(), |c| format!(", ca_file {c}"));
             lines.push(field(
-                name,
+                protocol.name(),
                 &format!(
                     "{}:{} tls={} mechanism={}{ca}",
                     s.host, s.port, s.tls, s.mechanism

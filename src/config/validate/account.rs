@@ -48,9 +48,9 @@ pub(super) fn account(
             "account names may use letters, digits, '.', '_' and '-' (and start with a letter or digit); the name is used in file names",
         );
     }
-    let known = |parent: &str| match parent {
-        "smtp" | "imap" => field_names::<RawServer>(),
-        _ => field_names::<RawAccount>(),
+    let known = |parent: &str| match Protocol::from_name(parent) {
+        Some(_) => field_names::<RawServer>(),
+        None => field_names::<RawAccount>(),
     };
     let raw: RawAccount = deserialize_collecting(value, at, known, problems)?;
     let before = problems.count();

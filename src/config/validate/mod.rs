@@ -2,10 +2,10 @@
 //!
 //! - this file: the whole file's pass (root keys, syntax), the shared helpers (the collecting
 //!   serde pass, durations, required values, words);
-//! - [`account`]: `[accounts.NAME]` (provider, secrets, scopes, endpoints);
-//! - [`server`]: `[accounts.NAME.smtp]` / `.imap`;
-//! - [`job`]: job tables (`jobs.NAME`);
-//! - [`suggest`]: "did you mean" for unknown keys and values.
+//! - `account`: `[accounts.NAME]` (provider, secrets, scopes, endpoints);
+//! - `server`: `[accounts.NAME.smtp]` / `.imap`;
+//! - `job`: job tables (`jobs.NAME`);
+//! - `suggest`: "did you mean" for unknown keys and values.
 
 mod account;
 mod job;
