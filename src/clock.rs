@@ -33,9 +33,14 @@ impl Clock for FixedClock {
     }
 }
 
-/// Formats unix seconds as RFC 3339 UTC (`2026-11-27T16:22:19Z`).
+/// The last second RFC 3339 can write (9999-12-31T23:59:59Z).
+const RFC3339_MAX: u64 = 253_402_300_799;
+
+/// Formats unix seconds as RFC 3339 UTC (`2026-11-27T16:22:19Z`). Times past the year 9999 (a
+/// token file or a server may say anything) are shown as the last second of 9999.
 pub fn rfc3339(unix: u64) -> String {
-    humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(unix)).to_string()
+    let at = UNIX_EPOCH + Duration::from_secs(unix.min(RFC3339_MAX));
+    humantime::format_rfc3339_seconds(at).to_string()
 }
 
 /// Formats a span of seconds for people: `42s`, `5m`, `3h 12m`, `9d 4h`.
@@ -72,5 +77,6 @@ mod tests {
     fn rfc3339_utc() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_795_796_539), "2026-11-27T16:22:19Z");
+        assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59Z");
     }
 }

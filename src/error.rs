@@ -332,6 +332,30 @@ pub fn details(err: &anyhow::Error) -> Vec<String> {
         .unwrap_or_default()
 }
 
+/// The most of a server's own text (an error description, a reply, a page) that is kept: enough to
+/// say what went wrong, too little to flood a terminal, a log, a record or an environment variable.
+pub const SERVER_TEXT_MAX: usize = 1024;
+
+/// Text from outside (a server's reply, a token endpoint's description) made safe to print, store
+/// and pass on: line breaks and tabs become spaces, other control characters (terminal escapes,
+/// NUL) are dropped, and the result is cut to `max` bytes with `…`.
+pub fn clean(text: &str, max: usize) -> String {
+    let mut out = String::with_capacity(text.len().min(max + 3));
+    for c in text.chars() {
+        let c = match c {
+            '\n' | '\r' | '\t' => ' ',
+            c if c.is_control() => continue,
+            c => c,
+        };
+        if out.len() + c.len_utf8() > max {
+            out.push('…');
+            break;
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// An error and its causes on one line (`a: b: c`), for records such as the last refresh error.
 pub fn error_text(err: &(dyn std::error::Error + 'static)) -> String {
     let mut text = err.to_string();
@@ -364,6 +388,14 @@ mod tests {
         assert!(e.is_transient());
         assert_eq!(e.to_string(), "h:1: down (temporary; retry later)");
         assert_eq!(e.hint(), None);
+    }
+
+    /// Control characters go, line breaks become spaces, long text is cut.
+    #[test]
+    fn cleans_server_text() {
+        assert_eq!(clean("a\x1b[31mred\x1b[0m\r\nb\0", 100), "a[31mred[0m  b");
+        assert_eq!(clean("abcdef", 3), "abc…");
+        assert_eq!(clean("ééé", 3), "é…");
     }
 
     /// The recorded kind spellings are the on-disk format of token error files.

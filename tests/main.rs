@@ -5,6 +5,7 @@ mod support;
 
 mod auth;
 mod config;
+mod hostile;
 mod jobs;
 mod layers;
 mod login;

@@ -50,10 +50,12 @@ fn stop(child: Child) -> (Option<i32>, String) {
     )
 }
 
-/// Wait until watch has connected and is idle (its first pass is done).
-fn wait_until_watching(stack: &MailStack, user: &str, logins: u64) {
+/// Wait until watch has connected and is idle (its first pass is done): it logged in and wrote its
+/// starting checkpoint (a `--from-now` start taken after a test's delivery would skip that mail).
+fn wait_until_watching(env: &TestEnv, stack: &MailStack, user: &str, logins: u64) {
     let deadline = Instant::now() + Duration::from_secs(15);
-    while stack.oauth.introspection_count_for(user) < logins {
+    let checkpoint = env.state_dir().join("poll/work/INBOX.json");
+    while stack.oauth.introspection_count_for(user) < logins || !checkpoint.exists() {
         assert!(Instant::now() < deadline, "watch never logged in");
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -69,7 +71,7 @@ fn idle_handles_new_mail_and_stops_cleanly() {
     env.import_for(&stack.oauth, &user);
     let log = env.root().join("log");
     let child = start_watch(&env, stack, &log, &[]);
-    wait_until_watching(stack, &user, 1);
+    wait_until_watching(&env, stack, &user, 1);
     let started = Instant::now();
     stack.deliver(&user, "INBOX", "w1");
     assert_eq!(wait_for_lines(&log, 1, Duration::from_secs(10)), ["w1"]);
@@ -114,7 +116,7 @@ fn reconnects_before_token_expiry() {
     env.import_for(&stack.oauth, &user);
     let log = env.root().join("log");
     let child = start_watch(&env, stack, &log, &[]);
-    wait_until_watching(stack, &user, 1);
+    wait_until_watching(&env, stack, &user, 1);
     std::thread::sleep(Duration::from_secs(5));
     stack.deliver(&user, "INBOX", "after-reconnect");
     assert_eq!(
@@ -154,7 +156,7 @@ fn reconnects_after_dropped_connection() {
     env.import_for(&stack.oauth, &user);
     let log = env.root().join("log");
     let child = start_watch(&env, stack, &log, &[]);
-    wait_until_watching(stack, &user, 1);
+    wait_until_watching(&env, stack, &user, 1);
     std::thread::sleep(Duration::from_millis(2100)); // the cut happens now
     stack.deliver(&user, "INBOX", "while-away");
     assert_eq!(
@@ -180,7 +182,7 @@ fn polls_without_idle() {
     env.import_for(&stack.oauth, &user);
     let log = env.root().join("log");
     let child = start_watch(&env, stack, &log, &["--no-idle", "--poll-interval", "1s"]);
-    wait_until_watching(stack, &user, 1);
+    wait_until_watching(&env, stack, &user, 1);
     stack.deliver(&user, "INBOX", "p1");
     assert_eq!(wait_for_lines(&log, 1, Duration::from_secs(10)), ["p1"]);
     let (code, stderr) = stop(child);
@@ -206,7 +208,7 @@ fn sigterm_finishes_message_in_hand() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn watch");
-    wait_until_watching(stack, &user, 1);
+    wait_until_watching(&env, stack, &user, 1);
     stack.deliver(&user, "INBOX", "in-hand");
     wait_for_lines(&log, 1, Duration::from_secs(10));
     let (code, stderr) = stop(child);

@@ -7,15 +7,15 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use oauth2::{
     AuthUrl, AuthorizationCode, CsrfToken, DeviceAuthorizationUrl, PkceCodeChallenge, RedirectUrl,
-    RequestTokenError, Scope, StandardDeviceAuthorizationResponse, TokenResponse, TokenUrl,
+    RequestTokenError, Scope, StandardDeviceAuthorizationResponse, TokenUrl,
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::Refreshed;
 use crate::config::{Account, Provider};
-use crate::error::AuthError;
 use crate::error::UsageError;
+use crate::error::{clean, AuthError, SERVER_TEXT_MAX};
 use crate::secret::Secret;
 
 /// How the user proves who they are.
@@ -216,7 +216,10 @@ fn check_answer(
             .map(|(_, v)| v.clone())
     };
     if let Some(error) = get("error") {
-        let description = get("error_description").map_or(String::new(), |d| format!(": {d}"));
+        let error = clean(&error, SERVER_TEXT_MAX);
+        let description = get("error_description").map_or(String::new(), |d| {
+            format!(": {}", clean(&d, SERVER_TEXT_MAX))
+        });
         return Err(AuthError::NeedsAuthorization {
             account: account.name.clone(),
             reason: format!("the authorization was refused ({error}{description})"),
@@ -250,7 +253,8 @@ async fn exchange(
             TokenUrl::new(account.endpoints.token_url.clone()).map_err(bad_url("token_url"))?,
         )
         .set_redirect_uri(redirect);
-    let http = super::refresh::http_client(account)?;
+    let endpoint = super::http::Endpoint::new(account)?;
+    let http = |req| endpoint.call(req);
     let token = client
         .exchange_code(code)
         .set_pkce_verifier(verifier)
@@ -263,20 +267,7 @@ async fn exchange(
                 e,
             )
         })?;
-    Ok(refreshed(&token))
-}
-
-fn refreshed(token: &oauth2::basic::BasicTokenResponse) -> Refreshed {
-    Refreshed {
-        access_token: Secret::new(token.access_token().secret().clone()),
-        expires_in: token.expires_in(),
-        refresh_token: token
-            .refresh_token()
-            .map(|t| Secret::new(t.secret().clone())),
-        scope: token
-            .scopes()
-            .map(|s| s.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(" ")),
-    }
+    Ok(Refreshed::from_response(&token))
 }
 
 fn login_error<RE, TE>(account: &Account, what: &str, e: RequestTokenError<RE, TE>) -> anyhow::Error
@@ -287,7 +278,7 @@ where
     match e {
         RequestTokenError::ServerResponse(resp) => AuthError::NeedsAuthorization {
             account: account.name.clone(),
-            reason: format!("{what} ({resp})"),
+            reason: format!("{what} ({})", clean(&resp.to_string(), SERVER_TEXT_MAX)),
             hint: format!("run `mailpilot auth login {}` again", account.name),
         }
         .into(),
@@ -327,7 +318,8 @@ async fn device(
         .set_token_uri(
             TokenUrl::new(account.endpoints.token_url.clone()).map_err(bad_url("token_url"))?,
         );
-    let http = super::refresh::http_client(account)?;
+    let endpoint = super::http::Endpoint::new(account)?;
+    let http = |req| endpoint.call(req);
     let details: StandardDeviceAuthorizationResponse = client
         .exchange_device_code()
         .add_scopes(account.scopes.iter().cloned().map(Scope::new))
@@ -346,7 +338,7 @@ async fn device(
         .request_async(&http, tokio::time::sleep, Some(timeout))
         .await
         .map_err(|e| login_error(account, "the device login did not complete", e))?;
-    Ok(refreshed(&token))
+    Ok(Refreshed::from_response(&token))
 }
 
 /// Scopes the account needs that the grant does not include (`offline_access` and OpenID scopes

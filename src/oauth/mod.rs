@@ -3,10 +3,12 @@
 //!
 //! - [`token`]: the stored grant and expiry arithmetic; pure.
 //! - [`store`]: token files, lock files, error records; never talks to the network.
+//! - [`http`]: bounded HTTP to the OAuth endpoints; never touches files.
 //! - [`refresh`]: one refresh_token grant request and the classification of its failure; never
 //!   touches files.
 //! - [`source`]: "give me a valid access token": read, lock, re-read, adopt or refresh, persist.
 
+pub mod http;
 pub mod login;
 pub mod refresh;
 pub mod source;

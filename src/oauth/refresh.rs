@@ -1,18 +1,15 @@
 //! One `refresh_token` grant request with the `oauth2` crate, and the classification of its failure
 //! into needs-authorization, transient and failed. Never touches files.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
-use oauth2::basic::{BasicErrorResponse, BasicErrorResponseType};
-use oauth2::{
-    AsyncHttpClient, HttpRequest, HttpResponse, RefreshToken, RequestTokenError, Scope,
-    TokenResponse, TokenUrl,
-};
+use oauth2::basic::{BasicErrorResponse, BasicErrorResponseType, BasicTokenResponse};
+use oauth2::{RefreshToken, RequestTokenError, Scope, TokenResponse, TokenUrl};
 
+use super::http::Endpoint;
 use super::login_command;
 use crate::config::{Account, Provider};
-use crate::error::{AuthError, BoxError};
+use crate::error::{clean, AuthError, BoxError, SERVER_TEXT_MAX};
 use crate::secret::Secret;
 
 /// What a successful refresh returned.
@@ -28,46 +25,44 @@ pub struct Refreshed {
     pub scope: Option<String>,
 }
 
+impl Refreshed {
+    /// The parts of a token endpoint's answer that mailpilot keeps.
+    pub fn from_response(token: &BasicTokenResponse) -> Self {
+        Refreshed {
+            access_token: Secret::new(token.access_token().secret().clone()),
+            expires_in: token.expires_in(),
+            refresh_token: token
+                .refresh_token()
+                .map(|t| Secret::new(t.secret().clone())),
+            scope: token
+                .scopes()
+                .map(|s| s.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(" ")),
+        }
+    }
+}
+
 /// Makes refresh requests for one account.
 pub struct Refresher<'a> {
     account: &'a Account,
-    http: reqwest::Client,
+    endpoint: Endpoint,
 }
 
-/// The HTTP client for an account's OAuth2 endpoints: no redirects (a token endpoint never
-/// redirects, and following one would resend the secret), the account's timeout.
-///
-/// # Errors
-/// The TLS stack cannot be initialised.
-pub fn http_client(account: &Account) -> Result<reqwest::Client, AuthError> {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(account.token_timeout)
-        .connect_timeout(account.token_timeout)
-        .user_agent(concat!("mailpilot/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .map_err(|e| AuthError::Failed {
-            account: account.name.clone(),
-            reason: "failed to set up the HTTP client".into(),
-            hint: None,
-            source: Some(Box::new(e)),
-        })
-}
+/// The longest OAuth error code kept (the standard ones are under 30 characters).
+const ERROR_CODE_MAX: usize = 100;
 
 /// Google's "Testing" publishing status expires refresh tokens after 7 days; a refusal of a token
 /// about this old is explained as that.
 const GOOGLE_TESTING_LIFETIME: std::ops::RangeInclusive<u64> = (6 * 86_400)..=(8 * 86_400);
 
 impl<'a> Refresher<'a> {
-    /// A refresher with its own HTTP client: no redirects (a token endpoint never redirects, and
-    /// following one would resend the refresh token), the account's timeout.
+    /// A refresher with its own [`Endpoint`] client.
     ///
     /// # Errors
     /// The TLS stack cannot be initialised.
     pub fn new(account: &'a Account) -> Result<Self, AuthError> {
         Ok(Self {
             account,
-            http: http_client(account)?,
+            endpoint: Endpoint::new(account)?,
         })
     }
 
@@ -93,32 +88,16 @@ impl<'a> Refresher<'a> {
         if account.scope_on_refresh {
             request = request.add_scopes(account.scopes.iter().cloned().map(Scope::new));
         }
-        // The oauth2 crate drops the HTTP status of error responses; keep it to tell a 503 from a 400.
-        let status = Mutex::new(None);
-        let http = |req: HttpRequest| {
-            let status = &status;
-            async move {
-                let response: HttpResponse = self.http.call(req).await?;
-                if let Ok(mut s) = status.lock() {
-                    *s = Some(response.status().as_u16());
-                }
-                Ok::<_, oauth2::HttpClientError<reqwest::Error>>(response)
-            }
-        };
         tracing::debug!(account = %account.name, url = %url, "requesting a token refresh");
+        let http = |req| self.endpoint.call(req);
         let result = request.request_async(&http).await;
-        let status = status.lock().ok().and_then(|s| *s);
+        // The oauth2 crate drops the HTTP status of error responses; the endpoint kept it, to tell
+        // a 503 from a 400.
+        let status = self.endpoint.last_status();
         match result {
             Ok(tok) => {
                 tracing::debug!(account = %account.name, rotated = tok.refresh_token().is_some(), "refresh succeeded");
-                Ok(Refreshed {
-                    access_token: Secret::new(tok.access_token().secret().clone()),
-                    expires_in: tok.expires_in(),
-                    refresh_token: tok.refresh_token().map(|t| Secret::new(t.secret().clone())),
-                    scope: tok
-                        .scopes()
-                        .map(|s| s.iter().map(|x| x.as_str()).collect::<Vec<_>>().join(" ")),
-                })
+                Ok(Refreshed::from_response(&tok))
             }
             Err(e) => Err(self.classify(e, status, token_age)),
         }
@@ -152,10 +131,11 @@ impl<'a> Refresher<'a> {
         let server_side = status.is_some_and(|s| s == 408 || s == 429 || s >= 500);
         match error {
             RequestTokenError::ServerResponse(resp) => {
-                let code = resp.error().as_ref().to_string();
+                // The server's words are printed, stored and passed to hooks: bounded and clean.
+                let code = clean(resp.error().as_ref(), ERROR_CODE_MAX);
                 let description = resp
                     .error_description()
-                    .map(|d| d.lines().next().unwrap_or_default().trim().to_string());
+                    .map(|d| clean(d.lines().next().unwrap_or_default().trim(), SERVER_TEXT_MAX));
                 let said = match &description {
                     Some(d) => format!("{code}: {d}"),
                     None => code.clone(),
@@ -180,12 +160,7 @@ impl<'a> Refresher<'a> {
                 } else {
                     format!("the request to {url} failed")
                 };
-                // Skip oauth2's wrapper: its text only repeats "client error".
-                let source: BoxError = match e {
-                    oauth2::HttpClientError::Reqwest(inner) => inner,
-                    other => Box::new(other),
-                };
-                self.transient(reason, Some(source))
+                self.transient(reason, Some(super::http::cause(e)))
             }
             RequestTokenError::Parse(e, _body) => {
                 let reason =

@@ -249,7 +249,11 @@ impl<'a, S: TokenStore> TokenSource<'a, S> {
         r: Refreshed,
         now: u64,
     ) -> StoredToken {
-        let lifetime = r.expires_in.unwrap_or(DEFAULT_LIFETIME).as_secs();
+        let lifetime = r
+            .expires_in
+            .unwrap_or(DEFAULT_LIFETIME)
+            .min(super::http::MAX_LIFETIME)
+            .as_secs();
         let rotated = r.refresh_token.filter(|t| !t.is_empty());
         let kept_age = previous
             .filter(|p| p.refresh_token == used)

@@ -111,7 +111,12 @@ impl TestEnv {
 
     /// A command for the real binary with this environment (and nothing inherited that matters).
     pub fn cmd(&self, args: &[&str]) -> Command {
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_mailpilot"));
+        self.cmd_via(env!("CARGO_BIN_EXE_mailpilot"), args)
+    }
+
+    /// `program args…` with this environment.
+    fn cmd_via(&self, program: &str, args: &[&str]) -> Command {
+        let mut cmd = Command::new(program);
         cmd.args(args)
             .env_clear()
             .env("PATH", std::env::var_os("PATH").unwrap_or_default())
@@ -144,6 +149,32 @@ impl TestEnv {
             .write_all(input.as_bytes())
             .expect("write stdin");
         Run::from(child.wait_with_output().expect("wait mailpilot"))
+    }
+
+    /// Runs the binary to completion under a Python parent that reports the child's peak
+    /// resident memory (`getrusage(RUSAGE_CHILDREN)`); returns the run and that peak in KiB.
+    pub fn run_measured(&self, args: &[&str], vars: &[(&str, &str)]) -> (Run, u64) {
+        const SCRIPT: &str = "import resource, subprocess, sys\n\
+r = subprocess.run(sys.argv[1:], stdin=subprocess.DEVNULL, capture_output=True)\n\
+sys.stdout.buffer.write(r.stdout)\n\
+sys.stderr.buffer.write(r.stderr)\n\
+sys.stderr.write('\\nMAXRSS_KIB=%d\\n' % resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)\n\
+sys.exit(r.returncode if r.returncode >= 0 else 128 - r.returncode)\n";
+        let mut argv = vec!["-c", SCRIPT, env!("CARGO_BIN_EXE_mailpilot")];
+        argv.extend_from_slice(args);
+        let mut cmd = self.cmd_via("python3", &argv);
+        cmd.envs(vars.iter().copied());
+        let mut run = Run::from(
+            cmd.output()
+                .expect("run python3 (install it with scripts/install-test-deps.sh)"),
+        );
+        let (stderr, rss) = run
+            .stderr
+            .rsplit_once("\nMAXRSS_KIB=")
+            .map(|(e, r)| (e.to_string(), r.trim().parse::<u64>().unwrap_or(u64::MAX)))
+            .expect("the measuring parent reports MAXRSS_KIB");
+        run.stderr = stderr;
+        (run, rss)
     }
 
     /// Runs the binary to completion.

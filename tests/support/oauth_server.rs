@@ -35,6 +35,10 @@ pub enum Fault {
     Reset,
     /// 400 `invalid_grant` with a description.
     InvalidGrant,
+    /// Answer with this status and JSON body.
+    Json(u16, String),
+    /// 200 with a JSON-looking body of this many bytes, streamed (a hostile or broken server).
+    Huge(usize),
 }
 
 /// Per-user behaviour, so tests sharing one server (and one Dovecot) stay independent.
@@ -473,6 +477,24 @@ fn respond(mut conn: &TcpStream, status: u16, content_type: &str, body: &str) {
     let _ = conn.flush();
 }
 
+fn respond_huge(mut conn: &TcpStream, size: usize) {
+    let _ = write!(
+        conn,
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{{\"access_token\":\"",
+        size
+    );
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut sent = "{\"access_token\":\"".len();
+    while sent < size {
+        let n = chunk.len().min(size - sent);
+        if conn.write_all(&chunk[..n]).is_err() {
+            return;
+        }
+        sent += n;
+    }
+    let _ = conn.flush();
+}
+
 fn json(conn: &TcpStream, status: u16, value: serde_json::Value) {
     respond(conn, status, "application/json", &value.to_string());
 }
@@ -709,6 +731,8 @@ fn token(conn: &TcpStream, state: &Mutex<State>, req: &Request, form: HashMap<St
         Fault::Hang(d) => return thread::sleep(d),
         Fault::Garbage => return respond(conn, 200, "application/json", "<html>this is not json"),
         Fault::Reset => return,
+        Fault::Json(status, body) => return respond(conn, status, "application/json", &body),
+        Fault::Huge(size) => return respond_huge(conn, size),
         Fault::InvalidGrant => {
             return json(
                 conn,

@@ -3,8 +3,9 @@
 use anyhow::{bail, Context, Result};
 
 use crate::cli::Ctx;
-use crate::error::AuthError;
+use crate::error::{clean, AuthError, SERVER_TEXT_MAX};
 use crate::exit::Exit;
+use crate::oauth::http::{self, Endpoint};
 use crate::oauth::TokenStore;
 
 /// Revokes the grant at the provider's revocation endpoint (Google has one) and deletes the
@@ -34,23 +35,21 @@ impl Args {
                 account.name
             );
         };
-        let http = crate::oauth::refresh::http_client(account)?;
-        let response = http
-            .post(url)
-            .form(&[("token", token.refresh_token.expose())])
-            .send()
-            .await
-            .map_err(|e| AuthError::Transient {
-                account: account.name.clone(),
-                reason: format!("the request to {url} failed"),
-                source: Some(Box::new(e)),
-            })?;
-        let status = response.status();
-        if !status.is_success() {
-            let body = response.text().await.unwrap_or_default();
+        let endpoint = Endpoint::new(account)?;
+        let form = [("token", token.refresh_token.expose())];
+        let (status, body) =
+            endpoint
+                .post_form(url, &form)
+                .await
+                .map_err(|e| AuthError::Transient {
+                    account: account.name.clone(),
+                    reason: format!("the request to {url} failed"),
+                    source: Some(http::cause(e)),
+                })?;
+        if !(200..300).contains(&status) {
             bail!(
                 "{url} refused to revoke the grant (HTTP {status}): {}",
-                body.lines().next().unwrap_or_default()
+                clean(body.lines().next().unwrap_or_default(), SERVER_TEXT_MAX)
             );
         }
         store
