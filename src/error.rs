@@ -266,6 +266,14 @@ pub enum ConfigError {
         /// The path looked at.
         path: PathBuf,
     },
+    /// The path is not a configuration file mailpilot will read (a FIFO, a device, too large).
+    #[error("configuration file {} cannot be used: {reason}", path.display())]
+    Unusable {
+        /// The path.
+        path: PathBuf,
+        /// Why not.
+        reason: String,
+    },
     /// The file has problems; all of them are listed.
     #[error("invalid configuration in {} ({} problem{})", path.display(), problems.len(), if problems.len() == 1 { "" } else { "s" })]
     Invalid {
@@ -295,6 +303,9 @@ impl ConfigError {
                 path.display()
             )),
             ConfigError::Invalid { .. } => None,
+            ConfigError::Unusable { .. } => {
+                Some("point --config (or $MAILPILOT_CONFIG) at a regular TOML file".into())
+            }
             ConfigError::UnknownAccount { known, .. } if known.is_empty() => {
                 Some("add an [accounts.NAME] table to the configuration".into())
             }

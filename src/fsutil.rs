@@ -3,7 +3,7 @@
 //! and reading a file that may not exist.
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{ErrorKind, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::time::Duration;
@@ -120,14 +120,43 @@ pub async fn wait_for_lock<L>(
     }
 }
 
-/// The contents of `path`, or `None` when there is no such file.
+/// The contents of the regular file `path`, at most `max` bytes. Anything else — a FIFO (which
+/// would block), a device (`/dev/zero` never ends), a directory — is refused before it is opened.
+///
+/// # Errors
+/// The file is missing, not a regular file, unreadable, or larger than `max`, naming the path.
+pub fn read_limited(path: &Path, max: u64) -> Result<Vec<u8>> {
+    let meta = fs::metadata(path).with_context(|| format!("failed to read {}", path.display()))?;
+    if !meta.is_file() {
+        anyhow::bail!("{} is not a regular file", path.display());
+    }
+    let mut bytes = Vec::new();
+    File::open(path)
+        .and_then(|f| f.take(max + 1).read_to_end(&mut bytes))
+        .with_context(|| format!("failed to read {}", path.display()))?;
+    if bytes.len() as u64 > max {
+        anyhow::bail!(
+            "{} is larger than {} KiB; refusing to read it",
+            path.display(),
+            max / 1024
+        );
+    }
+    Ok(bytes)
+}
+
+/// The contents of the small state file `path` (at most [`MAX_STATE_FILE`]), or `None` when there
+/// is no such file.
 ///
 /// # Errors
 /// Any other read failure, naming the path.
 pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
-    match fs::read(path) {
-        Ok(bytes) => Ok(Some(bytes)),
+    match fs::symlink_metadata(path) {
+        Ok(_) => read_limited(path, MAX_STATE_FILE).map(Some),
         Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e).with_context(|| format!("failed to read {}", path.display())),
     }
 }
+
+/// The largest small state file read (tokens, checkpoints, job records): they are a few hundred
+/// bytes.
+pub const MAX_STATE_FILE: u64 = 1024 * 1024;

@@ -11,7 +11,7 @@ use anyhow::Result;
 use futures_util::TryStreamExt;
 
 use crate::config::{Account, Protocol, Server, Tls};
-use crate::error::{BoxError, ServerError};
+use crate::error::{clean, error_text, BoxError, ServerError, SERVER_TEXT_MAX};
 use crate::mail_auth::{self, Login, LoginFailure};
 use crate::net::{self, Stream, COMMAND_TIMEOUT};
 use crate::oauth::{TokenSource, TokenStore};
@@ -88,7 +88,8 @@ async fn timed<T, E: std::error::Error + Send + Sync + 'static>(
     .await
 }
 
-/// NO and BAD replies are permanent for the operation; network trouble is transient.
+/// NO and BAD replies are permanent for the operation; network trouble is transient. The
+/// server's words are cleaned and cut before they reach a message.
 fn classify(server: &str, what: &str, e: BoxError) -> ServerError {
     let permanent = matches!(
         e.downcast_ref::<async_imap::error::Error>(),
@@ -98,11 +99,33 @@ fn classify(server: &str, what: &str, e: BoxError) -> ServerError {
                 | async_imap::error::Error::Validate(_)
         )
     );
+    let text = describe(e.as_ref());
     if permanent {
-        ServerError::failed(server, format!("{what} failed: {e}"))
+        ServerError::failed(server, format!("{what} failed: {text}"))
     } else {
-        ServerError::transient(server, format!("{what} failed")).with_source(e)
+        ServerError::transient(server, format!("{what} failed")).with_source(text)
     }
+}
+
+/// An IMAP error as a person can read it: a response that would not parse is shown as the text
+/// the server sent (async-imap prints it as a list of byte values), and everything is cleaned of
+/// control characters and cut to [`SERVER_TEXT_MAX`].
+fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    let text = error_text(e);
+    let Some(start) = text.find("input: [") else {
+        return clean(&text, SERVER_TEXT_MAX);
+    };
+    let list = &text[start + "input: [".len()..];
+    let list = &list[..list.find(']').unwrap_or(list.len())];
+    let bytes: Vec<u8> = list
+        .split(',')
+        .filter_map(|b| b.trim().parse::<u8>().ok())
+        .take(SERVER_TEXT_MAX)
+        .collect();
+    format!(
+        "the server sent something that is not IMAP: \"{}\"",
+        clean(&String::from_utf8_lossy(&bytes), 200)
+    )
 }
 
 impl Imap {
@@ -471,12 +494,15 @@ async fn authenticate(
         async_imap::error::Error::No(text) if text.contains("[UNAVAILABLE]") => {
             Err(LoginFailure::Other(ServerError::transient(
                 name,
-                format!("the server could not check the token now: {text}"),
+                format!(
+                    "the server could not check the token now: {}",
+                    clean(&text, SERVER_TEXT_MAX)
+                ),
             )))
         }
         async_imap::error::Error::No(text) => Err(LoginFailure::Rejected {
             challenge: decoded,
-            reply: text,
+            reply: clean(&text, SERVER_TEXT_MAX),
         }),
         other => Err(LoginFailure::Other(classify(
             name,

@@ -62,7 +62,7 @@ impl Output {
     /// An informational message on stderr (suppressed by `-q`).
     pub fn info(&self, message: &str) {
         if !self.quiet {
-            eprintln!("{message}");
+            eprintln!("{}", printable(message));
         }
     }
 
@@ -93,7 +93,21 @@ impl Output {
 
     /// A warning on stderr (always shown).
     pub fn warn(&self, message: &str) {
-        eprintln!("warning: {message}");
+        eprintln!("warning: {}", printable(message));
+    }
+}
+
+/// `text` without control characters other than line breaks and tabs: the last guard before a
+/// terminal, for text that may carry a server's words (terminal escapes, NUL).
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let unsafe_char = |c: char| c.is_control() && c != '\n' && c != '\t';
+    if text.chars().any(unsafe_char) {
+        text.chars()
+            .filter(|c| !unsafe_char(*c))
+            .collect::<String>()
+            .into()
+    } else {
+        text.into()
     }
 }
 
@@ -121,13 +135,20 @@ pub fn error_report(err: &anyhow::Error) -> Vec<String> {
 pub fn report_error(err: &anyhow::Error) {
     let mut stderr = io::stderr().lock();
     for line in error_report(err) {
-        let _ = writeln!(stderr, "{line}");
+        let _ = writeln!(stderr, "{}", printable(&line));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Terminal escapes never reach stderr through the output module.
+    #[test]
+    fn printable_drops_escapes() {
+        assert_eq!(printable("a\x1b[2Jb\n\tc\0"), "a[2Jb\n\tc");
+        assert!(matches!(printable("plain"), std::borrow::Cow::Borrowed(_)));
+    }
 
     /// Causes that repeat the previous line are dropped; hints come last.
     #[test]

@@ -9,6 +9,7 @@ use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
 
 use crate::config::Mechanism;
+use crate::error::{clean, SERVER_TEXT_MAX};
 use crate::secret::Secret;
 
 /// The base64 initial response for `mechanism`.
@@ -53,6 +54,9 @@ pub fn cancel_reply_raw(mechanism: Mechanism) -> &'static [u8] {
     }
 }
 
+/// The most of one field of an error challenge that is kept.
+const FIELD_MAX: usize = 200;
+
 /// A server's reason for refusing a token: the base64 JSON error challenge (`334 <b64>` in SMTP,
 /// `+ <b64>` in IMAP), e.g. `{"status":"401","schemes":"bearer","scope":"https://mail.google.com/"}`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,9 +81,10 @@ impl Rejection {
     /// Reads an already base64-decoded challenge.
     pub fn parse(bytes: &[u8]) -> Rejection {
         let text = String::from_utf8_lossy(bytes).into_owned();
+        // The server's words end up in messages: cleaned and cut.
         let field = |v: &serde_json::Value, k: &str| match v.get(k) {
-            Some(serde_json::Value::String(s)) => Some(s.clone()),
-            Some(other) if !other.is_null() => Some(other.to_string()),
+            Some(serde_json::Value::String(s)) => Some(clean(s, FIELD_MAX)),
+            Some(other) if !other.is_null() => Some(clean(&other.to_string(), FIELD_MAX)),
             _ => None,
         };
         match serde_json::from_str::<serde_json::Value>(&text) {
@@ -93,7 +98,7 @@ impl Rejection {
                 status: None,
                 schemes: None,
                 scope: None,
-                other: Some(text),
+                other: Some(clean(&text, SERVER_TEXT_MAX)),
             },
         }
     }

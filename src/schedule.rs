@@ -13,6 +13,7 @@ use chrono::{DateTime, Local, TimeZone};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Job, Schedule};
+use crate::error::clean;
 
 /// The last run of a job, as remembered in `jobs/NAME.json`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -104,7 +105,12 @@ pub fn local_time(unix: u64) -> String {
         )
 }
 
-/// Runs a job's `on_failure` command with the failure in its environment.
+/// The most of an error report passed to `on_failure` in `MAILPILOT_ERROR`: a server's 1 MB error
+/// text would exceed the kernel's limit for one variable and the hook would never start.
+const HOOK_ERROR_MAX: usize = 8192;
+
+/// Runs a job's `on_failure` command with the failure in its environment (one line, bounded,
+/// without control characters).
 pub async fn on_failure(job: &Job, command: &str, exit_code: u8, error: &str) {
     let result = tokio::time::timeout(
         Duration::from_secs(60),
@@ -113,7 +119,7 @@ pub async fn on_failure(job: &Job, command: &str, exit_code: u8, error: &str) {
             .arg(command)
             .env("MAILPILOT_JOB", &job.name)
             .env("MAILPILOT_EXIT_CODE", exit_code.to_string())
-            .env("MAILPILOT_ERROR", error.replace(['\r', '\n'], " "))
+            .env("MAILPILOT_ERROR", clean(error, HOOK_ERROR_MAX))
             .stdin(Stdio::null())
             .status(),
     )

@@ -16,7 +16,7 @@ use lettre::transport::smtp::extension::ClientId;
 use lettre::transport::smtp::response::Response;
 
 use crate::config::{Account, Protocol, Server, Tls};
-use crate::error::ServerError;
+use crate::error::{clean, ServerError, SERVER_TEXT_MAX};
 use crate::mail_auth::{self, Login, LoginFailure};
 use crate::net::{self, COMMAND_TIMEOUT, CONNECT_TIMEOUT};
 use crate::oauth::{TokenSource, TokenStore};
@@ -132,11 +132,13 @@ async fn timed<T>(
 
 /// 4xx and network trouble are transient; 5xx and TLS failures are not.
 fn classify(server: &str, what: &str, e: lettre::transport::smtp::Error) -> ServerError {
+    // lettre's text carries the server's reply: cleaned and cut before it reaches a message.
+    let said = || clean(&e.to_string(), SERVER_TEXT_MAX);
     if e.is_permanent() {
-        return ServerError::failed(server, format!("{what} failed: {e}"));
+        return ServerError::failed(server, format!("{what} failed: {}", said()));
     }
     if e.is_transient() {
-        return ServerError::transient(server, format!("{what} failed: {e}"));
+        return ServerError::transient(server, format!("{what} failed: {}", said()));
     }
     if let Some(tls) = tls_failure(&e) {
         return net::handshake_failed(server, what, &tls);
@@ -265,7 +267,7 @@ async fn authenticate(
         Err(AuthReply::Negative(e)) => {
             return Err(LoginFailure::Rejected {
                 challenge: None,
-                reply: e.to_string(),
+                reply: clean(&e.to_string(), SERVER_TEXT_MAX),
             })
         }
         Err(AuthReply::Failed(e)) => return Err(LoginFailure::Other(e)),
@@ -277,7 +279,7 @@ async fn authenticate(
         Err(AuthReply::Negative(e)) if e.is_transient() => Err(cannot_check_now(name, &e)),
         Err(AuthReply::Negative(e)) => Err(LoginFailure::Rejected {
             challenge,
-            reply: e.to_string(),
+            reply: clean(&e.to_string(), SERVER_TEXT_MAX),
         }),
         Err(AuthReply::Failed(e)) => Err(LoginFailure::Other(e)),
         Ok(r) => Err(LoginFailure::Rejected {
@@ -291,7 +293,10 @@ async fn authenticate(
 fn cannot_check_now(name: &str, e: &lettre::transport::smtp::Error) -> LoginFailure {
     LoginFailure::Other(ServerError::transient(
         name,
-        format!("the server could not check the token now: {e}"),
+        format!(
+            "the server could not check the token now: {}",
+            clean(&e.to_string(), SERVER_TEXT_MAX)
+        ),
     ))
 }
 
@@ -326,7 +331,8 @@ async fn command(
 
 /// A reply as one line of text: `250 2.0.0 Ok: queued as 4F1`.
 pub fn reply_text(r: &Response) -> String {
-    format!("{} {}", r.code(), r.message().collect::<Vec<_>>().join(" "))
+    let text = format!("{} {}", r.code(), r.message().collect::<Vec<_>>().join(" "));
+    clean(&text, SERVER_TEXT_MAX)
 }
 
 /// Sends one message over a new session and returns the server's final reply.

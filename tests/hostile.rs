@@ -2,6 +2,9 @@
 //! messages, merge data, flags and files (issue 11). Each test fails without its fix.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::process::Command;
+use std::time::{Duration, Instant};
 
 use crate::support::{Fault, OAuthServer, TestEnv};
 
@@ -89,4 +92,178 @@ fn huge_token_answer_is_cut_off() {
         fs::read(env.token_file("work")).expect("token file"),
         before
     );
+}
+
+/// A `client_secret_cmd` that hangs is stopped after `token_timeout` (exit 75: retry later), and
+/// it no longer holds every other run behind the refresh lock.
+#[test]
+fn hanging_secret_command_times_out() {
+    let server = OAuthServer::start();
+    let env = TestEnv::new();
+    env.config_for(&server, "");
+    env.import(&server);
+    env.write_config(&format!(
+        r#"
+[accounts.work]
+provider = "custom"
+email = "ops@example.com"
+client_id = "test-client"
+client_secret_cmd = "sleep 20; echo {}"
+token_url = "{}"
+token_timeout = "2s"
+"#,
+        server.client_secret(),
+        server.token_url()
+    ));
+    let started = Instant::now();
+    let run = env.run(&["auth", "token", "work", "--force"]);
+    run.expect_code(75);
+    assert!(
+        started.elapsed() < Duration::from_secs(8),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(
+        run.stderr.contains("did not finish within 2s"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// A `client_secret_cmd` that never stops printing (`yes`) is stopped at 64 KiB: exit 1, small.
+#[test]
+fn flooding_secret_command_is_stopped() {
+    let server = OAuthServer::start();
+    let env = TestEnv::new();
+    env.config_for(&server, "");
+    env.import(&server);
+    env.write_config(&format!(
+        r#"
+[accounts.work]
+provider = "custom"
+email = "ops@example.com"
+client_id = "test-client"
+client_secret_cmd = "yes"
+token_url = "{}"
+"#,
+        server.token_url()
+    ));
+    let (run, rss) = env.run_measured(&["auth", "token", "work", "--force"], &[]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("printed more than 64 KiB"),
+        "{}",
+        run.stderr
+    );
+    assert!(rss < FLOOD_RSS_LIMIT_KIB, "peak RSS {rss} KiB");
+}
+
+/// A config path that is a FIFO (which would block) or a device that never ends (`/dev/zero`) is
+/// refused at once with exit 2.
+#[test]
+fn non_regular_config_is_refused() {
+    let env = TestEnv::new();
+    let fifo = env.root().join("config.fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success());
+    for path in [fifo.to_str().expect("utf8"), "/dev/zero"] {
+        let started = Instant::now();
+        let run = env.run(&["--config", path, "config", "check"]);
+        run.expect_code(2);
+        assert!(
+            run.stderr.starts_with(&format!(
+                "error: configuration file {path} cannot be used: it is not a regular file"
+            )),
+            "{}",
+            run.stderr
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+}
+
+/// A token file readable by others is set to 0600 with a warning; one owned by another user is
+/// refused (its grant is not ours to use).
+#[test]
+fn token_file_ownership_and_mode() {
+    let server = OAuthServer::start();
+    let env = TestEnv::new();
+    env.config_for(&server, "");
+    env.import(&server);
+    let file = env.token_file("work");
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).expect("chmod");
+    let run = env.run_with_secret(&server, &["auth", "token", "work"]);
+    run.expect_code(0);
+    assert!(run.stderr.contains("readable by others"), "{}", run.stderr);
+    let mode = fs::metadata(&file).expect("meta").permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    std::os::unix::fs::chown(&file, Some(65534), None)
+        .expect("chown to nobody (the test suite runs as root, as CI does)");
+    let run = env.run_with_secret(&server, &["auth", "token", "work"]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("belongs to user id 65534"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stdout, "");
+}
+
+/// An "access token" with control characters (a terminal escape) is never printed.
+#[test]
+fn token_with_control_characters_is_not_printed() {
+    let server = OAuthServer::start();
+    let env = TestEnv::new();
+    env.config_for(&server, "");
+    env.import(&server);
+    server.set_fault(Fault::Json(
+        200,
+        r#"{"access_token":"at\u001b]0;owned\u0007","token_type":"Bearer","expires_in":3600}"#
+            .into(),
+    ));
+    let run = env.run_with_secret(&server, &["auth", "token", "work", "--force"]);
+    run.expect_code(1);
+    assert_eq!(run.stdout, "");
+    assert!(
+        run.stderr.contains("contains control characters"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// An error description with terminal escapes and a megabyte of text is printed clean and short,
+/// and a job's `on_failure` hook still starts with it in `MAILPILOT_ERROR`.
+#[test]
+fn hostile_error_text_is_cleaned_and_cut() {
+    let server = OAuthServer::start();
+    let env = TestEnv::new();
+    let hook_out = env.root().join("hook");
+    env.config_for(
+        &server,
+        &format!(
+            "\n[accounts.work.smtp]\nhost = \"127.0.0.1\"\nport = 9\ntls = \"none\"\n\n[jobs.j]\nkind = \"send\"\naccount = \"work\"\nto = [\"a@example.com\"]\nsubject = \"s\"\ntext = \"t\"\non_failure = \"printf %s \\\"$MAILPILOT_ERROR\\\" > {}\"\n",
+            hook_out.display()
+        ),
+    );
+    env.import(&server);
+    let description = format!("\u{1b}[2J\u{1b}]0;pwned\u{7}{}", "A".repeat(1_000_000));
+    let body = serde_json::json!({"error": "invalid_grant", "error_description": description});
+    server.set_fault(Fault::Json(400, body.to_string()));
+    let run = env.run_with_secret(&server, &["auth", "token", "work", "--force"]);
+    run.expect_code(77);
+    assert!(!run.stderr.contains('\u{1b}'), "escape printed raw");
+    assert!(
+        run.stderr.len() < 4096,
+        "{} bytes of stderr",
+        run.stderr.len()
+    );
+    assert!(run.stderr.contains("[2J]0;pwnedAAAA"), "{}", run.stderr);
+    // Expire the stored token so the job has to refresh (and meets the same answer).
+    let mut token = env.token_json("work");
+    token["expires_at"] = 1.into();
+    fs::write(env.token_file("work"), token.to_string()).expect("write token");
+    let job = env.run_with_secret(&server, &["run", "j"]);
+    job.expect_code(77);
+    let hook = fs::read_to_string(&hook_out).expect("on_failure ran");
+    assert!(hook.contains("needs authorization"), "{hook}");
+    assert!(hook.len() <= 8192, "{} bytes", hook.len());
 }

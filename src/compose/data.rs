@@ -45,13 +45,23 @@ fn kind(path: &Path) -> Kind {
     }
 }
 
+/// The largest data file read: 100,000 rows of a wide CSV are well under this.
+pub const MAX_DATA_BYTES: u64 = 512 * 1024 * 1024;
+
+/// A data file as text: a regular file (a FIFO or device is refused) of at most
+/// [`MAX_DATA_BYTES`].
+fn read_text(path: &Path) -> Result<String> {
+    let bytes = crate::fsutil::read_limited(path, MAX_DATA_BYTES)
+        .with_context(|| format!("failed to read data file {}", path.display()))?;
+    String::from_utf8(bytes).with_context(|| format!("data file {} is not UTF-8", path.display()))
+}
+
 /// Reads all rows of `path` (by extension: `.csv`, `.jsonl`/`.ndjson`, else JSON).
 ///
 /// # Errors
 /// The file is unreadable or malformed (the message names file and line).
 pub fn load(path: &Path) -> Result<Vec<Row>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("failed to read data file {}", path.display()))?;
+    let text = read_text(path)?;
     match kind(path) {
         Kind::Csv => csv_rows(&text, path),
         Kind::Jsonl => jsonl_rows(&text, path),
@@ -64,8 +74,7 @@ pub fn load(path: &Path) -> Result<Vec<Row>> {
 /// # Errors
 /// The file is unreadable or not a JSON object.
 pub fn load_object(path: &Path) -> Result<Map<String, Value>> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("failed to read data file {}", path.display()))?;
+    let text = read_text(path)?;
     match serde_json::from_str(&text)
         .with_context(|| format!("data file {} is not valid JSON", path.display()))?
     {

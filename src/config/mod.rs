@@ -6,22 +6,21 @@
 
 mod provider;
 pub mod raw;
+mod secrets;
 mod spelled;
 mod validate;
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 
 pub use provider::{Provider, ServerPreset};
+pub use secrets::{SecretSource, MAX_SECRET_BYTES};
 pub use spelled::{ClientAuth, JobKind, Mechanism, Protocol, ProviderKind, Spelled, Tls};
 
 use crate::error::{ConfigError, Problem, UsageError};
-use crate::secret::Secret;
 
 /// A validated configuration.
 #[derive(Debug, Clone)]
@@ -122,18 +121,8 @@ pub struct Server {
     pub mechanism: Mechanism,
 }
 
-/// Where a client secret comes from.
-#[derive(Debug, Clone)]
-pub enum SecretSource {
-    /// Written in the config file (which must not be world-readable).
-    Inline(Secret),
-    /// An environment variable.
-    Env(String),
-    /// A file; a trailing newline is dropped.
-    File(PathBuf),
-    /// A shell command whose stdout is the secret.
-    Cmd(String),
-}
+/// The largest configuration file read: real ones are a few KB.
+pub const MAX_CONFIG_BYTES: u64 = 1024 * 1024;
 
 impl Config {
     /// Reads and validates the configuration file at `path`.
@@ -142,8 +131,12 @@ impl Config {
     /// [`ConfigError::NotFound`] or [`ConfigError::Invalid`] (with every problem), or an I/O error
     /// with the file's path.
     pub fn load(path: &Path) -> Result<Config> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(text) => text,
+        let unusable = |reason: &str| ConfigError::Unusable {
+            path: path.to_path_buf(),
+            reason: reason.to_string(),
+        };
+        let meta = match std::fs::metadata(path) {
+            Ok(meta) => meta,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(ConfigError::NotFound {
                     path: path.to_path_buf(),
@@ -156,6 +149,20 @@ impl Config {
                 })
             }
         };
+        // A FIFO would block the read forever, a device (/dev/zero) never end.
+        if !meta.is_file() {
+            return Err(unusable("it is not a regular file").into());
+        }
+        if meta.len() > MAX_CONFIG_BYTES {
+            return Err(unusable(&format!(
+                "it is larger than {} KiB",
+                MAX_CONFIG_BYTES / 1024
+            ))
+            .into());
+        }
+        let bytes = crate::fsutil::read_limited(path, MAX_CONFIG_BYTES)
+            .with_context(|| format!("failed to read configuration file {}", path.display()))?;
+        let text = String::from_utf8(bytes).map_err(|_| unusable("it is not UTF-8 text"))?;
         let world_readable = file_mode(path)? & 0o004 != 0;
         validate::parse(&text, path, world_readable).map_err(|problems| {
             ConfigError::Invalid {
@@ -215,67 +222,4 @@ fn file_mode(path: &Path) -> Result<u32> {
     let meta = std::fs::metadata(path)
         .with_context(|| format!("failed to read metadata of {}", path.display()))?;
     Ok(meta.permissions().mode())
-}
-
-impl SecretSource {
-    /// Says where the secret comes from, without showing it.
-    pub fn describe(&self) -> String {
-        match self {
-            SecretSource::Inline(_) => "inline in the config file [redacted]".into(),
-            SecretSource::Env(var) => {
-                let state = if std::env::var_os(var).is_some() {
-                    "set"
-                } else {
-                    "NOT SET"
-                };
-                format!("environment variable {var} ({state})")
-            }
-            SecretSource::File(path) => format!("file {}", path.display()),
-            SecretSource::Cmd(cmd) => format!("command `{cmd}`"),
-        }
-    }
-
-    /// Produces the secret. `what` names it in errors (`client secret of account "work"`).
-    ///
-    /// # Errors
-    /// The variable is unset, the file unreadable, the command fails, or the result is empty.
-    pub fn resolve(&self, what: &str) -> Result<Secret> {
-        let value = match self {
-            SecretSource::Inline(secret) => secret.expose().to_string(),
-            SecretSource::Env(var) => std::env::var(var).with_context(|| {
-                format!("failed to read the {what} from environment variable {var}")
-            })?,
-            SecretSource::File(path) => std::fs::read_to_string(path)
-                .with_context(|| format!("failed to read the {what} from {}", path.display()))?,
-            SecretSource::Cmd(cmd) => run_secret_cmd(cmd)
-                .with_context(|| format!("failed to get the {what} from command `{cmd}`"))?,
-        };
-        let value = value.trim_end_matches(['\r', '\n']);
-        if value.is_empty() {
-            bail!("the {what} is empty ({})", self.describe());
-        }
-        Ok(Secret::new(value))
-    }
-}
-
-fn run_secret_cmd(cmd: &str) -> Result<String> {
-    let mut child = Command::new("sh")
-        .arg("-c")
-        .arg(cmd)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .context("failed to start sh")?;
-    let mut out = String::new();
-    if let Some(mut stdout) = child.stdout.take() {
-        stdout
-            .read_to_string(&mut out)
-            .context("failed to read the command's output")?;
-    }
-    let status = child.wait().context("failed to wait for the command")?;
-    if !status.success() {
-        bail!("the command exited with {status}");
-    }
-    Ok(out)
 }

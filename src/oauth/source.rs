@@ -17,7 +17,7 @@ use anyhow::Result;
 use super::{login_command, LastError, Refreshed, Refresher, StoredToken, TokenStore};
 use crate::clock::Clock;
 use crate::config::Account;
-use crate::error::AuthError;
+use crate::error::{AuthError, TimedOut};
 use crate::secret::Secret;
 
 /// How often a waiting process retries the lock.
@@ -158,23 +158,38 @@ impl<'a, S: TokenStore> TokenSource<'a, S> {
         Ok(token)
     }
 
-    /// The client secret, resolved now (public clients have none).
+    /// The client secret, resolved now (public clients have none); a command gets the account's
+    /// `token_timeout`.
     ///
     /// # Errors
-    /// [`AuthError::Failed`] when the configured source cannot produce it.
+    /// [`AuthError::Transient`] when a secret command timed out, [`AuthError::Failed`] when the
+    /// configured source cannot produce it.
     pub fn client_secret(&self) -> Result<Option<Secret>, AuthError> {
-        match &self.account.client_secret {
-            Some(source) => source
-                .resolve(&format!("client secret of account \"{}\"", self.account.name))
-                .map(Some)
-                .map_err(|e| AuthError::Failed {
-                    account: self.account.name.clone(),
-                    reason: "the client secret is unavailable".into(),
-                    hint: Some("check client_secret_env / client_secret_file / client_secret_cmd (`mailpilot config check`)".into()),
-                    source: Some(e.into()),
-                }),
-            None => Ok(None),
-        }
+        let Some(source) = &self.account.client_secret else {
+            return Ok(None);
+        };
+        let what = format!("client secret of account \"{}\"", self.account.name);
+        source
+            .resolve(&what, self.account.token_timeout)
+            .map(Some)
+            .map_err(|e| {
+                let timed_out = e.chain().any(|c| c.is::<TimedOut>());
+                let reason = "the client secret is unavailable".to_string();
+                if timed_out {
+                    AuthError::Transient {
+                        account: self.account.name.clone(),
+                        reason,
+                        source: Some(e.into()),
+                    }
+                } else {
+                    AuthError::Failed {
+                        account: self.account.name.clone(),
+                        reason,
+                        hint: Some("check client_secret_env / client_secret_file / client_secret_cmd (`mailpilot config check`)".into()),
+                        source: Some(e.into()),
+                    }
+                }
+            })
     }
 
     fn load_required(&self) -> Result<StoredToken> {

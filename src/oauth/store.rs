@@ -153,6 +153,47 @@ fn remove_optional(path: &Path) -> Result<bool> {
     }
 }
 
+/// Whether the token file exists, after making sure it is safe to use: a regular file (not a
+/// link), owned by the user running mailpilot (another user's grant is refused), and readable by
+/// nobody else (a looser mode is tightened to 0600, with a warning).
+///
+/// # Errors
+/// Not a regular file, owned by another user, or its mode cannot be fixed.
+fn check_token_file(path: &Path) -> Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let meta = match fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(false),
+        Err(e) => return Err(e).with_context(|| format!("failed to read {}", path.display())),
+    };
+    if !meta.is_file() {
+        bail!(
+            "token file {} is not a regular file; refusing to use it",
+            path.display()
+        );
+    }
+    // The owner of /proc/self is the user this process runs as.
+    if let Ok(me) = fs::metadata("/proc/self").map(|m| m.uid()) {
+        if meta.uid() != me {
+            bail!(
+                "token file {} belongs to user id {}, not to the user running mailpilot ({me}); refusing to use another user's grant (run mailpilot as that user)",
+                path.display(),
+                meta.uid()
+            );
+        }
+    }
+    let mode = meta.mode() & 0o777;
+    if mode & 0o077 != 0 {
+        fs::set_permissions(path, fs::Permissions::from_mode(0o600))
+            .with_context(|| format!("failed to set mode 0600 on {}", path.display()))?;
+        tracing::warn!(
+            file = %path.display(),
+            "token file was readable by others (mode {mode:o}); set it to 0600"
+        );
+    }
+    Ok(true)
+}
+
 /// Parses a token file, checking its version before its shape so a newer format gets the right
 /// message.
 fn parse_token_file(bytes: &[u8], path: &Path, account: &str) -> Result<StoredToken> {
@@ -199,6 +240,9 @@ impl TokenStore for FileStore {
 
     fn load(&self, account: &str) -> Result<Option<StoredToken>> {
         let path = self.token_path(account);
+        if !check_token_file(&path)? {
+            return Ok(None);
+        }
         read_optional(&path)?
             .map(|bytes| parse_token_file(&bytes, &path, account))
             .transpose()

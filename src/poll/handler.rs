@@ -11,6 +11,7 @@ use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 
 use super::{Handler, Sink};
+use crate::error::clean;
 use crate::output::JSON_SCHEMA_VERSION;
 
 /// One fetched message and where it came from.
@@ -25,7 +26,14 @@ pub(super) struct Fetched<'m> {
     pub uid: u32,
     /// The raw RFC 5322 bytes.
     pub raw: &'m [u8],
+    /// The environment variable holding the account's client secret, which an `--exec` command
+    /// must not inherit.
+    pub secret_env: Option<&'m str>,
 }
+
+/// The most of one header value passed to `--exec` in a variable: enough for any real subject or
+/// address list, far below the kernel's limit for one variable (128 KiB).
+const ENV_VALUE_MAX: usize = 4096;
 
 /// A message as `poll` prints it (schema version 1).
 #[derive(Debug, Serialize)]
@@ -185,7 +193,9 @@ async fn exec(
     cmd: &str,
 ) -> Result<()> {
     let uid = message.uid;
-    let one_line = |s: String| s.replace(['\r', '\n'], " ");
+    // Values come from the message: no NUL (it cannot be passed), no line breaks or terminal
+    // escapes, bounded.
+    let one_line = |s: String| clean(&s, ENV_VALUE_MAX);
     let header = |value: Option<&str>| value.unwrap_or_default().to_string();
     let env = [
         ("MAILPILOT_ACCOUNT", message.account.to_string()),
@@ -216,11 +226,16 @@ async fn exec(
                 .unwrap_or_default(),
         ),
     ];
-    let mut child = tokio::process::Command::new("sh")
+    let mut command = tokio::process::Command::new("sh");
+    command
         .arg("-c")
         .arg(cmd)
         .envs(env.into_iter().map(|(k, v)| (k, one_line(v))))
-        .stdin(Stdio::piped())
+        .stdin(Stdio::piped());
+    if let Some(var) = message.secret_env {
+        command.env_remove(var);
+    }
+    let mut child = command
         .spawn()
         .with_context(|| format!("failed to start `{cmd}`"))?;
     if let Some(mut stdin) = child.stdin.take() {

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::Account;
+use crate::config::{Account, SecretSource};
 use crate::error::UsageError;
 use crate::imap::{Imap, Selected};
 use crate::oauth::{TokenSource, TokenStore};
@@ -296,6 +296,10 @@ impl<'a, S: TokenStore> Poller<'a, S> {
                 uidvalidity: checkpoint.uidvalidity,
                 uid,
                 raw: &raw,
+                secret_env: match &self.account.client_secret {
+                    Some(SecretSource::Env(var)) => Some(var),
+                    _ => None,
+                },
             };
             handler::handle(&message, &options.handler, self.sink)
                 .await

@@ -451,6 +451,11 @@ shlib_directory = /usr/lib/postfix
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
+    /// Saves `message` (raw RFC 5322, crafted by a test) into `mailbox` of `user`.
+    pub fn deliver_raw(&self, user: &str, mailbox: &str, message: &[u8]) {
+        self.doveadm(&["save", "-u", user, "-m", mailbox], Some(message));
+    }
+
     /// Stores a message with `subject` into `user`'s `mailbox` (as delivery would).
     pub fn deliver(&self, user: &str, mailbox: &str, subject: &str) {
         let msg = format!(

@@ -94,6 +94,14 @@ impl Args {
                 refreshed: obtained.refreshed,
             })?;
         } else {
+            // A token is printable ASCII; control characters from a hostile endpoint would reach
+            // the terminal or the program reading this line.
+            if secret.expose().chars().any(char::is_control) {
+                anyhow::bail!(
+                    "the access token of account \"{}\" contains control characters; refusing to print it (the token endpoint answered something that is not a token)",
+                    account.name
+                );
+            }
             ctx.out.secret(&secret)?;
         }
         Ok(Exit::Success)
