@@ -75,6 +75,41 @@ impl async_imap::Authenticator for OAuthAuthenticator {
     }
 }
 
+/// Checks that `flag` is an IMAP flag or keyword (RFC 3501 `flag`): an optional `\` and an atom —
+/// printable ASCII without space, `(){%*"\]`. Anything else would be written into a command
+/// unquoted (a CR/LF would start a second command).
+///
+/// # Errors
+/// What is wrong with it.
+pub fn check_flag(flag: &str) -> Result<(), String> {
+    let atom = flag.strip_prefix('\\').unwrap_or(flag);
+    let bad = |c: char| !c.is_ascii_graphic() || "(){%*\"\\]".contains(c);
+    match atom.chars().find(|c| bad(*c)) {
+        _ if atom.is_empty() => Err(format!("{flag:?} is not an IMAP flag (empty)")),
+        Some(c) => Err(format!(
+            "{flag:?} is not an IMAP flag or keyword: {c:?} is not allowed (use letters, digits and -_.$, or a system flag such as \\Flagged)"
+        )),
+        None => Ok(()),
+    }
+}
+
+/// Checks that IMAP SEARCH `criteria` hold no control characters: they are sent as written (so
+/// that `FROM "a@x"` works), and a CR/LF would end the command and start another.
+///
+/// # Errors
+/// What is wrong with them.
+pub fn check_search(criteria: &str) -> Result<(), String> {
+    if criteria.chars().any(char::is_control) {
+        return Err(format!(
+            "{criteria:?}: search criteria may not contain control characters (line breaks, NUL)"
+        ));
+    }
+    if criteria.trim().is_empty() {
+        return Err("empty search criteria".into());
+    }
+    Ok(())
+}
+
 /// Runs `fut` with a timeout, classifying its error.
 async fn timed<T, E: std::error::Error + Send + Sync + 'static>(
     limit: Duration,
@@ -202,6 +237,9 @@ impl Imap {
         after: u32,
         criteria: Option<&str>,
     ) -> Result<Vec<u32>, ServerError> {
+        if let Some(c) = criteria {
+            check_search(c).map_err(|e| ServerError::failed(&self.server, e))?;
+        }
         let query = match criteria {
             Some(c) => format!("UID {}:* {c}", after.saturating_add(1)),
             None => format!("UID {}:*", after.saturating_add(1)),
@@ -247,6 +285,7 @@ impl Imap {
     /// # Errors
     /// The server refuses or the network fails.
     pub async fn add_flag(&mut self, uid: u32, flag: &str) -> Result<(), ServerError> {
+        check_flag(flag).map_err(|e| ServerError::failed(&self.server, e))?;
         let server = self.server.clone();
         let store = async {
             let stream = self
@@ -509,5 +548,33 @@ async fn authenticate(
             "AUTHENTICATE",
             Box::new(other),
         ))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Flags are atoms (system flags with a backslash); criteria have no control characters.
+    #[test]
+    fn flags_and_criteria() {
+        for ok in ["\\Seen", "\\Flagged", "processed", "$Label1", "a.b-c_d"] {
+            assert_eq!(check_flag(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "",
+            "\\",
+            "a b",
+            "x\r\nA1 DELETE INBOX",
+            "(x)",
+            "a*",
+            "q\"",
+            "\u{e9}",
+        ] {
+            assert!(check_flag(bad).is_err(), "{bad:?}");
+        }
+        assert_eq!(check_search("FROM \"alerts@example.com\" UNSEEN"), Ok(()));
+        assert!(check_search("ALL\r\nA1 DELETE INBOX").is_err());
+        assert!(check_search("ALL\0").is_err());
     }
 }

@@ -60,6 +60,9 @@ pub struct Merge<'a> {
     pub base: &'a Draft,
     /// The data file (rows' attachment paths are relative to its directory).
     pub data_file: &'a Path,
+    /// The directory rows may attach files from (`--attachments-from`), instead of the data
+    /// file's; relative paths are resolved against it.
+    pub attachments_from: Option<&'a Path>,
     /// The batch name (part of every Message-ID); `None` for a one-off templated message, which
     /// gets a fresh random Message-ID (its content may repeat day after day).
     pub batch: Option<&'a str>,
@@ -108,17 +111,19 @@ fn prepare_row(templates: &Templates, merge: &Merge<'_>, row: &Row) -> Result<(S
     let vars = Value::Object(vars);
     let rendered = templates.render(merge.template, &vars)?;
     let field = |k: &str| list(vars.get(k), k).map_err(anyhow::Error::msg);
-    let data_dir = merge.data_file.parent().unwrap_or(Path::new("."));
+    let attachments_dir =
+        merge
+            .attachments_from
+            .unwrap_or_else(|| match merge.data_file.parent() {
+                Some(dir) if !dir.as_os_str().is_empty() => dir,
+                _ => Path::new("."),
+            });
     let mut draft = merge.base.clone();
     draft.to.extend(field("to")?);
     draft.cc.extend(field("cc")?);
     draft.bcc.extend(field("bcc")?);
     for a in field("attachments")? {
-        let path = data_dir.join(&a);
-        if !path.is_file() {
-            anyhow::bail!("attachment {} not found", path.display());
-        }
-        draft.attachments.push(path);
+        draft.attachments.push(row_attachment(attachments_dir, &a)?);
     }
     draft.subject = rendered.subject;
     draft.text = Some(rendered.text);
@@ -132,6 +137,28 @@ fn prepare_row(templates: &Templates, merge: &Merge<'_>, row: &Row) -> Result<(S
         draft.message_id = Some(format!("<{key}.{batch}@{domain}>"));
     }
     Ok((key, draft.build()?))
+}
+
+/// A row's attachment `name`, resolved against `dir`: it must be a file under `dir` (after
+/// following links), so a data file cannot make mailpilot send `/etc/shadow` or `../../key`.
+fn row_attachment(dir: &Path, name: &str) -> Result<PathBuf> {
+    let path = dir.join(name);
+    if !path.is_file() {
+        anyhow::bail!("attachment {} not found", path.display());
+    }
+    let root = dir
+        .canonicalize()
+        .with_context(|| format!("failed to resolve {}", dir.display()))?;
+    let real = path
+        .canonicalize()
+        .with_context(|| format!("failed to resolve {}", path.display()))?;
+    if !real.starts_with(&root) {
+        anyhow::bail!(
+            "attachment {name:?} is outside {}: a row may attach only files under the data file's directory (allow another with --attachments-from DIR)",
+            root.display()
+        );
+    }
+    Ok(path)
 }
 
 /// The row's `id` (made safe for a Message-ID), else a hash of template, recipients and data.

@@ -267,3 +267,119 @@ fn hostile_error_text_is_cleaned_and_cut() {
     assert!(hook.contains("needs authorization"), "{hook}");
     assert!(hook.len() <= 8192, "{} bytes", hook.len());
 }
+
+/// `--flag` and `--search` are written into IMAP commands: a CR/LF (a second command such as
+/// `DELETE INBOX`) or a non-atom flag is refused before anything connects (exit 2).
+#[test]
+fn flags_and_search_cannot_become_commands() {
+    let env = TestEnv::new();
+    env.write_config(
+        r#"
+[accounts.work]
+provider = "custom"
+email = "ops@example.com"
+client_id = "id"
+token_url = "http://127.0.0.1:9/token"
+[accounts.work.imap]
+host = "127.0.0.1"
+port = 9
+tls = "none"
+"#,
+    );
+    for args in [
+        ["--flag", "seen)\r\nA1 DELETE INBOX"],
+        ["--flag", "two words"],
+        ["--search", "ALL\r\nA1 DELETE INBOX"],
+    ] {
+        let mut all = vec!["poll", "--all"];
+        all.extend_from_slice(&args);
+        let run = env.run(&all);
+        run.expect_code(2);
+        assert!(
+            run.stderr.starts_with("error: invalid value '")
+                && run.stderr.contains(&format!("' for '{} <", args[0])),
+            "{}",
+            run.stderr
+        );
+        assert!(
+            run.stderr.contains("is not an IMAP flag")
+                || run.stderr.contains("may not contain control characters"),
+            "{}",
+            run.stderr
+        );
+    }
+}
+
+/// A merge row may attach only files under the data file's directory (`/etc/passwd` and `../`
+/// are refused with the row number), unless `--attachments-from` names another directory; a
+/// value with a line break that would land in the subject is refused with the row number.
+#[test]
+fn merge_rows_cannot_reach_outside_or_fold_headers() {
+    let env = TestEnv::new();
+    let data_dir = env.root().join("data");
+    fs::create_dir_all(&data_dir).expect("mkdir");
+    fs::write(env.root().join("secret.txt"), "do not send").expect("secret");
+    fs::write(data_dir.join("ok.txt"), "fine").expect("ok");
+    let templates = env.root().join("templates");
+    fs::create_dir_all(&templates).expect("mkdir");
+    fs::write(
+        templates.join("t.j2"),
+        "{% block subject %}Report for {{ name }}{% endblock %}\n{% block text %}Hello {{ name }}{% endblock %}\n",
+    )
+    .expect("template");
+    let rows = data_dir.join("rows.json");
+    fs::write(
+        &rows,
+        serde_json::json!([
+            {"to": "a@example.com", "name": "A", "attachments": ["ok.txt"]},
+            {"to": "b@example.com", "name": "B", "attachments": ["/etc/passwd"]},
+            {"to": "c@example.com", "name": "C", "attachments": ["../secret.txt"]},
+            {"to": "d@example.com", "name": "D\r\nBcc: victim@example.com"},
+        ])
+        .to_string(),
+    )
+    .expect("rows");
+    let templates_arg = templates.to_str().expect("utf8");
+    let rows_arg = rows.to_str().expect("utf8");
+    let base = [
+        "send",
+        "--dry-run",
+        "--from",
+        "r@example.com",
+        "--template",
+        "t",
+        "--templates-dir",
+        templates_arg,
+        "--each",
+        rows_arg,
+    ];
+    let run = env.run(&base);
+    run.expect_code(2);
+    let r = rows.display();
+    for want in [
+        format!("{r} row 2: attachment \"/etc/passwd\" is outside"),
+        format!("{r} row 3: attachment \"../secret.txt\" is outside"),
+        format!("{r} row 4: template"),
+        "a value with a line break would land in the subject".to_string(),
+    ] {
+        assert!(
+            run.stderr.contains(&want),
+            "want {want:?} in:\n{}",
+            run.stderr
+        );
+    }
+    assert!(!run.stdout.contains("do not send"));
+    // Another directory allowed explicitly: its files (relative to it) can be attached.
+    fs::write(
+        &rows,
+        serde_json::json!([{"to": "c@example.com", "name": "C", "attachments": ["secret.txt"]}])
+            .to_string(),
+    )
+    .expect("rows");
+    let root = env.root().to_str().expect("utf8");
+    let mut allowed = base.to_vec();
+    allowed.extend_from_slice(&["--attachments-from", root]);
+    let run = env.run(&allowed);
+    run.expect_code(0);
+    assert!(run.stdout.contains("secret.txt"), "{}", run.stdout);
+}

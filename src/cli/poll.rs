@@ -34,7 +34,7 @@ pub struct Common {
     #[arg(long, short, default_value = "INBOX")]
     mailbox: String,
     /// Extra IMAP SEARCH criteria, e.g. 'UNSEEN' or 'FROM "alerts@example.com"'
-    #[arg(long, value_name = "CRITERIA")]
+    #[arg(long, value_name = "CRITERIA", value_parser = search_criteria)]
     search: Option<String>,
     /// First poll only: start with messages from the last AGE (e.g. 2d, 12h)
     #[arg(long, value_name = "AGE", value_parser = humantime::parse_duration, conflicts_with_all = ["from_now", "all"])]
@@ -67,7 +67,7 @@ pub struct Common {
     #[arg(long)]
     mark_seen: bool,
     /// After handling: add this flag or keyword (e.g. \Flagged, processed)
-    #[arg(long, value_name = "FLAG")]
+    #[arg(long, value_name = "FLAG", value_parser = flag)]
     flag: Option<String>,
     /// After handling: move the message to MAILBOX
     #[arg(long = "move", value_name = "MAILBOX", conflicts_with = "delete")]
@@ -102,6 +102,16 @@ impl Args {
         ));
         Ok(Exit::Success)
     }
+}
+
+/// `--flag`: an IMAP flag or keyword, nothing that could become a second command.
+fn flag(text: &str) -> Result<String, String> {
+    crate::imap::check_flag(text).map(|()| text.to_string())
+}
+
+/// `--search`: criteria without control characters.
+fn search_criteria(text: &str) -> Result<String, String> {
+    crate::imap::check_search(text).map(|()| text.to_string())
 }
 
 /// The poll's JSON documents go to stdout, its notices to stderr as warnings.

@@ -75,6 +75,10 @@ pub struct Args {
     /// use a new name (e.g. with the date) to send the same rows again
     #[arg(long, value_name = "NAME", requires = "each", value_parser = parse_batch)]
     batch: Option<String>,
+    /// Directory that data rows (`attachments`) may attach files from, instead of the data file's;
+    /// rows' relative paths are resolved against it
+    #[arg(long, value_name = "DIR")]
+    attachments_from: Option<PathBuf>,
     /// Templates directory [default: templates_dir from the config, or templates/ next to it]
     #[arg(long, value_name = "DIR")]
     templates_dir: Option<PathBuf>,
@@ -202,6 +206,7 @@ impl Args {
             globals: &globals,
             base,
             data_file: &data_file,
+            attachments_from: self.attachments_from.as_deref(),
             batch: None,
         };
         let row = data::Row {
@@ -272,6 +277,7 @@ impl Args {
             globals: &globals,
             base,
             data_file: each,
+            attachments_from: self.attachments_from.as_deref(),
             batch: Some(&batch),
         };
         let (messages, invalid) = send::prepare(&templates, &merge, &rows);

@@ -49,6 +49,7 @@ impl Templates {
                 env.set_syntax(syntax);
             }
             add_filters(&mut env);
+            env.set_formatter(refuse_line_breaks_in_subject);
             env
         };
         Self {
@@ -193,6 +194,28 @@ impl Templates {
             on_line
         }
     }
+}
+
+/// Writes a value like the default formatter, except that a value with a line break is refused
+/// inside the `subject` block: it would be folded away silently, or — from a crafted data row —
+/// try to start another header.
+fn refuse_line_breaks_in_subject(
+    out: &mut minijinja::Output<'_>,
+    state: &mut minijinja::State<'_, '_>,
+    value: &Value,
+) -> Result<(), minijinja::Error> {
+    if state.current_block() == Some("subject") {
+        let text = value
+            .as_str()
+            .map_or_else(|| value.to_string(), str::to_string);
+        if text.contains(['\r', '\n']) {
+            return Err(minijinja::Error::new(
+                ErrorKind::InvalidOperation,
+                "a value with a line break would land in the subject",
+            ));
+        }
+    }
+    minijinja::escape_formatter(out, state, value)
 }
 
 fn add_filters(env: &mut Environment<'static>) {
