@@ -3,9 +3,10 @@
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use crate::support::fake_imap::{FakeImap, Misbehaviour};
 use crate::support::{Fault, OAuthServer, TestEnv};
 
 /// Peak memory allowed for a run fed a 100 MB answer: the binary itself needs ~10 MB.
@@ -382,4 +383,37 @@ fn merge_rows_cannot_reach_outside_or_fold_headers() {
     let run = env.run(&allowed);
     run.expect_code(0);
     assert!(run.stdout.contains("secret.txt"), "{}", run.stdout);
+}
+
+/// `watch` against a server that accepts the login and then drops the session (when it goes
+/// idle) backs off (1 s, 4 s, 16 s, … with jitter) instead of starting over at 1 s after every
+/// login.
+#[test]
+fn watch_backs_off_from_a_server_that_drops_after_login() {
+    let server = OAuthServer::start();
+    let imap = FakeImap::start(Misbehaviour::DropAtIdle);
+    let env = TestEnv::new();
+    env.write_config(&imap.config(&server.token_url()));
+    env.import(&server);
+    let child = env
+        .cmd(&["watch", "--from-now"])
+        .env("MP_TEST_SECRET", server.client_secret())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn watch");
+    std::thread::sleep(Duration::from_secs(10));
+    Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // 0 s, ~1 s, ~5 s, then ~21 s: three logins in ten seconds (not ten, one a second).
+    let logins = imap.logins();
+    assert!(
+        (2..=4).contains(&logins),
+        "{logins} logins in 10 s:\n{stderr}"
+    );
+    assert!(stderr.contains("reconnecting in"), "{stderr}");
 }

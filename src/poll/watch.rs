@@ -26,8 +26,13 @@ pub struct WatchOptions {
 /// RFC 2177: clients should re-issue IDLE at least every 29 minutes; servers may drop idle clients
 /// after 30.
 const IDLE_REISSUE: Duration = Duration::from_secs(25 * 60);
-/// First wait before reconnecting after a failure; doubles up to [`MAX_BACKOFF`].
+/// First wait before reconnecting after a failure; grows by [`BACKOFF_GROWTH`] up to
+/// [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// How much each failed round lengthens the wait: 1 s, 4 s, 16 s, then 60 s — a quick first
+/// retry after a blip, and about eight logins in five minutes against a server that keeps
+/// dropping the session.
+const BACKOFF_GROWTH: u32 = 4;
 /// Longest wait between reconnection attempts.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -74,10 +79,15 @@ impl<S: TokenStore> Poller<'_, S> {
             backoff: FIRST_BACKOFF,
         };
         while !w.stopping() {
+            let started = tokio::time::Instant::now();
             match self.round(&mut w).await {
                 Ok(RoundEnd::Shutdown) => break,
                 Ok(RoundEnd::Reconnect) => continue,
                 Err(e) if classify(&e) == Exit::Transient => {
+                    if started.elapsed() >= MAX_BACKOFF {
+                        // A session that lasted this long was working (a NAT timeout, a restart).
+                        w.backoff = FIRST_BACKOFF;
+                    }
                     let wait = jitter(w.backoff);
                     self.sink.notice(&Notice::Reconnecting {
                         error: crate::error::error_text(e.as_ref()),
@@ -87,7 +97,7 @@ impl<S: TokenStore> Poller<'_, S> {
                         () = tokio::time::sleep(wait) => {}
                         _ = w.shutdown.wait_for(|s| *s) => break,
                     }
-                    w.backoff = (w.backoff * 2).min(MAX_BACKOFF);
+                    w.backoff = (w.backoff * BACKOFF_GROWTH).min(MAX_BACKOFF);
                 }
                 Err(e) => return Err(e),
             }
@@ -99,13 +109,18 @@ impl<S: TokenStore> Poller<'_, S> {
     /// renewing or shutdown.
     async fn round(&self, w: &mut Watch<'_>) -> Result<RoundEnd> {
         let mut imap = Imap::open(self.account, self.tokens).await?;
-        w.backoff = FIRST_BACKOFF;
         let flag = w.shutdown.clone();
         let stop = move || *flag.borrow();
         let summary = self
             .select_and_pass(&mut imap, w.clock.now(), &stop)
             .await?;
         w.total.handled += summary.handled;
+        // The backoff starts over only after a round that did work (handled mail, or lasted
+        // through a wait): a server that accepts the login and then drops the session must not
+        // be hammered once a second.
+        if summary.handled > 0 {
+            w.backoff = FIRST_BACKOFF;
+        }
         let use_idle = w.settings.idle && imap.can_idle();
         if w.settings.idle && !use_idle {
             self.sink.notice(&Notice::NoIdle {
@@ -133,6 +148,7 @@ impl<S: TokenStore> Poller<'_, S> {
                 return Ok(RoundEnd::Shutdown);
             };
             imap = back;
+            w.backoff = FIRST_BACKOFF;
             let Some(mut checkpoint) = self.files.load()? else {
                 anyhow::bail!(
                     "poll state of {} vanished while watching",

@@ -6,6 +6,7 @@
     reason = "each test binary uses a different part of the support code"
 )]
 
+pub mod fake_imap;
 pub mod mailstack;
 pub mod oauth_server;
 pub mod proxy;

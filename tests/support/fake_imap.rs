@@ -1,0 +1,260 @@
+//! A small IMAP server on 127.0.0.1:0 (plain TCP: accounts use `tls = "none"` to loopback) that
+//! misbehaves on purpose, for the failures a real Dovecot will not produce: dropping the session
+//! after login, flooding a FETCH with untagged responses, sending a huge literal, answering a FETCH
+//! with another UID. It accepts any token. Every loop it runs is bounded in bytes and time.
+
+use std::collections::BTreeMap;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How the server misbehaves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Misbehaviour {
+    /// A well-behaved server.
+    None,
+    /// Accept the login and the first commands, then close the connection when the client waits
+    /// for news (IDLE): a session that never lasts.
+    DropAtIdle,
+    /// Answer a body FETCH with untagged FETCH responses for other messages, this many bytes.
+    FloodFetch(usize),
+    /// Answer a body FETCH with one literal of this many bytes.
+    HugeLiteral(usize),
+    /// Answer a body FETCH with the message under another UID (the requested one plus 1000).
+    WrongUid,
+}
+
+/// The running server; its threads end with the test process.
+pub struct FakeImap {
+    /// The port to connect to.
+    pub port: u16,
+    state: Arc<Mutex<State>>,
+    logins: Arc<AtomicU64>,
+}
+
+struct State {
+    misbehaviour: Misbehaviour,
+    messages: BTreeMap<u32, Vec<u8>>,
+    uidnext: u32,
+}
+
+/// The longest a flood or a huge literal is sent before the server gives up by itself.
+const FLOOD_TIME: Duration = Duration::from_secs(20);
+
+impl FakeImap {
+    /// Starts a server with an empty INBOX.
+    pub fn start(misbehaviour: Misbehaviour) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind fake IMAP");
+        let port = listener.local_addr().expect("addr").port();
+        let state = Arc::new(Mutex::new(State {
+            misbehaviour,
+            messages: BTreeMap::new(),
+            uidnext: 1,
+        }));
+        let logins = Arc::new(AtomicU64::new(0));
+        let (st, count) = (state.clone(), logins.clone());
+        thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let (st, count) = (st.clone(), count.clone());
+                thread::spawn(move || {
+                    let _ = serve(conn, &st, &count);
+                });
+            }
+        });
+        Self {
+            port,
+            state,
+            logins,
+        }
+    }
+
+    /// Adds a message to INBOX; returns its UID.
+    pub fn add(&self, message: &[u8]) -> u32 {
+        let mut st = self.state.lock().expect("state");
+        let uid = st.uidnext;
+        st.messages.insert(uid, message.to_vec());
+        st.uidnext += 1;
+        uid
+    }
+
+    /// How many AUTHENTICATE commands succeeded.
+    pub fn logins(&self) -> u64 {
+        self.logins.load(Ordering::SeqCst)
+    }
+
+    /// A config account `work` reading from this server, getting tokens from `token_url`.
+    pub fn config(&self, token_url: &str) -> String {
+        format!(
+            r#"
+[accounts.work]
+provider = "custom"
+email = "ops@example.com"
+client_id = "test-client"
+client_secret_env = "MP_TEST_SECRET"
+token_url = "{token_url}"
+
+[accounts.work.imap]
+host = "127.0.0.1"
+port = {}
+tls = "none"
+"#,
+            self.port
+        )
+    }
+}
+
+fn serve(conn: TcpStream, state: &Mutex<State>, logins: &AtomicU64) -> std::io::Result<()> {
+    conn.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut out = conn.try_clone()?;
+    let mut lines = BufReader::new(conn);
+    out.write_all(b"* OK [CAPABILITY IMAP4rev1 AUTH=XOAUTH2 IDLE] fake ready\r\n")?;
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if lines.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let mut words = line.trim_end().splitn(3, ' ');
+        let tag = words.next().unwrap_or("*").to_string();
+        let command = words.next().unwrap_or("").to_ascii_uppercase();
+        let rest = words.next().unwrap_or("").to_string();
+        let misbehaviour = state.lock().expect("state").misbehaviour;
+        match command.as_str() {
+            "CAPABILITY" => write!(
+                out,
+                "* CAPABILITY IMAP4rev1 AUTH=XOAUTH2 IDLE UIDPLUS\r\n{tag} OK done\r\n"
+            )?,
+            "AUTHENTICATE" => {
+                out.write_all(b"+ \r\n")?;
+                line.clear();
+                lines.read_line(&mut line)?;
+                logins.fetch_add(1, Ordering::SeqCst);
+                write!(out, "{tag} OK authenticated\r\n")?;
+            }
+            "SELECT" | "EXAMINE" => {
+                let st = state.lock().expect("state");
+                write!(
+                    out,
+                    "* {} EXISTS\r\n* OK [UIDVALIDITY 1] ok\r\n* OK [UIDNEXT {}] ok\r\n{tag} OK [READ-WRITE] selected\r\n",
+                    st.messages.len(),
+                    st.uidnext
+                )?;
+            }
+            "UID" => uid_command(&mut out, &tag, &rest, state, misbehaviour)?,
+            "IDLE" | "NOOP" if misbehaviour == Misbehaviour::DropAtIdle => return Ok(()),
+            "IDLE" => {
+                out.write_all(b"+ idling\r\n")?;
+                line.clear();
+                lines.read_line(&mut line)?;
+                write!(out, "{tag} OK idle done\r\n")?;
+            }
+            "NOOP" => write!(out, "{tag} OK noop\r\n")?,
+            "LOGOUT" => {
+                write!(out, "* BYE bye\r\n{tag} OK logout\r\n")?;
+                return Ok(());
+            }
+            _ => write!(out, "{tag} BAD unknown command\r\n")?,
+        }
+    }
+}
+
+fn uid_command(
+    out: &mut TcpStream,
+    tag: &str,
+    rest: &str,
+    state: &Mutex<State>,
+    misbehaviour: Misbehaviour,
+) -> std::io::Result<()> {
+    let mut words = rest.splitn(3, ' ');
+    let sub = words.next().unwrap_or("").to_ascii_uppercase();
+    let set = words.next().unwrap_or("");
+    let items = words.next().unwrap_or("");
+    let st = state.lock().expect("state");
+    // `UID FETCH 7 (…)` names the UID first; `UID SEARCH UID 7:* …` after the word UID.
+    let range = if sub == "SEARCH" {
+        items.split(' ').next().unwrap_or("")
+    } else {
+        set
+    };
+    let from: u32 = range
+        .split(':')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(1);
+    match sub.as_str() {
+        "SEARCH" => {
+            let uids: Vec<String> = st
+                .messages
+                .keys()
+                .filter(|u| **u >= from)
+                .map(ToString::to_string)
+                .collect();
+            write!(out, "* SEARCH {}\r\n{tag} OK search\r\n", uids.join(" "))
+        }
+        "FETCH" if items.contains("BODY") => {
+            let body = st.messages.get(&from).cloned().unwrap_or_default();
+            drop(st);
+            fetch(out, tag, from, &body, misbehaviour)
+        }
+        "FETCH" => {
+            let size = st.messages.get(&from).map_or(0, Vec::len);
+            write!(
+                out,
+                "* 1 FETCH (UID {from} RFC822.SIZE {size})\r\n{tag} OK fetch\r\n"
+            )
+        }
+        _ => write!(out, "{tag} OK done\r\n"),
+    }
+}
+
+fn fetch(
+    out: &mut TcpStream,
+    tag: &str,
+    uid: u32,
+    body: &[u8],
+    misbehaviour: Misbehaviour,
+) -> std::io::Result<()> {
+    let started = Instant::now();
+    match misbehaviour {
+        Misbehaviour::FloodFetch(bytes) => {
+            let mut sent = 0;
+            let mut n = 1000u32;
+            while sent < bytes && started.elapsed() < FLOOD_TIME {
+                let line = format!("* {n} FETCH (UID {n} FLAGS (\\Seen))\r\n");
+                out.write_all(line.as_bytes())?;
+                sent += line.len();
+                n = n.wrapping_add(1);
+            }
+        }
+        Misbehaviour::HugeLiteral(size) => {
+            write!(out, "* 1 FETCH (UID {uid} BODY[] {{{size}}}\r\n")?;
+            let chunk = vec![b'x'; 64 * 1024];
+            let mut sent = 0;
+            while sent < size && started.elapsed() < FLOOD_TIME {
+                let n = chunk.len().min(size - sent);
+                out.write_all(&chunk[..n])?;
+                sent += n;
+            }
+            out.write_all(b")\r\n")?;
+        }
+        Misbehaviour::WrongUid => {
+            write!(
+                out,
+                "* 1 FETCH (UID {} BODY[] {{{}}}\r\n",
+                uid + 1000,
+                body.len()
+            )?;
+            out.write_all(body)?;
+            out.write_all(b")\r\n")?;
+        }
+        Misbehaviour::None | Misbehaviour::DropAtIdle => {
+            write!(out, "* 1 FETCH (UID {uid} BODY[] {{{}}}\r\n", body.len())?;
+            out.write_all(body)?;
+            out.write_all(b")\r\n")?;
+        }
+    }
+    write!(out, "{tag} OK fetch\r\n")
+}
