@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::support::fake_imap::{FakeImap, Misbehaviour};
-use crate::support::{Fault, OAuthServer, TestEnv};
+use crate::support::{Fault, MailStack, OAuthServer, TestEnv};
 
 /// Peak memory allowed for a run fed a 100 MB answer: the binary itself needs ~10 MB.
 const FLOOD_RSS_LIMIT_KIB: u64 = 40 * 1024;
@@ -416,4 +416,188 @@ fn watch_backs_off_from_a_server_that_drops_after_login() {
         "{logins} logins in 10 s:\n{stderr}"
     );
     assert!(stderr.contains("reconnecting in"), "{stderr}");
+}
+
+/// A crafted message, 300 bytes of attachment name twice.
+fn crafted_message(to: &str) -> Vec<u8> {
+    let name = format!("{}.txt", "n".repeat(300));
+    format!(
+        "From: x@example.com\r\nTo: {to}\r\nSubject: =?utf-8?B?YQBi?=\r\nMessage-ID: <crafted@example.com>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhello\r\n--b\r\nContent-Type: text/plain\r\nContent-Disposition: attachment; filename=\"{name}\"\r\n\r\none\r\n--b\r\nContent-Type: text/plain\r\nContent-Disposition: attachment; filename=\"{name}\"\r\n\r\ntwo\r\n--b--\r\n"
+    )
+    .into_bytes()
+}
+
+/// A subject that decodes to a NUL byte no longer stops `--exec` for good, the client secret's
+/// variable is not passed to the command, and two 300-byte attachment names become two short,
+/// distinct files.
+#[test]
+fn crafted_mail_does_not_block_the_pipeline() {
+    let stack = MailStack::get();
+    let (env, user) = TestEnv::for_mailbox(stack, "crafted");
+    env.import_for(&stack.oauth, &user);
+    stack.deliver_raw(&user, "INBOX", &crafted_message(&user));
+    stack.deliver(&user, "INBOX", "after");
+    let secret = stack.oauth.client_secret();
+    let log = env.root().join("log");
+    let exec = format!(
+        "printf '%s|%s\\n' \"$MAILPILOT_SUBJECT\" \"${{MP_TEST_SECRET:-hidden}}\" >> {}",
+        log.display()
+    );
+    env.run_full(
+        &["poll", "--all", "--exec", &exec],
+        &[("MP_TEST_SECRET", &secret)],
+        None,
+    )
+    .expect_code(0);
+    assert_eq!(
+        fs::read_to_string(&log).expect("log"),
+        "ab|hidden\nafter|hidden\n"
+    );
+    // The same mail with attachments saved (a fresh checkpoint: another mailbox copy).
+    let dir = env.root().join("att");
+    stack.deliver_raw(&user, "INBOX", &crafted_message(&user));
+    let run = env.run_full(
+        &["poll", "--save-attachments", dir.to_str().expect("utf8")],
+        &[("MP_TEST_SECRET", &secret)],
+        None,
+    );
+    run.expect_code(0);
+    let json: serde_json::Value = serde_json::from_str(run.stdout.trim()).expect("json");
+    let saved: Vec<String> = json["attachments"]
+        .as_array()
+        .expect("attachments")
+        .iter()
+        .map(|a| a["saved_as"].as_str().expect("saved_as").to_string())
+        .collect();
+    assert_eq!(saved.len(), 2);
+    assert_ne!(saved[0], saved[1], "two attachments, two files");
+    for (path, body) in saved.iter().zip(["one", "two"]) {
+        assert_eq!(fs::read_to_string(path).expect("saved").trim(), body);
+        let name = std::path::Path::new(path).file_name().expect("name");
+        assert!(name.len() < 150, "{name:?}");
+    }
+}
+
+/// A message over `max_message_size` is quarantined: the run handles the mail after it, exits 1
+/// naming it once, the next run goes on quietly, and `--retry-quarantined` brings it back.
+#[test]
+fn oversized_message_is_quarantined() {
+    let stack = MailStack::get();
+    let (env, user) = TestEnv::for_mailbox(stack, "quarantine");
+    env.import_for(&stack.oauth, &user);
+    let config = fs::read_to_string(env.config_path()).expect("config");
+    let limited = config.replace(
+        "client_secret_env = \"MP_TEST_SECRET\"",
+        "client_secret_env = \"MP_TEST_SECRET\"\nmax_message_size = 4096",
+    );
+    env.write_config(&limited);
+    let big = format!(
+        "From: x@example.com\r\nTo: {user}\r\nSubject: big\r\n\r\n{}\r\n",
+        "x".repeat(10_000)
+    );
+    stack.deliver(&user, "INBOX", "before");
+    stack.deliver_raw(&user, "INBOX", big.as_bytes());
+    stack.deliver(&user, "INBOX", "after");
+    let secret = stack.oauth.client_secret();
+    let poll = |args: &[&str]| {
+        let mut all = vec!["poll"];
+        all.extend_from_slice(args);
+        env.run_full(&all, &[("MP_TEST_SECRET", &secret)], None)
+    };
+    let subjects = |run: &crate::support::Run| -> Vec<String> {
+        run.stdout
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("json");
+                v["subject"].as_str().unwrap_or_default().to_string()
+            })
+            .collect()
+    };
+    let run = poll(&["--all"]);
+    run.expect_code(1);
+    assert_eq!(subjects(&run), ["before", "after"]);
+    assert!(
+        run.stderr
+            .contains("1 message of INBOX cannot be handled and was quarantined: UID 2 (it is"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("over max_message_size (4096 bytes)"),
+        "{}",
+        run.stderr
+    );
+    let run = poll(&[]);
+    run.expect_code(0);
+    assert!(run.stdout.is_empty());
+    env.write_config(&config);
+    let run = poll(&["--retry-quarantined"]);
+    run.expect_code(0);
+    assert_eq!(subjects(&run), ["big"]);
+    let run = poll(&["--retry-quarantined"]);
+    run.expect_code(0);
+    assert!(run.stdout.is_empty(), "handled once: {}", run.stdout);
+}
+
+/// One poll against a misbehaving server with two small messages; returns the run and its peak
+/// RSS in KiB.
+fn poll_fake(misbehaviour: Misbehaviour) -> (crate::support::Run, u64, TestEnv) {
+    let server = OAuthServer::start();
+    let imap = FakeImap::start(misbehaviour);
+    for subject in ["one", "two"] {
+        imap.add(format!("From: x@example.com\r\nSubject: {subject}\r\n\r\nbody\r\n").as_bytes());
+    }
+    let env = TestEnv::new();
+    env.write_config(&imap.config(&server.token_url()));
+    env.import(&server);
+    let (run, rss) = env.run_measured(
+        &["poll", "--all"],
+        &[("MP_TEST_SECRET", &server.client_secret())],
+    );
+    (run, rss, env)
+}
+
+/// An endless stream of untagged FETCH responses to one `UID FETCH` is cut off at a bounded
+/// number of bytes: exit 1 naming the cause, flat memory, the checkpoint before the message.
+#[test]
+fn fetch_flood_is_cut_off() {
+    let started = Instant::now();
+    let (run, rss, env) = poll_fake(Misbehaviour::FloodFetch(500 * 1024 * 1024));
+    run.expect_code(1);
+    assert!(
+        run.stderr
+            .contains("bytes in answer to one command; stopped reading"),
+        "{}",
+        run.stderr
+    );
+    assert!(rss < FLOOD_RSS_LIMIT_KIB, "peak RSS {rss} KiB");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let checkpoint = fs::read_to_string(env.state_dir().join("poll/work/INBOX.json")).expect("cp");
+    assert!(checkpoint.contains("\"last_uid\":0"), "{checkpoint}");
+}
+
+/// A literal far larger than the size the server announced is not held whole.
+#[test]
+fn huge_literal_is_cut_off() {
+    let (run, rss, _env) = poll_fake(Misbehaviour::HugeLiteral(500 * 1024 * 1024));
+    run.expect_code(1);
+    assert!(run.stderr.contains("stopped reading"), "{}", run.stderr);
+    assert!(rss < FLOOD_RSS_LIMIT_KIB, "peak RSS {rss} KiB");
+}
+
+/// A FETCH answer without the requested UID is not a silent skip: the server still lists the
+/// message, so the poll stops before it (exit 1) and the checkpoint does not move past it.
+#[test]
+fn fetch_without_the_uid_stops_before_it() {
+    let (run, _rss, env) = poll_fake(Misbehaviour::WrongUidFor(1));
+    run.expect_code(1);
+    assert!(
+        run.stderr
+            .contains("lists UID 1 of INBOX but did not return it"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stdout, "", "message 2 is not handed over ahead of 1");
+    let checkpoint = fs::read_to_string(env.state_dir().join("poll/work/INBOX.json")).expect("cp");
+    assert!(checkpoint.contains("\"last_uid\":0"), "{checkpoint}");
 }

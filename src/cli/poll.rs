@@ -49,6 +49,10 @@ pub struct Common {
     /// continuing with new ones
     #[arg(long)]
     replay: bool,
+    /// Try the quarantined messages (ones that could not be handled, e.g. over
+    /// max_message_size) again before the new ones
+    #[arg(long)]
+    retry_quarantined: bool,
     /// Run CMD (via sh -c) per message: raw message on stdin, MAILPILOT_UID, MAILPILOT_FROM,
     /// MAILPILOT_SUBJECT, ... in the environment. A non-zero exit stops the poll before that
     /// message is checkpointed
@@ -91,8 +95,9 @@ impl Args {
         let store = ctx.store()?;
         let tokens = TokenSource::new(account, &store, ctx.clock.as_ref());
         let state_dir = ctx.state_dir()?;
-        let poller = Poller::new(account, &tokens, &state_dir, &options, &ctx.out);
-        let summary = poller.once(ctx.clock.now()).await?;
+        let clock = ctx.clock.as_ref();
+        let poller = Poller::new(account, &tokens, &state_dir, &options, &ctx.out, clock);
+        let summary = poller.once().await?;
         ctx.out.info(&format!(
             "{}: {} new message{} handled (checkpoint UID {})",
             options.mailbox,
@@ -100,8 +105,31 @@ impl Args {
             if summary.handled == 1 { "" } else { "s" },
             summary.last_uid
         ));
+        quarantine_report(&options.mailbox, &summary.quarantined)?;
         Ok(Exit::Success)
     }
+}
+
+/// A run that quarantined messages fails (exit 1) after finishing, naming each once: the next run
+/// goes on without them.
+///
+/// # Errors
+/// When `quarantined` is not empty.
+pub fn quarantine_report(mailbox: &str, quarantined: &[(u32, String)]) -> Result<()> {
+    if quarantined.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = quarantined
+        .iter()
+        .map(|(uid, reason)| format!("UID {uid} ({reason})"))
+        .collect();
+    anyhow::bail!(
+        "{} message{} of {mailbox} cannot be handled and {} quarantined: {}; they stay in the mailbox, later mail was handled, and `--retry-quarantined` tries them again",
+        quarantined.len(),
+        if quarantined.len() == 1 { "" } else { "s" },
+        if quarantined.len() == 1 { "was" } else { "were" },
+        list.join(", ")
+    )
 }
 
 /// `--flag`: an IMAP flag or keyword, nothing that could become a second command.
@@ -151,6 +179,7 @@ impl Common {
                 (None, false, false) => Start::Unset,
             },
             replay: self.replay,
+            retry_quarantined: self.retry_quarantined,
             handler: match (&self.exec, &self.save) {
                 (Some(cmd), _) => Handler::Exec(cmd.clone()),
                 (None, Some(dir)) => Handler::Save(dir.clone()),

@@ -58,8 +58,9 @@ impl Args {
             poll_interval: self.poll_interval,
         };
         let state_dir = ctx.state_dir()?;
-        let poller = Poller::new(account, &tokens, &state_dir, &options, &ctx.out);
-        let summary = poller.watch(settings, ctx.clock.as_ref(), stop_rx).await?;
+        let clock = ctx.clock.as_ref();
+        let poller = Poller::new(account, &tokens, &state_dir, &options, &ctx.out, clock);
+        let summary = poller.watch(settings, stop_rx).await?;
         ctx.out.info(&format!(
             "stopped; {} message{} handled",
             summary.handled,

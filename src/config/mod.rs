@@ -87,6 +87,8 @@ pub struct Account {
     pub refresh_margin: Duration,
     /// Timeout of one token endpoint request.
     pub token_timeout: Duration,
+    /// The largest message `poll` and `watch` fetch (bytes); a larger one is quarantined.
+    pub max_message_size: u64,
     /// Outgoing server, if the account sends.
     pub smtp: Option<Server>,
     /// Incoming server, if the account reads.

@@ -46,6 +46,8 @@ pub struct RawAccount {
     pub refresh_margin: Option<String>,
     /// Timeout of one token endpoint request (`30s`).
     pub token_timeout: Option<String>,
+    /// Largest message read over IMAP: bytes, or text such as `"50MB"`.
+    pub max_message_size: Option<toml::Value>,
     /// Outgoing server.
     pub smtp: Option<RawServer>,
     /// Incoming server.

@@ -267,6 +267,7 @@ mod tests {
             scope_on_refresh: false,
             refresh_margin: Duration::from_secs(300),
             token_timeout: Duration::from_secs(30),
+            max_message_size: 50_000_000,
             smtp: None,
             imap: None,
         }

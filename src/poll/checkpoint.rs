@@ -30,6 +30,33 @@ pub(super) struct Checkpoint {
     /// older messages are never handed over later by accident.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub since: Option<String>,
+    /// Messages passed over because they cannot be handled, with the reason (UID order).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub quarantined: Vec<Quarantined>,
+}
+
+/// A message that cannot be handled, recorded so that it is reported once and can be retried.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(super) struct Quarantined {
+    /// Its UID.
+    pub uid: u32,
+    /// Why it cannot be handled.
+    pub reason: String,
+    /// When it was quarantined (or last retried), unix seconds.
+    pub at: u64,
+}
+
+impl Checkpoint {
+    /// Records (or updates) `uid` as quarantined for `reason`.
+    pub(super) fn quarantine(&mut self, uid: u32, reason: &str, now: u64) {
+        self.quarantined.retain(|q| q.uid != uid);
+        self.quarantined.push(Quarantined {
+            uid,
+            reason: reason.to_string(),
+            at: now,
+        });
+        self.quarantined.sort_by_key(|q| q.uid);
+    }
 }
 
 /// The state files of one account and mailbox: `poll/<account>/<mailbox>.json` and `.lock`.

@@ -2,6 +2,7 @@
 //! request), an `.eml` file, or a shell command with the raw message on stdin and its envelope in
 //! the environment. A handler that fails stops the poll before the checkpoint moves.
 
+use std::collections::HashSet;
 use std::path::Path;
 use std::process::Stdio;
 
@@ -153,15 +154,12 @@ fn attachments(
 ) -> Result<Vec<AttachmentJson>> {
     let (uidvalidity, uid) = (message.uidvalidity, message.uid);
     let mut attachments = Vec::new();
+    let mut taken = HashSet::new();
     for (i, part) in parsed.attachments().enumerate() {
         let name = part.attachment_name().map(str::to_string);
         let saved_as = match save_to {
             Some(dir) => {
-                let safe = name
-                    .as_deref()
-                    .map(|n| n.replace(['/', '\\', '\0'], "_"))
-                    .filter(|n| !n.is_empty() && n != "." && n != "..")
-                    .unwrap_or_else(|| format!("attachment-{}", i + 1));
+                let safe = file_name(name.as_deref(), i + 1, &mut taken);
                 let path = dir.join(format!("{uidvalidity}-{uid}-{safe}"));
                 crate::fsutil::write_atomic(&path, part.contents()).with_context(|| {
                     format!(
@@ -184,6 +182,55 @@ fn attachments(
         });
     }
     Ok(attachments)
+}
+
+/// The longest attachment file name written (before the `<uidvalidity>-<uid>-` prefix): file
+/// systems allow 255 bytes, and a sender may write anything.
+const MAX_FILE_NAME: usize = 100;
+
+/// A file name for attachment number `index` whose sender-given name is `given`: path separators
+/// and control characters replaced, leading dots and spaces dropped (no hidden files, no `..`),
+/// cut to [`MAX_FILE_NAME`] bytes keeping a short extension, and made distinct from the names
+/// in `taken` (`report.pdf`, `report-2.pdf`).
+pub fn file_name(given: Option<&str>, index: usize, taken: &mut HashSet<String>) -> String {
+    let cleaned: String = given
+        .unwrap_or_default()
+        .chars()
+        .map(|c| {
+            if c == '/' || c == '\\' || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
+        .collect();
+    let cleaned = cleaned.trim_matches(|c: char| c == '.' || c.is_whitespace());
+    let base = if cleaned.is_empty() {
+        format!("attachment-{index}")
+    } else {
+        cleaned.to_string()
+    };
+    let (stem, ext) = match base.rsplit_once('.') {
+        Some((stem, ext)) if !stem.is_empty() && ext.len() <= 16 => {
+            (stem.to_string(), format!(".{ext}"))
+        }
+        _ => (base.clone(), String::new()),
+    };
+    let fit = |stem: &str, suffix: &str| {
+        let room = MAX_FILE_NAME.saturating_sub(ext.len() + suffix.len());
+        let mut end = stem.len().min(room);
+        while !stem.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}{suffix}{ext}", &stem[..end])
+    };
+    let mut name = fit(&stem, "");
+    let mut n = 2;
+    while !taken.insert(name.clone()) {
+        name = fit(&stem, &format!("-{n}"));
+        n += 1;
+    }
+    name
 }
 
 /// Runs `cmd` with the raw message on stdin and its envelope in `MAILPILOT_*` variables.
@@ -256,4 +303,40 @@ async fn exec(
         bail!("the --exec command `{cmd}` failed for UID {uid} ({status})");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Names are safe, short, distinct and never hidden or `..`.
+    #[test]
+    fn attachment_file_names() {
+        let mut taken = HashSet::new();
+        assert_eq!(file_name(Some("report.pdf"), 1, &mut taken), "report.pdf");
+        assert_eq!(file_name(Some("report.pdf"), 2, &mut taken), "report-2.pdf");
+        assert_eq!(file_name(Some("report.pdf"), 3, &mut taken), "report-3.pdf");
+        assert_eq!(
+            file_name(Some("../../etc/passwd"), 4, &mut taken),
+            "_.._etc_passwd"
+        );
+        assert_eq!(file_name(Some(".."), 5, &mut taken), "attachment-5");
+        assert_eq!(file_name(Some(".bashrc"), 6, &mut taken), "bashrc");
+        assert_eq!(file_name(None, 7, &mut taken), "attachment-7");
+        assert_eq!(
+            file_name(Some("a\0b\r\nc.txt"), 8, &mut taken),
+            "a_b__c.txt"
+        );
+        let long = format!("{}.pdf", "é".repeat(300));
+        let name = file_name(Some(&long), 9, &mut taken);
+        assert!(
+            name.len() <= MAX_FILE_NAME && name.ends_with(".pdf"),
+            "{name}"
+        );
+        let again = file_name(Some(&long), 10, &mut taken);
+        assert!(
+            again.len() <= MAX_FILE_NAME && again.ends_with("-2.pdf"),
+            "{again}"
+        );
+    }
 }

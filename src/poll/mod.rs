@@ -21,8 +21,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+use crate::clock::Clock;
 use crate::config::{Account, SecretSource};
-use crate::error::UsageError;
+use crate::error::{ServerError, UsageError};
 use crate::imap::{Imap, Selected};
 use crate::oauth::{TokenSource, TokenStore};
 use checkpoint::{Checkpoint, StateFiles, STATE_VERSION};
@@ -86,6 +87,8 @@ pub struct PollOptions {
     pub start: Start,
     /// After a UIDVALIDITY change, handle every message again (instead of starting from now).
     pub replay: bool,
+    /// Try the quarantined messages again before the new ones.
+    pub retry_quarantined: bool,
     /// The handler.
     pub handler: Handler,
     /// Post-handling actions.
@@ -93,7 +96,7 @@ pub struct PollOptions {
 }
 
 /// The outcome of a poll.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone)]
 pub struct PollSummary {
     /// Messages handled.
     pub handled: usize,
@@ -101,6 +104,19 @@ pub struct PollSummary {
     pub last_uid: u32,
     /// Every message found was handled (no `--limit` cut, no stop).
     pub complete: bool,
+    /// Messages quarantined in this run, with the reason: they cannot be handled, were passed
+    /// over (the pipeline goes on), and stay in the mailbox for `--retry-quarantined`.
+    pub quarantined: Vec<(u32, String)>,
+}
+
+/// What became of one message of a pass.
+enum Step {
+    /// Handed over (and its actions done).
+    Handled,
+    /// Cannot be handled; passed over with this reason.
+    Quarantined(String),
+    /// The server confirms it no longer exists.
+    Gone,
 }
 
 /// Where a poll reports what the user sees: the JSON handler's documents (data) and notices that
@@ -137,6 +153,22 @@ pub enum Notice {
         /// How often it checks.
         interval: Duration,
     },
+    /// A message that cannot be handled was quarantined: passed over, recorded, left in place.
+    Quarantined {
+        /// The mailbox.
+        mailbox: String,
+        /// Its UID.
+        uid: u32,
+        /// Why.
+        reason: String,
+    },
+    /// A message disappeared (expunged by someone else) between the search and its fetch.
+    Vanished {
+        /// The mailbox.
+        mailbox: String,
+        /// Its UID.
+        uid: u32,
+    },
     /// A transient failure: `watch` reconnects after `wait`.
     Reconnecting {
         /// What went wrong, on one line.
@@ -168,6 +200,18 @@ impl fmt::Display for Notice {
                 "{server} has no IDLE; checking every {}s instead",
                 interval.as_secs()
             ),
+            Notice::Quarantined {
+                mailbox,
+                uid,
+                reason,
+            } => write!(
+                f,
+                "quarantined UID {uid} of {mailbox}: {reason}; later mail goes on (`--retry-quarantined` tries it again)"
+            ),
+            Notice::Vanished { mailbox, uid } => write!(
+                f,
+                "UID {uid} of {mailbox} was deleted before it could be fetched; skipping it"
+            ),
             Notice::Reconnecting { error, wait } => {
                 write!(f, "{error}; reconnecting in {:.1}s", wait.as_secs_f64())
             }
@@ -182,6 +226,7 @@ pub struct Poller<'a, S: TokenStore> {
     tokens: &'a TokenSource<'a, S>,
     options: &'a PollOptions,
     sink: &'a dyn Sink,
+    clock: &'a dyn Clock,
     files: StateFiles,
 }
 
@@ -193,6 +238,7 @@ impl<'a, S: TokenStore> Poller<'a, S> {
         state_dir: &Path,
         options: &'a PollOptions,
         sink: &'a dyn Sink,
+        clock: &'a dyn Clock,
     ) -> Self {
         Self {
             files: StateFiles::new(state_dir, &account.name, &options.mailbox),
@@ -200,6 +246,7 @@ impl<'a, S: TokenStore> Poller<'a, S> {
             tokens,
             options,
             sink,
+            clock,
         }
     }
 
@@ -209,11 +256,11 @@ impl<'a, S: TokenStore> Poller<'a, S> {
     /// A first poll without a start choice ([`UsageError`]), a busy mailbox
     /// ([`crate::error::Busy`]), login and network failures, or a failing handler (the checkpoint
     /// stays before that message).
-    pub async fn once(&self, now: u64) -> Result<PollSummary> {
+    pub async fn once(&self) -> Result<PollSummary> {
         let _lock = self.files.lock(&self.options.mailbox).await?;
         self.require_start()?;
         let mut imap = Imap::open(self.account, self.tokens).await?;
-        let summary = self.select_and_pass(&mut imap, now, &|| false).await?;
+        let summary = self.select_and_pass(&mut imap, &|| false).await?;
         imap.logout().await;
         Ok(summary)
     }
@@ -235,13 +282,17 @@ impl<'a, S: TokenStore> Poller<'a, S> {
     async fn select_and_pass(
         &self,
         imap: &mut Imap,
-        now: u64,
         stop: &dyn Fn() -> bool,
     ) -> Result<PollSummary> {
         let selected = imap.select(&self.options.mailbox).await?;
-        let mut checkpoint = self.starting_point(self.files.load()?, selected, now)?;
+        let mut checkpoint = self.starting_point(self.files.load()?, selected)?;
+        if self.options.retry_quarantined {
+            self.retry_quarantined(imap, &mut checkpoint).await?;
+        }
         let windowed = checkpoint.since.is_some();
-        let summary = self.pass(imap, &mut checkpoint, stop).await?;
+        let summary = self
+            .pass(imap, &mut checkpoint, Some(selected.uidnext), stop)
+            .await?;
         if windowed && summary.complete {
             // The window is done: what is older than it was passed over on purpose.
             checkpoint.since = None;
@@ -255,11 +306,14 @@ impl<'a, S: TokenStore> Poller<'a, S> {
     }
 
     /// Handles every message after the checkpoint (only those in its SINCE window, if it has
-    /// one), checkpointing after each; `stop` is asked between messages.
+    /// one), checkpointing after each; `stop` is asked between messages. `uidnext` (known right
+    /// after SELECT) bounds the UIDs a server may claim: one above it would move the checkpoint
+    /// past mail that has not arrived yet.
     async fn pass(
         &self,
         imap: &mut Imap,
         checkpoint: &mut Checkpoint,
+        uidnext: Option<u32>,
         stop: &dyn Fn() -> bool,
     ) -> Result<PollSummary> {
         let options = self.options;
@@ -272,65 +326,149 @@ impl<'a, S: TokenStore> Poller<'a, S> {
         let mut uids = imap
             .uids_after(checkpoint.last_uid, criteria.as_deref())
             .await?;
+        if let (Some(next), Some(&bad)) = (uidnext, uids.iter().find(|u| Some(**u) >= uidnext)) {
+            return Err(ServerError::failed(
+                imap.server(),
+                format!("the server listed UID {bad} in {}, but its UIDNEXT is {next}; refusing to move the checkpoint past mail that has not arrived", options.mailbox),
+            )
+            .into());
+        }
         let mut summary = PollSummary {
-            handled: 0,
             last_uid: checkpoint.last_uid,
             complete: true,
+            ..PollSummary::default()
         };
         if let Some(limit) = options.limit {
             summary.complete = uids.len() <= limit;
             uids.truncate(limit);
         }
+        let sizes = imap.sizes(&uids).await?;
         for uid in uids {
             if stop() {
                 summary.complete = false;
                 break;
             }
-            let Some(raw) = imap.fetch(uid).await? else {
-                tracing::info!(uid, "message vanished before it could be fetched; skipping");
-                continue;
-            };
-            let message = Fetched {
-                account: &self.account.name,
-                mailbox: &options.mailbox,
-                uidvalidity: checkpoint.uidvalidity,
-                uid,
-                raw: &raw,
-                secret_env: match &self.account.client_secret {
-                    Some(SecretSource::Env(var)) => Some(var),
-                    _ => None,
-                },
-            };
-            handler::handle(&message, &options.handler, self.sink)
-                .await
-                .with_context(|| {
-                    format!(
-                        "stopped at UID {uid} of {}; the next poll starts with it",
-                        options.mailbox
-                    )
-                })?;
-            apply_actions(imap, uid, &options.actions).await?;
+            match self
+                .one(imap, checkpoint.uidvalidity, uid, sizes.get(&uid).copied())
+                .await?
+            {
+                Step::Gone => continue,
+                Step::Handled => summary.handled += 1,
+                Step::Quarantined(reason) => {
+                    self.sink.notice(&Notice::Quarantined {
+                        mailbox: options.mailbox.clone(),
+                        uid,
+                        reason: reason.clone(),
+                    });
+                    checkpoint.quarantine(uid, &reason, self.clock.now());
+                    summary.quarantined.push((uid, reason));
+                }
+            }
             checkpoint.last_uid = uid;
             self.files.save(checkpoint)?;
-            summary.handled += 1;
             summary.last_uid = uid;
         }
         Ok(summary)
     }
 
-    /// The checkpoint to continue from (with the SINCE window of a first `--since` poll).
-    fn starting_point(
+    /// Fetches message `uid` (announced as `size` bytes) and hands it over: too large for
+    /// `max_message_size` means quarantined; not delivered means gone if the server confirms it,
+    /// an error (the checkpoint stays before it) if the server still lists it.
+    async fn one(
         &self,
-        saved: Option<Checkpoint>,
-        selected: Selected,
-        now: u64,
-    ) -> Result<Checkpoint> {
+        imap: &mut Imap,
+        uidvalidity: u32,
+        uid: u32,
+        size: Option<u64>,
+    ) -> Result<Step> {
+        let max = self.account.max_message_size;
+        let raw = match size {
+            Some(size) if size > max => {
+                return Ok(Step::Quarantined(format!(
+                    "it is {size} bytes, over max_message_size ({max} bytes)"
+                )))
+            }
+            Some(size) => imap.fetch(uid, size).await?,
+            None => None,
+        };
+        let Some(raw) = raw else {
+            return self.not_delivered(imap, uid).await;
+        };
+        let message = Fetched {
+            account: &self.account.name,
+            mailbox: &self.options.mailbox,
+            uidvalidity,
+            uid,
+            raw: &raw,
+            secret_env: match &self.account.client_secret {
+                Some(SecretSource::Env(var)) => Some(var),
+                _ => None,
+            },
+        };
+        handler::handle(&message, &self.options.handler, self.sink)
+            .await
+            .with_context(|| {
+                format!(
+                    "stopped at UID {uid} of {}; the next poll starts with it",
+                    self.options.mailbox
+                )
+            })?;
+        apply_actions(imap, uid, &self.options.actions).await?;
+        Ok(Step::Handled)
+    }
+
+    /// A message the server listed but did not deliver: gone (someone expunged it) if a search
+    /// confirms it, else the server is not answering for it and the pass stops before it.
+    async fn not_delivered(&self, imap: &mut Imap, uid: u32) -> Result<Step> {
+        if imap.has(uid).await? {
+            return Err(ServerError::failed(
+                imap.server(),
+                format!(
+                    "the server lists UID {uid} of {} but did not return it when asked; stopping before it (the next poll starts with it)",
+                    self.options.mailbox
+                ),
+            )
+            .into());
+        }
+        self.sink.notice(&Notice::Vanished {
+            mailbox: self.options.mailbox.clone(),
+            uid,
+        });
+        Ok(Step::Gone)
+    }
+
+    /// Tries the quarantined messages again: handled ones leave the list, gone ones too; the
+    /// rest stay with their new reason.
+    async fn retry_quarantined(&self, imap: &mut Imap, checkpoint: &mut Checkpoint) -> Result<()> {
+        let uids: Vec<u32> = checkpoint.quarantined.iter().map(|q| q.uid).collect();
+        let sizes = imap.sizes(&uids).await?;
+        for uid in uids {
+            let step = match sizes.get(&uid) {
+                None if !imap.has(uid).await? => Step::Gone,
+                size => {
+                    self.one(imap, checkpoint.uidvalidity, uid, size.copied())
+                        .await?
+                }
+            };
+            match step {
+                Step::Handled | Step::Gone => checkpoint.quarantined.retain(|q| q.uid != uid),
+                Step::Quarantined(reason) => checkpoint.quarantine(uid, &reason, self.clock.now()),
+            }
+            self.files.save(checkpoint)?;
+        }
+        Ok(())
+    }
+
+    /// The checkpoint to continue from (with the SINCE window of a first `--since` poll).
+    fn starting_point(&self, saved: Option<Checkpoint>, selected: Selected) -> Result<Checkpoint> {
+        let now = self.clock.now();
         let options = self.options;
         let fresh = |last_uid: u32, since: Option<String>| Checkpoint {
             version: STATE_VERSION,
             uidvalidity: selected.uidvalidity,
             last_uid,
             since,
+            quarantined: Vec::new(),
         };
         let from_now = fresh(selected.uidnext.saturating_sub(1), None);
         let checkpoint = match &saved {

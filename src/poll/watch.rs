@@ -9,7 +9,6 @@ use anyhow::Result;
 use tokio::sync::watch::Receiver;
 
 use super::{Notice, PollSummary, Poller};
-use crate::clock::Clock;
 use crate::exit::{classify, Exit};
 use crate::imap::{Imap, Wake};
 use crate::oauth::TokenStore;
@@ -42,16 +41,15 @@ enum RoundEnd {
     Reconnect,
 }
 
-/// A watch in progress: its settings, clock and stop signal, and what it has done so far.
-struct Watch<'w> {
+/// A watch in progress: its settings and stop signal, and what it has done so far.
+struct Watch {
     settings: WatchOptions,
-    clock: &'w dyn Clock,
     shutdown: Receiver<bool>,
     total: PollSummary,
     backoff: Duration,
 }
 
-impl Watch<'_> {
+impl Watch {
     fn stopping(&self) -> bool {
         *self.shutdown.borrow()
     }
@@ -66,14 +64,12 @@ impl<S: TokenStore> Poller<'_, S> {
     pub async fn watch(
         &self,
         settings: WatchOptions,
-        clock: &dyn Clock,
         shutdown: Receiver<bool>,
     ) -> Result<PollSummary> {
         let _lock = self.files.lock(&self.options.mailbox).await?;
         self.require_start()?;
         let mut w = Watch {
             settings,
-            clock,
             shutdown,
             total: PollSummary::default(),
             backoff: FIRST_BACKOFF,
@@ -107,14 +103,13 @@ impl<S: TokenStore> Poller<'_, S> {
 
     /// One connection: log in, catch up, then wait for news and handle it until the token needs
     /// renewing or shutdown.
-    async fn round(&self, w: &mut Watch<'_>) -> Result<RoundEnd> {
+    async fn round(&self, w: &mut Watch) -> Result<RoundEnd> {
         let mut imap = Imap::open(self.account, self.tokens).await?;
         let flag = w.shutdown.clone();
         let stop = move || *flag.borrow();
-        let summary = self
-            .select_and_pass(&mut imap, w.clock.now(), &stop)
-            .await?;
+        let summary = self.select_and_pass(&mut imap, &stop).await?;
         w.total.handled += summary.handled;
+        w.total.quarantined.extend(summary.quarantined);
         // The backoff starts over only after a round that did work (handled mail, or lasted
         // through a wait): a server that accepts the login and then drops the session must not
         // be hammered once a second.
@@ -133,7 +128,7 @@ impl<S: TokenStore> Poller<'_, S> {
                 imap.logout().await;
                 return Ok(RoundEnd::Shutdown);
             }
-            let left = imap.renew_at.saturating_sub(w.clock.now());
+            let left = imap.renew_at.saturating_sub(self.clock.now());
             if left == 0 {
                 tracing::info!(account = %self.account.name, "token nearly expired; reconnecting with a fresh one");
                 imap.logout().await;
@@ -155,8 +150,9 @@ impl<S: TokenStore> Poller<'_, S> {
                     self.options.mailbox
                 );
             };
-            let summary = self.pass(&mut imap, &mut checkpoint, &stop).await?;
+            let summary = self.pass(&mut imap, &mut checkpoint, None, &stop).await?;
             w.total.handled += summary.handled;
+            w.total.quarantined.extend(summary.quarantined);
             w.total.last_uid = summary.last_uid;
         }
     }

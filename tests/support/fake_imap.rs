@@ -23,8 +23,8 @@ pub enum Misbehaviour {
     FloodFetch(usize),
     /// Answer a body FETCH with one literal of this many bytes.
     HugeLiteral(usize),
-    /// Answer a body FETCH with the message under another UID (the requested one plus 1000).
-    WrongUid,
+    /// Answer a body FETCH of this UID with the message under another UID (plus 1000).
+    WrongUidFor(u32),
 }
 
 /// The running server; its threads end with the test process.
@@ -240,7 +240,7 @@ fn fetch(
             }
             out.write_all(b")\r\n")?;
         }
-        Misbehaviour::WrongUid => {
+        Misbehaviour::WrongUidFor(wrong) if wrong == uid => {
             write!(
                 out,
                 "* 1 FETCH (UID {} BODY[] {{{}}}\r\n",
@@ -250,7 +250,7 @@ fn fetch(
             out.write_all(body)?;
             out.write_all(b")\r\n")?;
         }
-        Misbehaviour::None | Misbehaviour::DropAtIdle => {
+        Misbehaviour::None | Misbehaviour::DropAtIdle | Misbehaviour::WrongUidFor(_) => {
             write!(out, "* 1 FETCH (UID {uid} BODY[] {{{}}}\r\n", body.len())?;
             out.write_all(body)?;
             out.write_all(b")\r\n")?;

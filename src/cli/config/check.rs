@@ -37,6 +37,7 @@ struct AccountJson {
     revoke_url: Option<String>,
     refresh_margin_secs: u64,
     token_timeout_secs: u64,
+    max_message_size: u64,
     smtp: Option<ServerJson>,
     imap: Option<ServerJson>,
 }
@@ -137,6 +138,7 @@ fn account_json(a: &Account) -> AccountJson {
         revoke_url: a.endpoints.revoke_url.clone(),
         refresh_margin_secs: a.refresh_margin.as_secs(),
         token_timeout_secs: a.token_timeout.as_secs(),
+        max_message_size: a.max_message_size,
         smtp: server(&a.smtp),
         imap: server(&a.imap),
     }
@@ -174,6 +176,10 @@ fn human(a: &AccountJson) -> Vec<String> {
     lines.push(field(
         "token_timeout",
         &format!("{}s", a.token_timeout_secs),
+    ));
+    lines.push(field(
+        "max_message_size",
+        &format!("{} bytes", a.max_message_size),
     ));
     for (protocol, server) in [(Protocol::Smtp, &a.smtp), (Protocol::Imap, &a.imap)] {
         if let Some(s) = server {

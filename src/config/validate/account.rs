@@ -20,6 +20,11 @@ const DEFAULT_REFRESH_MARGIN: Duration = Duration::from_secs(5 * 60);
 const MAX_REFRESH_MARGIN: Duration = Duration::from_secs(30 * 60);
 /// Default for `token_timeout`: generous for a slow link, short enough for cron.
 const DEFAULT_TOKEN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default for `max_message_size`: far above real mail (providers cap messages at 25–150 MB
+/// including encoding), far below what would strain a small host.
+const DEFAULT_MAX_MESSAGE_SIZE: u64 = 50_000_000;
+/// Bounds for `max_message_size`.
+const MESSAGE_SIZE_RANGE: std::ops::RangeInclusive<u64> = 1024..=2_000_000_000;
 /// Largest `token_timeout`.
 const MAX_TOKEN_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -89,6 +94,7 @@ pub(super) fn account(
         &format!("{at}.token_timeout"),
         problems,
     );
+    let max_message_size = message_size(raw.max_message_size.as_ref(), at, problems);
     let (smtp, imap) = match &provider {
         Some(p) => servers(&raw, p, ctx, problems),
         None => (None, None),
@@ -109,9 +115,65 @@ pub(super) fn account(
         endpoints: endpoints?,
         refresh_margin,
         token_timeout,
+        max_message_size,
         smtp,
         imap,
     })
+}
+
+/// `max_message_size`: bytes (`50000000`) or a size with a unit (`"50MB"`, `"64MiB"`).
+fn message_size(value: Option<&toml::Value>, at: &str, problems: &mut Problems) -> u64 {
+    let path = format!("{at}.max_message_size");
+    let bytes = match value {
+        None => return DEFAULT_MAX_MESSAGE_SIZE,
+        Some(toml::Value::Integer(n)) => u64::try_from(*n).ok(),
+        Some(toml::Value::String(s)) => parse_size(s),
+        Some(other) => {
+            problems.push(
+                path,
+                format!(
+                    "expected a size such as \"50MB\", found {}",
+                    other.type_str()
+                ),
+            );
+            return DEFAULT_MAX_MESSAGE_SIZE;
+        }
+    };
+    match bytes {
+        Some(b) if MESSAGE_SIZE_RANGE.contains(&b) => b,
+        _ => {
+            problems.push(
+                path,
+                format!(
+                    "{} is not a size from 1KiB to 2GB (write e.g. \"50MB\" or \"64MiB\")",
+                    value.map(ToString::to_string).unwrap_or_default()
+                ),
+            );
+            DEFAULT_MAX_MESSAGE_SIZE
+        }
+    }
+}
+
+/// `"50MB"` → 50,000,000; `"64MiB"` → 67,108,864; `"1024"` → 1024. Units: B, KB, MB, GB (powers of
+/// 1000), KiB, MiB, GiB (powers of 1024), any case.
+fn parse_size(text: &str) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: u64 = number.parse().ok()?;
+    let factor: u64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kb" => 1000,
+        "mb" => 1000 * 1000,
+        "gb" => 1000 * 1000 * 1000,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        _ => return None,
+    };
+    number.checked_mul(factor)
 }
 
 /// The account's SMTP and IMAP servers.
@@ -345,6 +407,27 @@ mod tests {
         );
         assert_eq!(a.refresh_margin, DEFAULT_REFRESH_MARGIN);
         assert!(!a.scope_on_refresh);
+    }
+
+    /// Sizes take units; nonsense and out-of-range sizes are problems with the key path.
+    #[test]
+    fn message_sizes() {
+        assert_eq!(super::parse_size("50MB"), Some(50_000_000));
+        assert_eq!(super::parse_size("64 MiB"), Some(64 << 20));
+        assert_eq!(super::parse_size("1024"), Some(1024));
+        assert_eq!(super::parse_size("5 parsecs"), None);
+        let text = format!("{GOOD}max_message_size = \"9TB\"\n");
+        assert_eq!(
+            problems(&text),
+            ["accounts.work.max_message_size: \"9TB\" is not a size from 1KiB to 2GB (write e.g. \"50MB\" or \"64MiB\")"]
+        );
+        let cfg = parse(
+            &format!("{GOOD}max_message_size = 2048\n"),
+            Path::new("/c.toml"),
+            false,
+        )
+        .expect("valid");
+        assert_eq!(cfg.accounts["work"].max_message_size, 2048);
     }
 
     /// Enumerated values suggest the closest spelling.

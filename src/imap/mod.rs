@@ -3,6 +3,9 @@
 //! NO can be read and decoded), and the few commands polling needs. Every network step has a
 //! timeout. A rejected token is refreshed once and the login retried once (see [`crate::mail_auth`]).
 
+mod budget;
+
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -17,13 +20,26 @@ use crate::net::{self, Stream, COMMAND_TIMEOUT};
 use crate::oauth::{TokenSource, TokenStore};
 use crate::sasl::{self, Rejection};
 use crate::secret::Secret;
+use budget::{Budget, Budgeted};
 
 /// Fetching one message body (a large attachment on a slow link).
 const FETCH_TIMEOUT: Duration = Duration::from_secs(300);
+/// What the server may send in answer to an ordinary command (login, SELECT, STORE, IDLE…):
+/// real answers are a few KB.
+const COMMAND_BUDGET: u64 = 1024 * 1024;
+/// What the server may send in answer to `UID SEARCH`: about 8 bytes a message, so this allows
+/// millions of messages.
+const SEARCH_BUDGET: u64 = 64 * 1024 * 1024;
+/// What a FETCH answer may add to the message itself (the response around the literal, flags).
+const FETCH_SLACK: u64 = 64 * 1024;
+/// How many UIDs one size query names (a command line stays short).
+const SIZE_BATCH: usize = 500;
 
 /// An authenticated IMAP session.
 pub struct Imap {
-    session: async_imap::Session<Stream>,
+    session: async_imap::Session<Budgeted>,
+    /// What the server may still send for the command in flight.
+    budget: Budget,
     server: String,
     /// When to reconnect with a fresh token (unix seconds), before this one expires.
     pub renew_at: u64,
@@ -135,7 +151,8 @@ fn classify(server: &str, what: &str, e: BoxError) -> ServerError {
         )
     );
     let text = describe(e.as_ref());
-    if permanent {
+    // A server that floods is not going to stop on a retry.
+    if permanent || budget::is_over_budget(e.as_ref()) {
         ServerError::failed(server, format!("{what} failed: {text}"))
     } else {
         ServerError::transient(server, format!("{what} failed")).with_source(text)
@@ -181,13 +198,15 @@ impl Imap {
                 mail_auth::refused(account, Protocol::Imap, &name, challenge, &reply)
             },
         };
-        let (mut session, renew_at) =
+        let ((mut session, budget), renew_at) =
             mail_auth::with_one_refresh(login, tokens, |token| async move {
                 self::login(account, server, &token).await
             })
             .await?;
+        budget.set(COMMAND_BUDGET);
         let caps = timed(COMMAND_TIMEOUT, &name, "CAPABILITY", session.capabilities()).await?;
         Ok(Imap {
+            budget,
             can_move: caps.has_str("MOVE"),
             can_uid_expunge: caps.has_str("UIDPLUS"),
             can_idle: caps.has_str("IDLE"),
@@ -208,6 +227,7 @@ impl Imap {
     /// # Errors
     /// The mailbox does not exist (a [`ServerError::Failed`] naming it) or the network fails.
     pub async fn select(&mut self, mailbox: &str) -> Result<Selected, ServerError> {
+        self.budget.set(COMMAND_BUDGET);
         let mb = timed(
             COMMAND_TIMEOUT,
             &self.server,
@@ -244,6 +264,7 @@ impl Imap {
             Some(c) => format!("UID {}:* {c}", after.saturating_add(1)),
             None => format!("UID {}:*", after.saturating_add(1)),
         };
+        self.budget.set(SEARCH_BUDGET);
         let found = timed(
             COMMAND_TIMEOUT,
             &self.server,
@@ -258,26 +279,84 @@ impl Imap {
         Ok(uids)
     }
 
-    /// The raw message `uid`, fetched with `BODY.PEEK[]` (flags unchanged); `None` if it vanished.
+    /// The sizes (RFC822.SIZE) of messages `uids`, in one round trip per [`SIZE_BATCH`] UIDs;
+    /// a UID the server does not answer for is missing from the map.
     ///
     /// # Errors
-    /// The network.
-    pub async fn fetch(&mut self, uid: u32) -> Result<Option<Vec<u8>>, ServerError> {
+    /// The network, or an answer over its budget.
+    pub async fn sizes(&mut self, uids: &[u32]) -> Result<BTreeMap<u32, u64>, ServerError> {
+        let mut sizes = BTreeMap::new();
+        let server = self.server.clone();
+        for batch in uids.chunks(SIZE_BATCH) {
+            let set = uid_set(batch);
+            // ~100 bytes of answer per message, whatever the server pads it with.
+            self.budget.set(COMMAND_BUDGET + 200 * batch.len() as u64);
+            let answer = async {
+                let mut stream = self.session.uid_fetch(&set, "(UID RFC822.SIZE)").await?;
+                let mut found = Vec::new();
+                while let Some(f) = stream.try_next().await? {
+                    if let (Some(uid), Some(size)) = (f.uid, f.size) {
+                        found.push((uid, u64::from(size)));
+                    }
+                }
+                Ok::<_, async_imap::error::Error>(found)
+            };
+            let what = format!("UID FETCH {set} (RFC822.SIZE)");
+            for (uid, size) in timed(COMMAND_TIMEOUT, &server, &what, answer).await? {
+                if batch.binary_search(&uid).is_ok() {
+                    sizes.insert(uid, size);
+                }
+            }
+            self.drain();
+        }
+        Ok(sizes)
+    }
+
+    /// The raw message `uid` of `size` bytes (as [`Imap::sizes`] reported), fetched with
+    /// `BODY.PEEK[]` (flags unchanged); `None` if the answer did not carry it. Only that message's
+    /// body is kept, and the server may send little more than `size` bytes.
+    ///
+    /// # Errors
+    /// The network, or an answer over its budget (a server sending more than it announced).
+    pub async fn fetch(&mut self, uid: u32, size: u64) -> Result<Option<Vec<u8>>, ServerError> {
         let server = self.server.clone();
         let what = format!("UID FETCH {uid}");
-        let fetches = async {
-            let stream = self
+        self.budget.set(size.saturating_add(FETCH_SLACK));
+        let answer = async {
+            let mut stream = self
                 .session
                 .uid_fetch(uid.to_string(), "(UID BODY.PEEK[])")
                 .await?;
-            stream.try_collect::<Vec<_>>().await
+            let mut body = None;
+            while let Some(f) = stream.try_next().await? {
+                if body.is_none() && f.uid == Some(uid) {
+                    body = f.body().map(<[u8]>::to_vec);
+                }
+            }
+            Ok::<_, async_imap::error::Error>(body)
         };
-        let fetches = timed(FETCH_TIMEOUT, &server, &what, fetches).await?;
+        let body = timed(FETCH_TIMEOUT, &server, &what, answer).await?;
         self.drain();
-        Ok(fetches
-            .iter()
-            .find(|f| f.uid == Some(uid))
-            .and_then(|f| f.body().map(<[u8]>::to_vec)))
+        Ok(body)
+    }
+
+    /// Whether the mailbox still lists message `uid` (`UID SEARCH UID n`).
+    ///
+    /// # Errors
+    /// The network.
+    pub async fn has(&mut self, uid: u32) -> Result<bool, ServerError> {
+        self.budget.set(COMMAND_BUDGET);
+        let server = self.server.clone();
+        let query = format!("UID {uid}");
+        let found = timed(
+            COMMAND_TIMEOUT,
+            &server,
+            &format!("UID SEARCH {query}"),
+            self.session.uid_search(&query),
+        )
+        .await?;
+        self.drain();
+        Ok(found.contains(&uid))
     }
 
     /// Adds `flag` (`\Seen`, `\Flagged`, a keyword) to message `uid`.
@@ -286,6 +365,7 @@ impl Imap {
     /// The server refuses or the network fails.
     pub async fn add_flag(&mut self, uid: u32, flag: &str) -> Result<(), ServerError> {
         check_flag(flag).map_err(|e| ServerError::failed(&self.server, e))?;
+        self.budget.set(COMMAND_BUDGET);
         let server = self.server.clone();
         let store = async {
             let stream = self
@@ -311,6 +391,7 @@ impl Imap {
     /// # Errors
     /// The target mailbox does not exist, the server refuses, or the network fails.
     pub async fn move_to(&mut self, uid: u32, mailbox: &str) -> Result<(), ServerError> {
+        self.budget.set(COMMAND_BUDGET);
         let server = self.server.clone();
         if self.can_move {
             timed(
@@ -339,6 +420,7 @@ impl Imap {
     /// The server refuses or the network fails.
     pub async fn delete(&mut self, uid: u32) -> Result<(), ServerError> {
         self.add_flag(uid, "\\Deleted").await?;
+        self.budget.set(COMMAND_BUDGET);
         let server = self.server.clone();
         let can_uid_expunge = self.can_uid_expunge;
         let expunge = async {
@@ -381,12 +463,15 @@ impl Imap {
     ) -> Result<(Imap, Wake), ServerError> {
         let Imap {
             session,
+            budget,
             server,
             renew_at,
             can_move,
             can_uid_expunge,
             can_idle,
         } = self;
+        // One budget for the whole wait: a server may report news, not stream forever.
+        budget.set(COMMAND_BUDGET);
         let mut handle = session.idle();
         timed(COMMAND_TIMEOUT, &server, "IDLE", handle.init()).await?;
         let lost = |why: &str| {
@@ -409,6 +494,7 @@ impl Imap {
         let session = timed(COMMAND_TIMEOUT, &server, "DONE", handle.done()).await?;
         let mut imap = Imap {
             session,
+            budget,
             server,
             renew_at,
             can_move,
@@ -424,6 +510,7 @@ impl Imap {
     /// # Errors
     /// The connection dropped.
     pub async fn noop(&mut self) -> Result<(), ServerError> {
+        self.budget.set(COMMAND_BUDGET);
         let server = self.server.clone();
         timed(COMMAND_TIMEOUT, &server, "NOOP", self.session.noop()).await?;
         self.drain();
@@ -432,6 +519,7 @@ impl Imap {
 
     /// Logs out; errors are ignored (the work is done).
     pub async fn logout(mut self) {
+        self.budget.set(COMMAND_BUDGET);
         let _ = tokio::time::timeout(COMMAND_TIMEOUT, self.session.logout()).await;
     }
 
@@ -446,7 +534,7 @@ async fn login(
     account: &Account,
     server: &Server,
     token: &Secret,
-) -> Result<async_imap::Session<Stream>, LoginFailure> {
+) -> Result<(async_imap::Session<Budgeted>, Budget), LoginFailure> {
     let name = server.address();
     let other = LoginFailure::Other;
     let tcp = net::connect(server).await.map_err(other)?;
@@ -454,7 +542,10 @@ async fn login(
         Tls::Implicit => net::tls(tcp, server, "connecting").await.map_err(other)?,
         Tls::Starttls | Tls::None => Stream::Plain(tcp),
     };
-    let mut client = async_imap::Client::new(stream);
+    // The whole login (greeting, STARTTLS, AUTHENTICATE) shares one ordinary budget.
+    let budget = Budget::default();
+    budget.set(COMMAND_BUDGET);
+    let mut client = async_imap::Client::new(Budgeted::new(stream, budget.clone()));
     greeting(&mut client, &name).await.map_err(other)?;
     if server.tls == Tls::Starttls {
         timed(
@@ -465,18 +556,23 @@ async fn login(
         )
         .await
         .map_err(other)?;
-        let Stream::Plain(tcp) = client.into_inner() else {
+        let Stream::Plain(tcp) = client.into_inner().inner else {
             return Err(other(ServerError::failed(
                 name,
                 "internal: STARTTLS on an encrypted stream",
             )));
         };
-        client = async_imap::Client::new(net::tls(tcp, server, "STARTTLS").await.map_err(other)?);
+        let tls = net::tls(tcp, server, "STARTTLS").await.map_err(other)?;
+        client = async_imap::Client::new(Budgeted::new(tls, budget.clone()));
     }
-    authenticate(client, account, server, &name, token).await
+    let session = authenticate(client, account, server, &name, token).await?;
+    Ok((session, budget))
 }
 
-async fn greeting(client: &mut async_imap::Client<Stream>, name: &str) -> Result<(), ServerError> {
+async fn greeting(
+    client: &mut async_imap::Client<Budgeted>,
+    name: &str,
+) -> Result<(), ServerError> {
     match tokio::time::timeout(net::CONNECT_TIMEOUT, client.read_response()).await {
         Ok(Ok(Some(_))) => Ok(()),
         Ok(Ok(None)) => Err(ServerError::transient(
@@ -491,12 +587,12 @@ async fn greeting(client: &mut async_imap::Client<Stream>, name: &str) -> Result
 }
 
 async fn authenticate(
-    client: async_imap::Client<Stream>,
+    client: async_imap::Client<Budgeted>,
     account: &Account,
     server: &Server,
     name: &str,
     token: &Secret,
-) -> Result<async_imap::Session<Stream>, LoginFailure> {
+) -> Result<async_imap::Session<Budgeted>, LoginFailure> {
     let challenge = Arc::new(Mutex::new(None));
     let auth = OAuthAuthenticator {
         initial: Some(sasl::initial_response_raw(
@@ -551,9 +647,38 @@ async fn authenticate(
     }
 }
 
+/// `uids` (ascending) as a compact UID set: `1:3,7,9:10`.
+fn uid_set(uids: &[u32]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < uids.len() {
+        let start = uids[i];
+        let mut end = start;
+        while i + 1 < uids.len() && uids[i + 1] == end.saturating_add(1) {
+            i += 1;
+            end = uids[i];
+        }
+        parts.push(if start == end {
+            start.to_string()
+        } else {
+            format!("{start}:{end}")
+        });
+        i += 1;
+    }
+    parts.join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// UID sets are compact ranges.
+    #[test]
+    fn uid_sets() {
+        assert_eq!(uid_set(&[1, 2, 3, 7, 9, 10]), "1:3,7,9:10");
+        assert_eq!(uid_set(&[5]), "5");
+        assert_eq!(uid_set(&[]), "");
+    }
 
     /// Flags are atoms (system flags with a backslash); criteria have no control characters.
     #[test]
