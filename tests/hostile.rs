@@ -601,3 +601,50 @@ fn fetch_without_the_uid_stops_before_it() {
     let checkpoint = fs::read_to_string(env.state_dir().join("poll/work/INBOX.json")).expect("cp");
     assert!(checkpoint.contains("\"last_uid\":0"), "{checkpoint}");
 }
+
+/// A token endpoint that keeps answering with something that is not a token response (a 200 HTML
+/// page) is retried at first (75), and after an hour of it the refresh fails for good (exit 1,
+/// saying why), so cron stops retrying in silence. The grant is never touched.
+#[test]
+fn lasting_garbage_escalates_to_a_failure() {
+    let server = OAuthServer::start();
+    let env = TestEnv::new();
+    env.config_for(&server, "");
+    env.import(&server);
+    let before = fs::read(env.token_file("work")).expect("token file");
+    server.set_fault(Fault::Garbage);
+    env.run_with_secret(&server, &["auth", "token", "work", "--force"])
+        .expect_code(75);
+    let record_path = env.state_dir().join("tokens/work.error.json");
+    let mut record: serde_json::Value =
+        serde_json::from_str(&fs::read_to_string(&record_path).expect("error record"))
+            .expect("json");
+    assert_eq!(record["unexpected"], true, "{record}");
+    // An hour and more of the same.
+    let since = record["since"].as_u64().expect("since") - 7200;
+    record["since"] = since.into();
+    fs::write(&record_path, record.to_string()).expect("write record");
+    let run = env.run_with_secret(&server, &["auth", "token", "work", "--force"]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains(
+            "for 2h the token endpoint has answered with something that is not a token response"
+        ),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr.contains("hint: check token_url"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(
+        fs::read(env.token_file("work")).expect("token file"),
+        before
+    );
+    // The provider recovers: the next refresh works and the streak is over.
+    server.set_fault(Fault::None);
+    env.run_with_secret(&server, &["auth", "token", "work", "--force"])
+        .expect_code(0);
+    assert!(!record_path.exists());
+}

@@ -183,8 +183,15 @@ impl<'a> Refresher<'a> {
         source: Option<BoxError>,
     ) -> AuthError {
         let client_error = status.is_some_and(|s| (400..500).contains(&s) && s != 408 && s != 429);
-        if !client_error {
+        let server_side = status.is_some_and(|s| s == 408 || s == 429 || s >= 500);
+        if server_side || status.is_none() {
             return self.transient(reason, source);
+        }
+        if !client_error {
+            // A 2xx/3xx that is not OAuth (a proxy's or captive portal's page): retried, but
+            // marked so that a streak of them ends up in front of a person.
+            let marker = UnexpectedAnswer(source.unwrap_or_else(|| reason.clone().into()));
+            return self.transient(reason, Some(Box::new(marker)));
         }
         AuthError::Failed {
             account: self.account.name.clone(),
@@ -197,6 +204,13 @@ impl<'a> Refresher<'a> {
         }
     }
 }
+
+/// The token endpoint answered with a success status but not with a token response. Transient at
+/// first (a proxy hiccup), it becomes a failure a person must look at when it lasts (see
+/// [`super::source`]). Shows as its cause.
+#[derive(Debug, thiserror::Error)]
+#[error(transparent)]
+pub struct UnexpectedAnswer(pub BoxError);
 
 fn is_timeout(e: &oauth2::HttpClientError<reqwest::Error>) -> bool {
     matches!(e, oauth2::HttpClientError::Reqwest(r) if r.is_timeout())

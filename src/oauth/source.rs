@@ -28,9 +28,25 @@ const LOCK_SLACK: Duration = Duration::from_secs(15);
 /// is less than the refresh margin (a provider issuing short tokens would otherwise make every
 /// waiting process refresh again).
 const MIN_ADOPT: Duration = Duration::from_secs(10);
+/// How long the token endpoint may answer with something that is not a token response (a proxy's
+/// page, a 200 without `access_token`) before a refresh fails for good (exit 1) instead of
+/// asking for a retry (75): cron would otherwise retry forever and nobody would be told.
+const UNEXPECTED_FOR: Duration = Duration::from_secs(3600);
 /// Lifetime assumed when a token response has no `expires_in` (RFC 6749 makes it optional; an hour
 /// is what Google and Microsoft issue).
 const DEFAULT_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// Whether `e` is (or was escalated from) a "not a token response" answer.
+fn is_unexpected(e: &AuthError) -> bool {
+    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(c) = cause {
+        if c.is::<super::refresh::UnexpectedAnswer>() {
+            return true;
+        }
+        cause = c.source();
+    }
+    false
+}
 
 /// Whether to refresh a token that is still fresh.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -238,7 +254,8 @@ impl<'a, S: TokenStore> TokenSource<'a, S> {
                 Ok(token)
             }
             Err(e) => {
-                self.record_error(&e);
+                let (e, since) = self.escalate(e);
+                self.record_error(&e, since);
                 Err(e.into())
             }
         }
@@ -288,11 +305,57 @@ impl<'a, S: TokenStore> TokenSource<'a, S> {
         }
     }
 
-    fn record_error(&self, e: &AuthError) {
+    /// Turns a transient "not a token response" that has lasted [`UNEXPECTED_FOR`] into a
+    /// failure; returns the error and, for such answers, when their streak began.
+    fn escalate(&self, e: AuthError) -> (AuthError, Option<u64>) {
+        let unexpected = is_unexpected(&e);
+        if !unexpected {
+            return (e, None);
+        }
+        let now = self.clock.now();
+        let since = match self.store.last_error(&self.account.name) {
+            Ok(Some(last)) if last.unexpected => last.since.unwrap_or(last.at),
+            _ => now,
+        };
+        let lasted = now.saturating_sub(since);
+        let AuthError::Transient {
+            account,
+            reason,
+            source,
+        } = e
+        else {
+            return (e, Some(since));
+        };
+        if lasted < UNEXPECTED_FOR.as_secs() {
+            let e = AuthError::Transient {
+                account,
+                reason,
+                source,
+            };
+            return (e, Some(since));
+        }
+        let failed = AuthError::Failed {
+            account,
+            reason: format!(
+                "for {} the token endpoint has answered with something that is not a token response ({reason})",
+                crate::clock::span(lasted)
+            ),
+            hint: Some(format!(
+                "check token_url of account \"{}\" (`mailpilot config check`), and whether a proxy or captive portal answers instead of the provider",
+                self.account.name
+            )),
+            source,
+        };
+        (failed, Some(since))
+    }
+
+    fn record_error(&self, e: &AuthError, since: Option<u64>) {
         let record = LastError {
             at: self.clock.now(),
             kind: e.kind(),
             message: crate::error::error_text(e),
+            since,
+            unexpected: since.is_some(),
         };
         if let Err(err) = self.store.set_last_error(&self.account.name, Some(&record)) {
             tracing::warn!(account = %self.account.name, error = %format!("{err:#}"), "could not record the refresh error");

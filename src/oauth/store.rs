@@ -74,6 +74,12 @@ pub struct LastError {
     pub kind: AuthErrorKind,
     /// The error text (never contains a secret).
     pub message: String,
+    /// When the current streak of failures of this kind began, unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<u64>,
+    /// The token endpoint answered, but not with OAuth (a streak of these is escalated).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unexpected: bool,
 }
 
 /// The file-backed store under `$XDG_STATE_HOME/mailpilot/tokens`.
