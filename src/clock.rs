@@ -79,4 +79,12 @@ mod tests {
         assert_eq!(rfc3339(1_795_796_539), "2026-11-27T16:22:19Z");
         assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59Z");
     }
+
+    proptest::proptest! {
+        /// Any time at all formats (token files and servers may say anything).
+        #[test]
+        fn any_time_formats(t in proptest::num::u64::ANY) {
+            proptest::prop_assert!(rfc3339(t).ends_with('Z'));
+        }
+    }
 }

@@ -351,7 +351,7 @@ pub const SERVER_TEXT_MAX: usize = 1024;
 /// and pass on: line breaks and tabs become spaces, other control characters (terminal escapes,
 /// NUL) are dropped, and the result is cut to `max` bytes with `…`.
 pub fn clean(text: &str, max: usize) -> String {
-    let mut out = String::with_capacity(text.len().min(max + 3));
+    let mut out = String::with_capacity(text.len().min(max.saturating_add(3)));
     for c in text.chars() {
         let c = match c {
             '\n' | '\r' | '\t' => ' ',
@@ -417,5 +417,16 @@ mod tests {
             "\"needs_authorization\""
         );
         assert_eq!(AuthErrorKind::Transient.to_string(), "transient");
+    }
+
+    proptest::proptest! {
+        /// Cleaned text never carries a control character and stays within its bound.
+        #[test]
+        fn clean_is_safe_and_bounded(text in ".*", max in 0usize..64) {
+            let out = clean(&text, max);
+            proptest::prop_assert!(!out.chars().any(char::is_control));
+            proptest::prop_assert!(out.len() <= max + '…'.len_utf8());
+            proptest::prop_assert_eq!(clean(&out, usize::MAX), out.clone());
+        }
     }
 }

@@ -228,4 +228,24 @@ mod tests {
         let s = oauthbearer("a,b=c@x", None, &Secret::new("t"));
         assert_eq!(decode(&s), "n,a=a=2Cb=3Dc@x,\x01auth=Bearer t\x01\x01");
     }
+
+    proptest::proptest! {
+        /// Any challenge decodes without panicking, and what it shows is clean.
+        #[test]
+        fn any_challenge_decodes(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512)) {
+            let r = Rejection::parse(&bytes);
+            proptest::prop_assert!(!r.to_string().chars().any(|c| c.is_control() && c != '\\'));
+            let _ = Rejection::decode(&String::from_utf8_lossy(&bytes));
+        }
+
+        /// The XOAUTH2 string carries exactly the user and the token.
+        #[test]
+        fn xoauth2_round_trips(user in "[a-z0-9.@]{1,40}", token in "[A-Za-z0-9._-]{1,200}") {
+            let s = xoauth2(&user, &Secret::new(token.clone()));
+            proptest::prop_assert_eq!(
+                decode(&s),
+                format!("user={user}\x01auth=Bearer {token}\x01\x01")
+            );
+        }
+    }
 }

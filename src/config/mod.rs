@@ -166,12 +166,18 @@ impl Config {
             .with_context(|| format!("failed to read configuration file {}", path.display()))?;
         let text = String::from_utf8(bytes).map_err(|_| unusable("it is not UTF-8 text"))?;
         let world_readable = file_mode(path)? & 0o004 != 0;
-        validate::parse(&text, path, world_readable).map_err(|problems| {
-            ConfigError::Invalid {
-                path: path.to_path_buf(),
-                problems,
-            }
-            .into()
+        Ok(Self::from_text(&text, path, world_readable)?)
+    }
+
+    /// Validates configuration `text` as if read from `path` (relative paths resolve against its
+    /// directory); `world_readable` refuses inline secrets.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] with every problem.
+    pub fn from_text(text: &str, path: &Path, world_readable: bool) -> Result<Config, ConfigError> {
+        validate::parse(text, path, world_readable).map_err(|problems| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            problems,
         })
     }
 

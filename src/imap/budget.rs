@@ -195,6 +195,12 @@ pub fn is_over_budget(error: &(dyn std::error::Error + 'static)) -> bool {
 mod tests {
     use super::*;
 
+    impl Literals {
+        fn scan_all(mut self, bytes: &[u8], allowed: u64) -> Option<u64> {
+            self.scan(bytes, allowed)
+        }
+    }
+
     /// Spending stops at the budget; a new budget starts over.
     #[test]
     fn spends_and_refuses() {
@@ -224,5 +230,20 @@ mod tests {
         assert_eq!(l.scan(b"\n", 100), Some(1000));
         let mut l = Literals::Text;
         assert_eq!(l.scan(b"* OK {\"quoted {7} text\"}\r\n", 5), None);
+    }
+
+    proptest::proptest! {
+        /// How the bytes arrive (in which chunks) does not change what is found.
+        #[test]
+        fn scanning_is_chunk_blind(
+            bytes in proptest::collection::vec(proptest::sample::select(b"{}0123456789\r\nab ".to_vec()), 0..300),
+            cut in 0usize..300,
+        ) {
+            let whole = Literals::Text.scan_all(&bytes, 50);
+            let cut = cut.min(bytes.len());
+            let mut l = Literals::Text;
+            let split = l.scan(&bytes[..cut], 50).or_else(|| l.scan(&bytes[cut..], 50));
+            proptest::prop_assert_eq!(whole, split);
+        }
     }
 }

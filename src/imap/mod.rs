@@ -702,4 +702,29 @@ mod tests {
         assert!(check_search("ALL\r\nA1 DELETE INBOX").is_err());
         assert!(check_search("ALL\0").is_err());
     }
+
+    proptest::proptest! {
+        /// A flag or criteria that passes the checks cannot end the command line.
+        #[test]
+        fn checked_values_stay_on_one_line(text in ".*") {
+            if check_flag(&text).is_ok() || check_search(&text).is_ok() {
+                proptest::prop_assert!(!text.contains(['\r', '\n', '\0']));
+            }
+        }
+
+        /// A UID set names exactly the UIDs given.
+        #[test]
+        fn uid_sets_round_trip(mut uids in proptest::collection::vec(1u32..500, 0..60)) {
+            uids.sort_unstable();
+            uids.dedup();
+            let mut back = Vec::new();
+            for part in uid_set(&uids).split(',').filter(|p| !p.is_empty()) {
+                match part.split_once(':') {
+                    Some((a, b)) => back.extend(a.parse::<u32>().expect("n")..=b.parse::<u32>().expect("n")),
+                    None => back.push(part.parse::<u32>().expect("n")),
+                }
+            }
+            proptest::prop_assert_eq!(back, uids);
+        }
+    }
 }

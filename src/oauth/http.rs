@@ -170,4 +170,17 @@ mod tests {
         assert_eq!(normalize(b"<html>".to_vec()), b"<html>");
         assert_eq!(normalize(br#"{"a":1}"#.to_vec()), br#"{"a":1}"#);
     }
+
+    proptest::proptest! {
+        /// Whatever the body, normalising never panics, and a JSON answer comes out with a sane
+        /// `expires_in`.
+        #[test]
+        fn normalize_bounds_lifetimes(body in proptest::collection::vec(proptest::num::u8::ANY, 0..256), n in proptest::num::i64::ANY) {
+            let _ = normalize(body);
+            let json = format!(r#"{{"access_token":"a","expires_in":{n}}}"#);
+            let out: serde_json::Value = serde_json::from_slice(&normalize(json.into_bytes())).expect("json");
+            let e = out["expires_in"].as_u64().expect("a number");
+            proptest::prop_assert!(e <= MAX_LIFETIME.as_secs());
+        }
+    }
 }

@@ -16,7 +16,7 @@ use crate::error::clean;
 use crate::output::JSON_SCHEMA_VERSION;
 
 /// One fetched message and where it came from.
-pub(super) struct Fetched<'m> {
+pub struct Fetched<'m> {
     /// The account's name.
     pub account: &'m str,
     /// The mailbox it was read from.
@@ -107,7 +107,12 @@ fn addresses(list: Option<&mail_parser::Address<'_>>) -> Vec<String> {
     .unwrap_or_default()
 }
 
-fn message_json(
+/// `message` as the JSON handler prints it; with `save_attachments`, each attachment is written
+/// there first (under a name from [`file_name`]).
+///
+/// # Errors
+/// An attachment cannot be written.
+pub fn message_json(
     message: &Fetched<'_>,
     parsed: Option<&mail_parser::Message<'_>>,
     with_html: bool,
@@ -240,8 +245,45 @@ async fn exec(
     cmd: &str,
 ) -> Result<()> {
     let uid = message.uid;
-    // Values come from the message: no NUL (it cannot be passed), no line breaks or terminal
-    // escapes, bounded.
+    let mut command = tokio::process::Command::new("sh");
+    command
+        .arg("-c")
+        .arg(cmd)
+        .envs(exec_env(message, parsed))
+        .stdin(Stdio::piped());
+    if let Some(var) = message.secret_env {
+        command.env_remove(var);
+    }
+    let mut child = command
+        .spawn()
+        .with_context(|| format!("failed to start `{cmd}`"))?;
+    if let Some(mut stdin) = child.stdin.take() {
+        // A command that does not read its input closes the pipe early; that is not a failure.
+        match stdin.write_all(message.raw).await {
+            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
+                return Err(e).with_context(|| format!("failed to write UID {uid} to `{cmd}`"))
+            }
+            _ => {}
+        }
+        drop(stdin);
+    }
+    let status = child
+        .wait()
+        .await
+        .with_context(|| format!("failed to wait for `{cmd}`"))?;
+    if !status.success() {
+        bail!("the --exec command `{cmd}` failed for UID {uid} ({status})");
+    }
+    Ok(())
+}
+
+/// The `MAILPILOT_*` variables an `--exec` command gets for `message`. Values come from the
+/// message: no NUL (it cannot be passed), no line breaks or terminal escapes, bounded.
+pub fn exec_env(
+    message: &Fetched<'_>,
+    parsed: Option<&mail_parser::Message<'_>>,
+) -> Vec<(&'static str, String)> {
+    let uid = message.uid;
     let one_line = |s: String| clean(&s, ENV_VALUE_MAX);
     let header = |value: Option<&str>| value.unwrap_or_default().to_string();
     let env = [
@@ -273,36 +315,7 @@ async fn exec(
                 .unwrap_or_default(),
         ),
     ];
-    let mut command = tokio::process::Command::new("sh");
-    command
-        .arg("-c")
-        .arg(cmd)
-        .envs(env.into_iter().map(|(k, v)| (k, one_line(v))))
-        .stdin(Stdio::piped());
-    if let Some(var) = message.secret_env {
-        command.env_remove(var);
-    }
-    let mut child = command
-        .spawn()
-        .with_context(|| format!("failed to start `{cmd}`"))?;
-    if let Some(mut stdin) = child.stdin.take() {
-        // A command that does not read its input closes the pipe early; that is not a failure.
-        match stdin.write_all(message.raw).await {
-            Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => {
-                return Err(e).with_context(|| format!("failed to write UID {uid} to `{cmd}`"))
-            }
-            _ => {}
-        }
-        drop(stdin);
-    }
-    let status = child
-        .wait()
-        .await
-        .with_context(|| format!("failed to wait for `{cmd}`"))?;
-    if !status.success() {
-        bail!("the --exec command `{cmd}` failed for UID {uid} ({status})");
-    }
-    Ok(())
+    env.into_iter().map(|(k, v)| (k, one_line(v))).collect()
 }
 
 #[cfg(test)]
@@ -338,5 +351,34 @@ mod tests {
             again.len() <= MAX_FILE_NAME && again.ends_with("-2.pdf"),
             "{again}"
         );
+    }
+
+    proptest::proptest! {
+        /// Any sender-given name becomes a short, safe, visible, distinct file name.
+        #[test]
+        fn file_names_are_safe(names in proptest::collection::vec(proptest::option::of(".*"), 1..8)) {
+            let mut taken = HashSet::new();
+            let mut made = Vec::new();
+            for (i, name) in names.iter().enumerate() {
+                let f = file_name(name.as_deref(), i + 1, &mut taken);
+                proptest::prop_assert!(!f.is_empty() && f.len() <= MAX_FILE_NAME, "{f:?}");
+                proptest::prop_assert!(!f.contains('/') && !f.starts_with('.'), "{f:?}");
+                proptest::prop_assert!(!f.chars().any(char::is_control), "{f:?}");
+                proptest::prop_assert!(!made.contains(&f), "{f:?} twice");
+                made.push(f);
+            }
+        }
+
+        /// `--exec` values never carry NUL, line breaks or escapes, whatever the message.
+        #[test]
+        fn exec_env_is_clean(raw in proptest::collection::vec(proptest::num::u8::ANY, 0..2048)) {
+            let message = Fetched { account: "a", mailbox: "INBOX", uidvalidity: 1, uid: 1, raw: &raw, secret_env: None };
+            let parsed = MessageParser::default().parse(&raw);
+            for (_, value) in exec_env(&message, parsed.as_ref()) {
+                proptest::prop_assert!(!value.chars().any(char::is_control), "{value:?}");
+                proptest::prop_assert!(value.len() <= ENV_VALUE_MAX + 3);
+            }
+            let _ = message_json(&message, parsed.as_ref(), true, None);
+        }
     }
 }

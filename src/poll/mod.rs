@@ -12,7 +12,7 @@
 //! printers take the caller's writer the same way).
 
 mod checkpoint;
-mod handler;
+pub mod handler;
 mod watch;
 
 use std::fmt;
@@ -27,9 +27,8 @@ use crate::error::{ServerError, UsageError};
 use crate::imap::{Imap, Selected};
 use crate::oauth::{TokenSource, TokenStore};
 use checkpoint::{Checkpoint, StateFiles, STATE_VERSION};
-use handler::Fetched;
 
-pub use handler::MessageJson;
+pub use handler::{Fetched, MessageJson};
 pub use watch::WatchOptions;
 
 /// Where the first poll of a mailbox starts (later polls continue from the checkpoint).

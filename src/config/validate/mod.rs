@@ -315,4 +315,17 @@ pub(super) mod tests {
         assert_eq!(p.len(), 1);
         assert!(p[0].starts_with("line 2, column "), "{p:?}");
     }
+
+    proptest::proptest! {
+        /// Any text is a configuration or a list of problems, never a panic; and TOML-shaped
+        /// text with arbitrary values too.
+        #[test]
+        fn any_config_text_is_handled(text in ".*", value in ".*") {
+            let _ = parse(&text, Path::new("/c.toml"), false);
+            let shaped = format!(
+                "[accounts.a]\nprovider = \"custom\"\nemail = {value:?}\nclient_id = {value:?}\ntoken_url = {value:?}\nrefresh_margin = {value:?}\nmax_message_size = {value:?}\n[accounts.a.imap]\nhost = {value:?}\n[jobs.j]\nkind = \"poll\"\nschedule = {value:?}\nflag = {value:?}\n"
+            );
+            let _ = parse(&shaped, Path::new("/c.toml"), false);
+        }
+    }
 }
