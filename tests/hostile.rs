@@ -648,3 +648,19 @@ fn lasting_garbage_escalates_to_a_failure() {
         .expect_code(0);
     assert!(!record_path.exists());
 }
+
+/// A server answer that is not IMAP is reported as the text it was (without its terminal
+/// escapes), not as a list of byte values.
+#[test]
+fn unparseable_imap_answer_reads_as_text() {
+    let (run, _rss, _env) = poll_fake(Misbehaviour::GarbageSelect);
+    assert_ne!(run.code, 0);
+    assert!(
+        run.stderr
+            .contains("the server sent something that is not IMAP: \"* [31mNOT IMAP AT ALL"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("input: ["), "{}", run.stderr);
+    assert!(!run.stderr.contains('\u{1b}'), "{}", run.stderr);
+}

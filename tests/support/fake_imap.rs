@@ -25,6 +25,8 @@ pub enum Misbehaviour {
     HugeLiteral(usize),
     /// Answer a body FETCH of this UID with the message under another UID (plus 1000).
     WrongUidFor(u32),
+    /// Answer SELECT with a line that is not IMAP, holding a terminal escape.
+    GarbageSelect,
 }
 
 /// The running server; its threads end with the test process.
@@ -133,6 +135,9 @@ fn serve(conn: TcpStream, state: &Mutex<State>, logins: &AtomicU64) -> std::io::
                 lines.read_line(&mut line)?;
                 logins.fetch_add(1, Ordering::SeqCst);
                 write!(out, "{tag} OK authenticated\r\n")?;
+            }
+            "SELECT" | "EXAMINE" if misbehaviour == Misbehaviour::GarbageSelect => {
+                out.write_all(b"* \x1b[31mNOT IMAP AT ALL \x07(((\r\n")?;
             }
             "SELECT" | "EXAMINE" => {
                 let st = state.lock().expect("state");
@@ -250,7 +255,7 @@ fn fetch(
             out.write_all(body)?;
             out.write_all(b")\r\n")?;
         }
-        Misbehaviour::None | Misbehaviour::DropAtIdle | Misbehaviour::WrongUidFor(_) => {
+        _ => {
             write!(out, "* 1 FETCH (UID {uid} BODY[] {{{}}}\r\n", body.len())?;
             out.write_all(body)?;
             out.write_all(b")\r\n")?;
