@@ -79,6 +79,7 @@ fn huge_token_answer_is_cut_off() {
         &["auth", "token", "work", "--force"],
         &[("MP_TEST_SECRET", &server.client_secret())],
     );
+    eprintln!("token endpoint 100 MB answer: peak RSS {rss} KiB");
     run.expect_code(75);
     assert!(
         run.stderr.contains("larger than 1024 KiB"),
@@ -150,6 +151,7 @@ token_url = "{}"
         server.token_url()
     ));
     let (run, rss) = env.run_measured(&["auth", "token", "work", "--force"], &[]);
+    eprintln!("client_secret_cmd = yes: peak RSS {rss} KiB");
     run.expect_code(1);
     assert!(
         run.stderr.contains("printed more than 64 KiB"),
@@ -563,6 +565,7 @@ fn poll_fake(misbehaviour: Misbehaviour) -> (crate::support::Run, u64, TestEnv) 
 fn fetch_flood_is_cut_off() {
     let started = Instant::now();
     let (run, rss, env) = poll_fake(Misbehaviour::FloodFetch(500 * 1024 * 1024));
+    eprintln!("500 MB of untagged FETCH: peak RSS {rss} KiB");
     run.expect_code(1);
     assert!(
         run.stderr
@@ -580,6 +583,7 @@ fn fetch_flood_is_cut_off() {
 #[test]
 fn huge_literal_is_cut_off() {
     let (run, rss, _env) = poll_fake(Misbehaviour::HugeLiteral(500 * 1024 * 1024));
+    eprintln!("500 MB literal: peak RSS {rss} KiB");
     run.expect_code(1);
     assert!(run.stderr.contains("stopped reading"), "{}", run.stderr);
     assert!(rss < FLOOD_RSS_LIMIT_KIB, "peak RSS {rss} KiB");
@@ -663,4 +667,21 @@ fn unparseable_imap_answer_reads_as_text() {
     );
     assert!(!run.stderr.contains("input: ["), "{}", run.stderr);
     assert!(!run.stderr.contains('\u{1b}'), "{}", run.stderr);
+}
+
+/// A server listing a UID at or above its own UIDNEXT (which would move the checkpoint past all
+/// future mail) is refused before anything is handed over.
+#[test]
+fn uid_above_uidnext_is_refused() {
+    let (run, _rss, env) = poll_fake(Misbehaviour::UidAboveUidnext);
+    run.expect_code(1);
+    assert!(
+        run.stderr
+            .contains("listed UID 4000000000 in INBOX, but its UIDNEXT is 3"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(run.stdout, "");
+    let checkpoint = fs::read_to_string(env.state_dir().join("poll/work/INBOX.json")).expect("cp");
+    assert!(checkpoint.contains("\"last_uid\":0"), "{checkpoint}");
 }

@@ -163,6 +163,16 @@ fn classify(server: &str, what: &str, e: BoxError) -> ServerError {
 /// the server sent (async-imap prints it as a list of byte values), and everything is cleaned of
 /// control characters and cut to [`SERVER_TEXT_MAX`].
 fn describe(e: &(dyn std::error::Error + 'static)) -> String {
+    if let Some(async_imap::error::Error::Io(io)) = e.downcast_ref::<async_imap::error::Error>() {
+        if io.kind() == std::io::ErrorKind::UnexpectedEof || io.to_string().is_empty() {
+            return "the server closed the connection".into();
+        }
+    }
+    if let Some(async_imap::error::Error::ConnectionLost) =
+        e.downcast_ref::<async_imap::error::Error>()
+    {
+        return "the server closed the connection".into();
+    }
     let text = error_text(e);
     let Some(start) = text.find("input: [") else {
         return clean(&text, SERVER_TEXT_MAX);

@@ -27,6 +27,8 @@ pub enum Misbehaviour {
     WrongUidFor(u32),
     /// Answer SELECT with a line that is not IMAP, holding a terminal escape.
     GarbageSelect,
+    /// List a UID far above UIDNEXT in `UID SEARCH` (and deliver it when asked).
+    UidAboveUidnext,
 }
 
 /// The running server; its threads end with the test process.
@@ -197,6 +199,10 @@ fn uid_command(
                 .filter(|u| **u >= from)
                 .map(ToString::to_string)
                 .collect();
+            let mut uids = uids;
+            if misbehaviour == Misbehaviour::UidAboveUidnext {
+                uids.push("4000000000".into());
+            }
             write!(out, "* SEARCH {}\r\n{tag} OK search\r\n", uids.join(" "))
         }
         "FETCH" if items.contains("BODY") => {
