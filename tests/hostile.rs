@@ -12,14 +12,20 @@ use crate::support::{Fault, MailStack, OAuthServer, TestEnv};
 /// Peak memory allowed for a run fed a 100 MB answer: the binary itself needs ~10 MB.
 const FLOOD_RSS_LIMIT_KIB: u64 = 40 * 1024;
 
-/// A "never expires" lifetime (`expires_in: 999999999999`) is capped on the way in: `auth status`
-/// works instead of panicking, and the token is used.
-#[test]
-fn absurd_expires_in_is_capped() {
+/// A token server and an environment whose account `work` holds a grant from it.
+fn granted() -> (OAuthServer, TestEnv) {
     let server = OAuthServer::start();
     let env = TestEnv::new();
     env.config_for(&server, "");
     env.import(&server);
+    (server, env)
+}
+
+/// A "never expires" lifetime (`expires_in: 999999999999`) is capped on the way in: `auth status`
+/// works instead of panicking, and the token is used.
+#[test]
+fn absurd_expires_in_is_capped() {
+    let (server, env) = granted();
     server.set_fault(Fault::Json(
         200,
         r#"{"access_token":"at-forever","token_type":"Bearer","expires_in":999999999999}"#.into(),
@@ -48,10 +54,7 @@ fn absurd_expires_in_is_capped() {
 /// `expires_in` sent as a string (`"3600"`) is read as the number it is.
 #[test]
 fn expires_in_as_string_is_accepted() {
-    let server = OAuthServer::start();
-    let env = TestEnv::new();
-    env.config_for(&server, "");
-    env.import(&server);
+    let (server, env) = granted();
     server.set_fault(Fault::Json(
         200,
         r#"{"access_token":"at-string","token_type":"Bearer","expires_in":"3600"}"#.into(),
@@ -69,10 +72,7 @@ fn expires_in_as_string_is_accepted() {
 /// (exit 75, the grant untouched) and the process stays small.
 #[test]
 fn huge_token_answer_is_cut_off() {
-    let server = OAuthServer::start();
-    let env = TestEnv::new();
-    env.config_for(&server, "");
-    env.import(&server);
+    let (server, env) = granted();
     let before = fs::read(env.token_file("work")).expect("token file");
     server.set_fault(Fault::Huge(100 * 1024 * 1024));
     let (run, rss) = env.run_measured(
@@ -100,10 +100,7 @@ fn huge_token_answer_is_cut_off() {
 /// it no longer holds every other run behind the refresh lock.
 #[test]
 fn hanging_secret_command_times_out() {
-    let server = OAuthServer::start();
-    let env = TestEnv::new();
-    env.config_for(&server, "");
-    env.import(&server);
+    let (server, env) = granted();
     env.write_config(&format!(
         r#"
 [accounts.work]
@@ -135,10 +132,7 @@ token_timeout = "2s"
 /// A `client_secret_cmd` that never stops printing (`yes`) is stopped at 64 KiB: exit 1, small.
 #[test]
 fn flooding_secret_command_is_stopped() {
-    let server = OAuthServer::start();
-    let env = TestEnv::new();
-    env.config_for(&server, "");
-    env.import(&server);
+    let (server, env) = granted();
     env.write_config(&format!(
         r#"
 [accounts.work]
@@ -188,10 +182,7 @@ fn non_regular_config_is_refused() {
 /// refused (its grant is not ours to use).
 #[test]
 fn token_file_ownership_and_mode() {
-    let server = OAuthServer::start();
-    let env = TestEnv::new();
-    env.config_for(&server, "");
-    env.import(&server);
+    let (server, env) = granted();
     let file = env.token_file("work");
     fs::set_permissions(&file, fs::Permissions::from_mode(0o644)).expect("chmod");
     let run = env.run_with_secret(&server, &["auth", "token", "work"]);
@@ -214,10 +205,7 @@ fn token_file_ownership_and_mode() {
 /// An "access token" with control characters (a terminal escape) is never printed.
 #[test]
 fn token_with_control_characters_is_not_printed() {
-    let server = OAuthServer::start();
-    let env = TestEnv::new();
-    env.config_for(&server, "");
-    env.import(&server);
+    let (server, env) = granted();
     server.set_fault(Fault::Json(
         200,
         r#"{"access_token":"at\u001b]0;owned\u0007","token_type":"Bearer","expires_in":3600}"#
@@ -611,10 +599,7 @@ fn fetch_without_the_uid_stops_before_it() {
 /// saying why), so cron stops retrying in silence. The grant is never touched.
 #[test]
 fn lasting_garbage_escalates_to_a_failure() {
-    let server = OAuthServer::start();
-    let env = TestEnv::new();
-    env.config_for(&server, "");
-    env.import(&server);
+    let (server, env) = granted();
     let before = fs::read(env.token_file("work")).expect("token file");
     server.set_fault(Fault::Garbage);
     env.run_with_secret(&server, &["auth", "token", "work", "--force"])

@@ -103,6 +103,12 @@ fn run_secret_cmd(cmd: &str, timeout: Duration) -> Result<String> {
         })
     };
     let deadline = Instant::now() + timeout;
+    let too_slow = |what: &str| {
+        TimedOut(format!(
+            "the command {what} within {} (token_timeout)",
+            humantime::format_duration(timeout)
+        ))
+    };
     let status = loop {
         if overflow.load(Ordering::SeqCst) {
             kill_group(&mut child);
@@ -116,11 +122,7 @@ fn run_secret_cmd(cmd: &str, timeout: Duration) -> Result<String> {
         }
         if Instant::now() >= deadline {
             kill_group(&mut child);
-            return Err(TimedOut(format!(
-                "the command did not finish within {} (token_timeout)",
-                humantime::format_duration(timeout)
-            ))
-            .into());
+            return Err(too_slow("did not finish").into());
         }
         std::thread::sleep(CMD_POLL);
     };
@@ -128,11 +130,7 @@ fn run_secret_cmd(cmd: &str, timeout: Duration) -> Result<String> {
     while !reader.is_finished() {
         if Instant::now() >= deadline {
             kill_group(&mut child);
-            return Err(TimedOut(format!(
-                "the command's output did not end within {} (token_timeout)",
-                humantime::format_duration(timeout)
-            ))
-            .into());
+            return Err(too_slow("kept its output open").into());
         }
         std::thread::sleep(CMD_POLL);
     }
