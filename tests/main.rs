@@ -6,6 +6,7 @@ mod support;
 mod auth;
 mod config;
 mod hostile;
+mod identities;
 mod jobs;
 mod layers;
 mod login;

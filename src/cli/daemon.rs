@@ -232,7 +232,8 @@ async fn run_one(ctx: &Ctx, job: &crate::config::Job) {
 async fn keep_alive(ctx: &Ctx, config: &Config) {
     let Ok(store) = ctx.store() else { return };
     let now = ctx.clock.now();
-    for account in config.accounts.values() {
+    // An app's grant cannot go idle; only people's refresh tokens need the keep-alive.
+    for account in config.accounts.values().filter(|a| a.grant.needs_person()) {
         let Ok(Some(token)) = store.load(&account.name) else {
             continue;
         };

@@ -101,7 +101,7 @@ impl Args {
         let mut worst = Exit::Success;
         let mut accounts = Vec::new();
         for account in config.accounts.values() {
-            let (state, detail) = account_state(&store, &account.name);
+            let (state, detail) = account_state(&store, account);
             if state == AccountState::NeedsAuthorization {
                 worst = worst.worst(Exit::NeedsAuthorization);
             }
@@ -173,12 +173,27 @@ fn job_state(last: Option<&LastRun>) -> (JobState, String) {
     }
 }
 
-fn account_state(store: &FileStore, name: &str) -> (AccountState, String) {
+fn account_state(store: &FileStore, account: &crate::config::Account) -> (AccountState, String) {
+    let name = &account.name;
     match (store.load(name), store.last_error(name)) {
         (Err(e), _) => (
             AccountState::NeedsAuthorization,
             format!("token file unreadable: {e:#}"),
         ),
+        (Ok(None), Ok(None)) if !account.grant.needs_person() => (
+            AccountState::Ok,
+            "app identity; tokens are fetched when needed".into(),
+        ),
+        (Ok(None), Ok(Some(err))) if !account.grant.needs_person() => {
+            let state = match err.kind {
+                AuthErrorKind::NeedsAuthorization => AccountState::NeedsAuthorization,
+                _ => AccountState::Degraded,
+            };
+            (
+                state,
+                format!("last token request failed ({}): {}", err.kind, err.message),
+            )
+        }
         (Ok(None), _) => (
             AccountState::NeedsAuthorization,
             format!("no grant stored; run `mailpilot auth login {name}`"),

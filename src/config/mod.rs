@@ -18,7 +18,7 @@ use anyhow::{Context, Result};
 
 pub use provider::{Provider, ServerPreset};
 pub use secrets::{SecretSource, MAX_SECRET_BYTES};
-pub use spelled::{ClientAuth, JobKind, Mechanism, Protocol, ProviderKind, Spelled, Tls};
+pub use spelled::{ClientAuth, Grant, JobKind, Mechanism, Protocol, ProviderKind, Spelled, Tls};
 
 use crate::error::{ConfigError, Problem, UsageError};
 
@@ -69,6 +69,8 @@ pub struct Account {
     pub name: String,
     /// Preset in use.
     pub provider: Provider,
+    /// How it gets tokens (a person's grant or the app's own credentials).
+    pub grant: Grant,
     /// Mailbox address and SASL user.
     pub email: String,
     /// OAuth2 client id.

@@ -2,7 +2,7 @@
 //! writes `provider = "google"` and an email address instead of copying URLs (and getting the
 //! `outlook.office365.com` scope spelling or a missing `offline_access` wrong).
 
-use super::{ClientAuth, Mechanism, ProviderKind, Spelled, Tls};
+use super::{ClientAuth, Grant, Mechanism, ProviderKind, Spelled, Tls};
 
 /// Which preset an account uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,16 +80,20 @@ impl Provider {
         }
     }
 
-    /// The scopes mail access needs.
-    pub fn scopes(&self) -> Vec<String> {
-        let scopes: &[&str] = match self {
-            Provider::Google => &["https://mail.google.com/"],
-            Provider::Microsoft { .. } => &[
+    /// The scopes mail access needs with `grant`.
+    pub fn scopes(&self, grant: Grant) -> Vec<String> {
+        let scopes: &[&str] = match (self, grant) {
+            // App-only: the application permissions granted to the app, as Entra requires them.
+            (Provider::Microsoft { .. }, Grant::ClientCredentials) => {
+                &["https://outlook.office365.com/.default"]
+            }
+            (Provider::Google, _) => &["https://mail.google.com/"],
+            (Provider::Microsoft { .. }, Grant::AuthorizationCode) => &[
                 "offline_access",
                 "https://outlook.office.com/IMAP.AccessAsUser.All",
                 "https://outlook.office.com/SMTP.Send",
             ],
-            Provider::Custom => &[],
+            (Provider::Custom, _) => &[],
         };
         scopes.iter().map(|s| s.to_string()).collect()
     }
@@ -170,7 +174,13 @@ mod tests {
             p.token_url().as_deref(),
             Some("https://login.microsoftonline.com/consumers/oauth2/v2.0/token")
         );
-        assert!(p.scopes().contains(&"offline_access".to_string()));
+        assert!(p
+            .scopes(Grant::AuthorizationCode)
+            .contains(&"offline_access".to_string()));
+        assert_eq!(
+            p.scopes(Grant::ClientCredentials),
+            ["https://outlook.office365.com/.default"]
+        );
         assert!(!p.accepts(Mechanism::Oauthbearer));
     }
 }

@@ -16,6 +16,8 @@ use crate::secret::Secret;
 pub struct RawAccount {
     /// `google`, `microsoft` or `custom`.
     pub provider: Option<String>,
+    /// `authorization_code` (default) or `client_credentials`.
+    pub grant: Option<String>,
     /// The mailbox address; also the SASL user name.
     pub email: Option<String>,
     /// OAuth2 client id.

@@ -34,7 +34,43 @@ macro_rules! display_as_name {
     )+};
 }
 
-display_as_name!(Tls, Mechanism, ClientAuth, JobKind, Protocol, ProviderKind);
+display_as_name!(
+    Tls,
+    Mechanism,
+    ClientAuth,
+    JobKind,
+    Protocol,
+    ProviderKind,
+    Grant
+);
+
+/// How an account gets its tokens: a person's grant, or an identity made for programs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Grant {
+    /// A person signs in once (`auth login`); mailpilot keeps the refresh token fresh.
+    AuthorizationCode,
+    /// The app itself (OAuth2 client credentials, e.g. Microsoft 365 app-only): no person, no
+    /// refresh token; a new access token is requested whenever one is needed.
+    ClientCredentials,
+}
+
+impl Spelled for Grant {
+    const ALL: &'static [Self] = &[Grant::AuthorizationCode, Grant::ClientCredentials];
+
+    fn name(self) -> &'static str {
+        match self {
+            Grant::AuthorizationCode => "authorization_code",
+            Grant::ClientCredentials => "client_credentials",
+        }
+    }
+}
+
+impl Grant {
+    /// Whether a person signs in for it (and a refresh token is kept).
+    pub fn needs_person(self) -> bool {
+        matches!(self, Grant::AuthorizationCode)
+    }
+}
 
 /// How the connection is protected.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -196,6 +232,7 @@ mod tests {
         check::<JobKind>();
         check::<Protocol>();
         check::<ProviderKind>();
+        check::<Grant>();
         assert_eq!(Tls::names(), ["implicit", "starttls", "none"]);
     }
 }

@@ -91,12 +91,47 @@ impl<'a> Refresher<'a> {
         tracing::debug!(account = %account.name, url = %url, "requesting a token refresh");
         let http = |req| self.endpoint.call(req);
         let result = request.request_async(&http).await;
-        // The oauth2 crate drops the HTTP status of error responses; the endpoint kept it, to tell
-        // a 503 from a 400.
+        self.finish(result, token_age)
+    }
+
+    /// Asks for an access token with the app's own credentials (OAuth2 client credentials, RFC
+    /// 6749 §4.4): the account's scopes, no refresh token.
+    ///
+    /// # Errors
+    /// An [`AuthError`] whose variant says whether a person must fix the app's credentials or
+    /// a retry may work.
+    pub async fn client_credentials(
+        &self,
+        client_secret: Option<&Secret>,
+    ) -> Result<Refreshed, AuthError> {
+        let account = self.account;
+        let url = &account.endpoints.token_url;
+        let token_url =
+            TokenUrl::new(url.clone()).map_err(|e| self.failed("invalid token_url", e))?;
+        let client = super::client(account, client_secret).set_token_uri(token_url);
+        let request = client
+            .exchange_client_credentials()
+            .add_scopes(account.scopes.iter().cloned().map(Scope::new));
+        tracing::debug!(account = %account.name, url = %url, "requesting an app token");
+        let http = |req| self.endpoint.call(req);
+        let result = request.request_async(&http).await;
+        self.finish(result, None)
+    }
+
+    /// The outcome of a token request; the oauth2 crate drops the HTTP status of error
+    /// responses, so the endpoint kept it, to tell a 503 from a 400.
+    fn finish(
+        &self,
+        result: Result<
+            BasicTokenResponse,
+            RequestTokenError<oauth2::HttpClientError<reqwest::Error>, BasicErrorResponse>,
+        >,
+        token_age: Option<u64>,
+    ) -> Result<Refreshed, AuthError> {
         let status = self.endpoint.last_status();
         match result {
             Ok(tok) => {
-                tracing::debug!(account = %account.name, rotated = tok.refresh_token().is_some(), "refresh succeeded");
+                tracing::debug!(account = %self.account.name, rotated = tok.refresh_token().is_some(), "token request succeeded");
                 Ok(Refreshed::from_response(&tok))
             }
             Err(e) => Err(self.classify(e, status, token_age)),
@@ -144,10 +179,21 @@ impl<'a> Refresher<'a> {
                 if server_side || temporary {
                     self.transient(format!("{url} answered {http} ({said})"), None)
                 } else {
+                    let (reason, hint) = if self.account.grant.needs_person() {
+                        (
+                            format!("the token endpoint refused the refresh ({said})"),
+                            reauth_hint(self.account, &code, description.as_deref(), token_age),
+                        )
+                    } else {
+                        (
+                            format!("the token endpoint refused the app's credentials ({said})"),
+                            app_hint(self.account, &code, description.as_deref()),
+                        )
+                    };
                     AuthError::NeedsAuthorization {
                         account: self.account.name.clone(),
-                        reason: format!("the token endpoint refused the refresh ({said})"),
-                        hint: reauth_hint(self.account, &code, description.as_deref(), token_age),
+                        reason,
+                        hint,
                     }
                 }
             }
@@ -216,6 +262,36 @@ fn is_timeout(e: &oauth2::HttpClientError<reqwest::Error>) -> bool {
     matches!(e, oauth2::HttpClientError::Reqwest(r) if r.is_timeout())
 }
 
+/// The Entra error number in a description (`AADSTS7000215: …` → `7000215`), if any.
+fn aadsts(description: Option<&str>) -> &str {
+    description
+        .and_then(|d| d.strip_prefix("AADSTS"))
+        .map(|d| {
+            d.split(|c: char| !c.is_ascii_digit())
+                .next()
+                .unwrap_or_default()
+        })
+        .unwrap_or_default()
+}
+
+/// What to do about refused app credentials (client credentials): no sign-in helps, the app's
+/// registration or secret must be fixed.
+fn app_hint(account: &Account, code: &str, description: Option<&str>) -> String {
+    let name = &account.name;
+    match (code, aadsts(description)) {
+        (_, "7000215" | "7000222") | ("invalid_client", "") => format!(
+            "the app's client secret was rejected or has expired: create a new one (Entra admin center → App registrations → the app → Certificates & secrets) and point client_secret_env / _file / _cmd of account \"{name}\" at it"
+        ),
+        (_, "700016") => format!(
+            "the app (client_id of account \"{name}\") is not registered in this tenant: check client_id and tenant"
+        ),
+        (_, "65001") | ("unauthorized_client", _) => "an administrator must grant admin consent for the app's application permissions (IMAP.AccessAsApp, SMTP.SendAsApp) in the Entra admin center (App registrations → the app → API permissions)".to_string(),
+        _ => format!(
+            "check client_id, the client secret and tenant of account \"{name}\" (`mailpilot config check`)"
+        ),
+    }
+}
+
 /// What to do about a refused refresh, specific where the provider's error code says why.
 fn reauth_hint(
     account: &Account,
@@ -225,15 +301,7 @@ fn reauth_hint(
 ) -> String {
     let name = &account.name;
     let login = login_command(name);
-    let aadsts = description
-        .and_then(|d| d.strip_prefix("AADSTS"))
-        .map(|d| {
-            d.split(|c: char| !c.is_ascii_digit())
-                .next()
-                .unwrap_or_default()
-        })
-        .unwrap_or_default();
-    match (&account.provider, code, aadsts) {
+    match (&account.provider, code, aadsts(description)) {
         (Provider::Google, "invalid_grant", _)
             if token_age.is_some_and(|age| GOOGLE_TESTING_LIFETIME.contains(&age)) =>
         {
@@ -267,6 +335,7 @@ mod tests {
         Account {
             name: "work".into(),
             provider,
+            grant: crate::config::Grant::AuthorizationCode,
             email: "a@example.com".into(),
             client_id: "id".into(),
             client_secret: None,

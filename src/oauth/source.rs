@@ -111,31 +111,56 @@ impl<'a, S: TokenStore> TokenSource<'a, S> {
     /// # Errors
     /// [`AuthError`] for refresh failures and a missing grant; store errors with their paths.
     pub async fn access_token(&self, fetch: Fetch) -> Result<Obtained> {
-        let first = self.load_required()?;
-        if fetch == Fetch::IfNeeded && first.fresh(self.clock.now(), self.account.refresh_margin) {
-            return Ok(Obtained {
-                token: first,
-                refreshed: false,
-            });
+        let margin = self.account.refresh_margin;
+        let first = self.load_for_use()?;
+        if let Some(token) = first.as_ref().filter(|_| fetch == Fetch::IfNeeded) {
+            if token.fresh(self.clock.now(), margin) {
+                return Ok(Obtained {
+                    token: token.clone(),
+                    refreshed: false,
+                });
+            }
         }
         let _lock = self.lock().await?;
-        let current = self.load_required()?;
+        let current = self.load_for_use()?;
         let now = self.clock.now();
-        let peer_refreshed = current != first && current.fresh(now, MIN_ADOPT);
-        if peer_refreshed
-            || (fetch == Fetch::IfNeeded && current.fresh(now, self.account.refresh_margin))
-        {
-            tracing::debug!(account = %self.account.name, "adopted a token refreshed by another process");
-            return Ok(Obtained {
-                token: current,
-                refreshed: false,
-            });
+        if let Some(token) = &current {
+            let peer_refreshed = current != first && token.fresh(now, MIN_ADOPT);
+            if peer_refreshed || (fetch == Fetch::IfNeeded && token.fresh(now, margin)) {
+                tracing::debug!(account = %self.account.name, "adopted a token refreshed by another process");
+                return Ok(Obtained {
+                    token: token.clone(),
+                    refreshed: false,
+                });
+            }
         }
-        let token = self.refresh_locked(current).await?;
+        let token = match current {
+            Some(current) if self.account.grant.needs_person() => {
+                self.refresh_locked(current).await?
+            }
+            previous => self.app_token_locked(previous).await?,
+        };
         Ok(Obtained {
             token,
             refreshed: true,
         })
+    }
+
+    /// A new app token (client credentials) while holding the lock, persisted; `previous` is the
+    /// cached one, if any.
+    async fn app_token_locked(&self, previous: Option<StoredToken>) -> Result<StoredToken> {
+        let result = async {
+            let secret = self.client_secret()?;
+            Refresher::new(self.account)?
+                .client_credentials(secret.as_ref())
+                .await
+        }
+        .await;
+        let result = result.map(|r| {
+            let now = self.clock.now();
+            self.merge(previous.as_ref(), Secret::new(""), r, now)
+        });
+        self.settle(result)
     }
 
     /// Stores a new grant from a refresh token obtained elsewhere, after proving it with one refresh.
@@ -208,9 +233,11 @@ impl<'a, S: TokenStore> TokenSource<'a, S> {
             })
     }
 
-    fn load_required(&self) -> Result<StoredToken> {
+    /// The stored token; an app (client credentials) may have none yet, a person's grant must.
+    fn load_for_use(&self) -> Result<Option<StoredToken>> {
         match self.store.load(&self.account.name)? {
-            Some(token) => Ok(token),
+            Some(token) => Ok(Some(token)),
+            None if !self.account.grant.needs_person() => Ok(None),
             None => Err(AuthError::NeedsAuthorization {
                 account: self.account.name.clone(),
                 reason: "no token is stored for it".into(),
@@ -245,10 +272,17 @@ impl<'a, S: TokenStore> TokenSource<'a, S> {
                 }
             }
         }
+        let result = result.map(|refreshed| {
+            let now = self.clock.now();
+            self.merge(Some(&current), used, refreshed, now)
+        });
+        self.settle(result)
+    }
+
+    /// Persists a new grant (clearing the error record), or records why there is none.
+    fn settle(&self, result: Result<StoredToken, AuthError>) -> Result<StoredToken> {
         match result {
-            Ok(refreshed) => {
-                let now = self.clock.now();
-                let token = self.merge(Some(&current), used, refreshed, now);
+            Ok(token) => {
                 self.store.save(&token)?;
                 self.clear_error();
                 Ok(token)

@@ -133,6 +133,7 @@ struct State {
     devices: HashMap<String, Device>,
     authorize_requests: Vec<HashMap<String, String>>,
     revoked: Vec<String>,
+    app_mailbox: Option<String>,
 }
 
 /// The running server; stops accepting when dropped.
@@ -197,6 +198,7 @@ impl OAuthServer {
             devices: HashMap::new(),
             authorize_requests: Vec::new(),
             revoked: Vec::new(),
+            app_mailbox: None,
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let (st, sp) = (state.clone(), stop.clone());
@@ -271,6 +273,12 @@ impl OAuthServer {
     /// The revocation endpoint.
     pub fn revoke_url(&self) -> String {
         format!("{}/revoke", self.base_url())
+    }
+
+    /// Lets the client's app tokens (client credentials) open `email`'s mailbox; `None` refuses
+    /// the grant (`unauthorized_client`).
+    pub fn set_app_mailbox(&self, email: Option<&str>) {
+        self.st().app_mailbox = email.map(str::to_string);
     }
 
     /// Who "signs in" in the browser or device flow, and whether they refuse.
@@ -680,8 +688,34 @@ fn login_grant(st: &mut State, form: &HashMap<String, String>) -> Option<(u16, s
                 }
             })
         }
+        Some("client_credentials") => {
+            let scope = form.get("scope").cloned().unwrap_or_default();
+            Some(match st.app_mailbox.clone() {
+                Some(email) => (200, issue_app(st, &email, &scope)),
+                None => err(
+                    "unauthorized_client",
+                    "the client has no application permission for any mailbox",
+                ),
+            })
+        }
         _ => None,
     }
+}
+
+/// An app token (client credentials): valid for `email`'s mailbox, no refresh token.
+fn issue_app(st: &mut State, email: &str, scope: &str) -> serde_json::Value {
+    let access = mint("at-app-", st.token_len);
+    let expires_in = st.expires_in;
+    st.access.insert(
+        access.clone(),
+        Access {
+            email: email.into(),
+            scope: scope.into(),
+            expires_at: now() + expires_in,
+        },
+    );
+    st.issued_access.push(access.clone());
+    serde_json::json!({"access_token": access, "token_type": "Bearer", "expires_in": expires_in})
 }
 
 fn introspect(conn: &TcpStream, state: &Mutex<State>, form: &HashMap<String, String>) {

@@ -39,6 +39,7 @@ impl Args {
     pub async fn run(self, ctx: &Ctx) -> Result<Exit> {
         let config = ctx.config()?;
         let account = config.account(&self.account)?;
+        super::require_person(account, "import")?;
         let refresh_token = read_token(ctx)?;
         let store = ctx.store()?;
         let token = TokenSource::new(account, &store, ctx.clock.as_ref())

@@ -93,6 +93,7 @@ impl Args {
     pub async fn run(self, ctx: &Ctx) -> Result<Exit> {
         let config = ctx.config()?;
         let account = config.account(&self.account)?;
+        super::require_person(account, "login")?;
         let store = ctx.store()?;
         let tokens = TokenSource::new(account, &store, ctx.clock.as_ref());
         let secret = tokens.client_secret()?;

@@ -15,6 +15,21 @@ use clap::Subcommand;
 use super::Ctx;
 use crate::exit::Exit;
 
+/// Refuses a person's sign-in (`login`, `import`) for an account whose app gets its own tokens.
+///
+/// # Errors
+/// [`crate::error::UsageError`] saying why none is needed.
+pub(crate) fn require_person(account: &crate::config::Account, command: &str) -> Result<()> {
+    if account.grant.needs_person() {
+        return Ok(());
+    }
+    Err(crate::error::UsageError(format!(
+        "account \"{}\" uses grant = \"{}\": the app gets its own tokens with its credentials, so nobody signs in and no refresh token is kept (`auth {command}` is not needed); `mailpilot auth test {}` checks the app's access",
+        account.name, account.grant, account.name
+    ))
+    .into())
+}
+
 /// The `auth` subcommands.
 #[derive(Debug, Subcommand)]
 pub enum AuthCommand {

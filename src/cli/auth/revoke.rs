@@ -24,6 +24,13 @@ impl Args {
     pub async fn run(self, ctx: &Ctx) -> Result<Exit> {
         let config = ctx.config()?;
         let account = config.account(&self.account)?;
+        if !account.grant.needs_person() {
+            bail!(
+                "account \"{}\" uses the app's own credentials: there is no user grant to revoke; to end the app's access, delete its client secret (or the app registration) at the provider, then run `mailpilot auth logout {}` to forget cached tokens",
+                account.name,
+                account.name
+            );
+        }
         let store = ctx.store()?;
         let Some(token) = store.load(&account.name)? else {
             bail!("account \"{}\" has no stored grant to revoke", account.name);

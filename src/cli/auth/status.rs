@@ -5,7 +5,7 @@ use serde::Serialize;
 
 use crate::cli::Ctx;
 use crate::clock::{rfc3339, span};
-use crate::config::Account;
+use crate::config::{Account, Grant, Spelled};
 use crate::error::error_text;
 use crate::exit::Exit;
 use crate::oauth::{FileStore, LastError, StoredToken, TokenStore};
@@ -30,6 +30,8 @@ struct StatusJson {
 struct AccountStatus {
     account: String,
     provider: &'static str,
+    /// `authorization_code` (a person's grant) or `client_credentials` (the app's own).
+    grant: &'static str,
     email: String,
     has_refresh_token: bool,
     /// Seconds until the access token expires; negative once expired.
@@ -79,6 +81,7 @@ fn status(account: &Account, store: &FileStore, now: u64) -> AccountStatus {
     let mut row = AccountStatus {
         account: account.name.clone(),
         provider: account.provider.name(),
+        grant: account.grant.name(),
         email: account.email.clone(),
         has_refresh_token: false,
         access_token_expires_in: None,
@@ -118,11 +121,18 @@ fn human(row: &AccountStatus, now: u64) -> Vec<String> {
     if let Some(e) = &row.store_error {
         lines.push(field("token file", format!("unreadable: {e}")));
     }
-    let refresh = match (row.has_refresh_token, row.refresh_token_age) {
-        (true, Some(age)) => format!("stored, obtained {} ago", span(age)),
-        _ => "none (run `mailpilot auth import ...`)".into(),
-    };
-    lines.push(field("refresh token", refresh));
+    if row.grant == Grant::ClientCredentials.name() {
+        lines.push(field(
+            "identity",
+            "the app itself (client credentials): no sign-in, no refresh token".into(),
+        ));
+    } else {
+        let refresh = match (row.has_refresh_token, row.refresh_token_age) {
+            (true, Some(age)) => format!("stored, obtained {} ago", span(age)),
+            _ => "none (run `mailpilot auth import ...`)".into(),
+        };
+        lines.push(field("refresh token", refresh));
+    }
     if let (Some(left), Some(at)) = (row.access_token_expires_in, row.access_token_expires_at) {
         let value = if left > 0 {
             format!(

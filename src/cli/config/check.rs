@@ -25,6 +25,7 @@ struct ConfigJson {
 struct AccountJson {
     name: String,
     provider: &'static str,
+    grant: &'static str,
     tenant: Option<String>,
     email: String,
     client_id: String,
@@ -120,6 +121,7 @@ fn account_json(a: &Account) -> AccountJson {
     AccountJson {
         name: a.name.clone(),
         provider: a.provider.name(),
+        grant: a.grant.name(),
         tenant: match &a.provider {
             crate::config::Provider::Microsoft { tenant } => Some(tenant.clone()),
             _ => None,
@@ -153,6 +155,7 @@ fn human(a: &AccountJson) -> Vec<String> {
     let mut lines = vec![
         format!("[accounts.{}]", a.name),
         field("provider", &provider),
+        field("grant", a.grant),
         field("email", &a.email),
         field("client_id", &a.client_id),
         field("client_secret", &a.client_secret),

@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use super::super::raw::{field_names, RawAccount, RawServer};
 use super::super::{
-    Account, ClientAuth, Endpoints, Protocol, Provider, ProviderKind, SecretSource, Server, Spelled,
+    Account, ClientAuth, Endpoints, Grant, Protocol, Provider, ProviderKind, SecretSource, Server,
+    Spelled,
 };
 use super::server::{is_loopback, server, ServerCtx};
 use super::suggest::quoted;
@@ -76,7 +77,14 @@ pub(super) fn account(
         None => provider.as_ref().map(Provider::client_auth),
         Some(word) => choice::<ClientAuth>(word, &format!("{at}.client_auth"), problems),
     };
-    let scopes = scopes(&raw, provider.as_ref(), at, problems);
+    let grant = grant(
+        &raw,
+        provider.as_ref(),
+        client_secret.is_some(),
+        at,
+        problems,
+    );
+    let scopes = scopes(&raw, provider.as_ref(), grant, at, problems);
     let endpoints = provider
         .as_ref()
         .and_then(|p| endpoints(&raw, p, at, problems));
@@ -105,8 +113,10 @@ pub(super) fn account(
     let provider = provider?;
     Some(Account {
         name: ctx.name.to_string(),
-        scope_on_refresh: provider.scope_on_refresh(),
+        // An app asks for its scopes with every token request.
+        scope_on_refresh: provider.scope_on_refresh() || !grant.needs_person(),
         provider,
+        grant,
         email: email?,
         client_id: client_id?,
         client_secret,
@@ -119,6 +129,39 @@ pub(super) fn account(
         smtp,
         imap,
     })
+}
+
+/// `grant`, checked against what it needs: the app's own credentials (a client secret, for
+/// now) and, at Microsoft, a real tenant (app-only tokens are issued by the tenant that consented).
+fn grant(
+    raw: &RawAccount,
+    provider: Option<&Provider>,
+    has_secret: bool,
+    at: &str,
+    problems: &mut Problems,
+) -> Grant {
+    let path = format!("{at}.grant");
+    let grant = match raw.grant.as_deref() {
+        None => return Grant::AuthorizationCode,
+        Some(word) => choice(word, &path, problems).unwrap_or(Grant::AuthorizationCode),
+    };
+    if grant == Grant::ClientCredentials {
+        if !has_secret {
+            problems.push(
+                &path,
+                "client_credentials needs the app's client secret: set client_secret_env, client_secret_file or client_secret_cmd",
+            );
+        }
+        if let Some(Provider::Microsoft { tenant }) = provider {
+            if ["common", "organizations", "consumers"].contains(&tenant.as_str()) {
+                problems.push(
+                    format!("{at}.tenant"),
+                    format!("app-only tokens come from your own tenant, not \"{tenant}\": set tenant to its id or domain (e.g. \"contoso.onmicrosoft.com\")"),
+                );
+            }
+        }
+    }
+    grant
 }
 
 /// `max_message_size`: bytes (`50000000`) or a size with a unit (`"50MB"`, `"64MiB"`).
@@ -293,13 +336,14 @@ fn secret_source(
 fn scopes(
     raw: &RawAccount,
     provider: Option<&Provider>,
+    grant: Grant,
     at: &str,
     problems: &mut Problems,
 ) -> Option<Vec<String>> {
     let path = format!("{at}.scopes");
     let scopes = match (&raw.scopes, provider) {
         (Some(s), _) => s.clone(),
-        (None, Some(p)) => p.scopes(),
+        (None, Some(p)) => p.scopes(grant),
         (None, None) => return None,
     };
     if scopes
@@ -308,7 +352,15 @@ fn scopes(
     {
         problems.push(&path, "give one scope per string, without spaces");
     }
-    if let Some(Provider::Microsoft { .. }) = provider {
+    if let (Some(Provider::Microsoft { .. }), Grant::ClientCredentials) = (provider, grant) {
+        // Entra issues app-only tokens only for the `.default` scope of a resource.
+        if !scopes.iter().any(|s| s.ends_with("/.default")) {
+            problems.push(
+                &path,
+                "client_credentials needs the resource's .default scope: [\"https://outlook.office365.com/.default\"]",
+            );
+        }
+    } else if let Some(Provider::Microsoft { .. }) = provider {
         if let Some(bad) = scopes.iter().find(|s| s.contains("outlook.office365.com")) {
             problems.push(
                 &path,

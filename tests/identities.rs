@@ -1,0 +1,237 @@
+//! Identities made for programs (issue 12): an app's own credentials (OAuth2 client credentials,
+//! as Microsoft 365 app-only), through the same token engine as a person's grant.
+
+use std::fs;
+use std::process::Stdio;
+
+use crate::support::{MailStack, OAuthServer, TestEnv};
+
+/// A config for account `work` as the app (client credentials) at `server`.
+fn app_config(server: &OAuthServer, extra: &str) -> String {
+    format!(
+        r#"
+[accounts.work]
+provider = "custom"
+grant = "client_credentials"
+email = "ops@example.com"
+client_id = "test-client"
+client_secret_env = "MP_TEST_SECRET"
+token_url = "{}"
+{extra}
+"#,
+        server.token_url()
+    )
+}
+
+/// The app sends through Postfix and reads through Dovecot with its own token: no sign-in, no
+/// refresh token, the token cached in the same store.
+#[test]
+fn app_sends_and_polls_without_a_person() {
+    let stack = MailStack::get();
+    let (env, user) = TestEnv::for_mailbox(stack, "appid");
+    let config = fs::read_to_string(env.config_path()).expect("config");
+    env.write_config(&config.replace(
+        "provider = \"custom\"",
+        "provider = \"custom\"\ngrant = \"client_credentials\"",
+    ));
+    stack.oauth.set_app_mailbox(Some(&user));
+    let secret = stack.oauth.client_secret();
+    let vars = [("MP_TEST_SECRET", secret.as_str())];
+    env.run_full(
+        &[
+            "send",
+            "--to",
+            &user,
+            "--subject",
+            "from the app",
+            "--text",
+            "hi",
+        ],
+        &vars,
+        None,
+    )
+    .expect_code(0);
+    assert_eq!(stack.wait_delivered(&user, 1).len(), 1);
+    let run = env.run_full(&["poll", "--all"], &vars, None);
+    run.expect_code(0);
+    let json: serde_json::Value = serde_json::from_str(run.stdout.trim()).expect("json");
+    assert_eq!(json["subject"], "from the app");
+    let token = env.token_json("work");
+    assert_eq!(token["refresh_token"], "", "no refresh token is kept");
+    assert!(token["access_token"]
+        .as_str()
+        .expect("access token")
+        .starts_with("at-app-"));
+    let status = env.run(&["auth", "status", "work"]);
+    assert!(
+        status
+            .stdout
+            .contains("the app itself (client credentials)"),
+        "{}",
+        status.stdout
+    );
+    env.run(&["status"]).expect_code(0);
+}
+
+/// Sixteen processes started together without a cached app token make one token request; the
+/// same once it has expired.
+#[test]
+fn concurrent_app_runs_request_once() {
+    let server = OAuthServer::start();
+    server.set_app_mailbox(Some("ops@example.com"));
+    let env = TestEnv::new();
+    env.write_config(&app_config(&server, ""));
+    let secret = server.client_secret();
+    let burst = |env: &TestEnv| -> Vec<String> {
+        let children: Vec<_> = (0..16)
+            .map(|_| {
+                env.cmd(&["auth", "token", "work"])
+                    .env("MP_TEST_SECRET", &secret)
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    .spawn()
+                    .expect("spawn")
+            })
+            .collect();
+        children
+            .into_iter()
+            .map(|c| {
+                let out = c.wait_with_output().expect("wait");
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                String::from_utf8_lossy(&out.stdout).into_owned()
+            })
+            .collect()
+    };
+    let tokens = burst(&env);
+    assert_eq!(
+        server.refresh_count(),
+        1,
+        "one token request for sixteen runs"
+    );
+    assert!(tokens.iter().all(|t| t == &tokens[0]));
+    // Expire the cached token: again one request between them.
+    let mut token = env.token_json("work");
+    token["expires_at"] = 1.into();
+    fs::write(env.token_file("work"), token.to_string()).expect("write");
+    let again = burst(&env);
+    assert_eq!(server.refresh_count(), 2);
+    assert!(again.iter().all(|t| t == &again[0] && t != &tokens[0]));
+}
+
+/// Signing in makes no sense for an app: `auth login` and `auth import` say why (exit 2).
+#[test]
+fn apps_need_no_sign_in() {
+    let server = OAuthServer::start();
+    let env = TestEnv::new();
+    env.write_config(&app_config(&server, ""));
+    for args in [["auth", "login", "work"], ["auth", "import", "work"]] {
+        let run = env.run(&args);
+        run.expect_code(2);
+        assert!(
+            run.stderr
+                .contains("uses grant = \"client_credentials\": the app gets its own tokens"),
+            "{}",
+            run.stderr
+        );
+    }
+}
+
+/// A rejected client secret is a person's job (77) with the fix, not a retry; so is an app
+/// without a mailbox permission.
+#[test]
+fn rejected_app_credentials_say_what_to_fix() {
+    let server = OAuthServer::start();
+    server.set_app_mailbox(Some("ops@example.com"));
+    let env = TestEnv::new();
+    env.write_config(&app_config(&server, ""));
+    let run = env.run_full(
+        &["auth", "token", "work"],
+        &[("MP_TEST_SECRET", "wrong")],
+        None,
+    );
+    run.expect_code(77);
+    assert!(
+        run.stderr
+            .contains("refused the app's credentials (invalid_client"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("hint: the app's client secret was rejected or has expired"),
+        "{}",
+        run.stderr
+    );
+    server.set_app_mailbox(None);
+    let run = env.run_with_secret(&server, &["auth", "token", "work"]);
+    run.expect_code(77);
+    assert!(
+        run.stderr
+            .contains("hint: an administrator must grant admin consent"),
+        "{}",
+        run.stderr
+    );
+    let status = env.run(&["status"]);
+    status.expect_code(77);
+}
+
+/// `config check` refuses an app without a secret, and a Microsoft app on a shared tenant or
+/// without the `.default` scope; the Microsoft preset gives app accounts the `.default` scope.
+#[test]
+fn app_configs_are_checked() {
+    let env = TestEnv::new();
+    env.write_config(
+        r#"
+[accounts.nosecret]
+provider = "custom"
+grant = "client_credentials"
+email = "a@example.com"
+client_id = "id"
+token_url = "https://auth.example.com/token"
+
+[accounts.shared]
+provider = "microsoft"
+grant = "client_credentials"
+email = "b@example.com"
+client_id = "id"
+client_secret_env = "X"
+scopes = ["https://outlook.office365.com/IMAP.AccessAsApp"]
+"#,
+    );
+    let run = env.run(&["config", "check"]);
+    run.expect_code(2);
+    for want in [
+        "accounts.nosecret.grant: client_credentials needs the app's client secret",
+        "accounts.shared.tenant: app-only tokens come from your own tenant, not \"common\"",
+        "accounts.shared.scopes: client_credentials needs the resource's .default scope",
+    ] {
+        assert!(
+            run.stderr.contains(want),
+            "want {want:?} in:\n{}",
+            run.stderr
+        );
+    }
+    env.write_config(
+        r#"
+[accounts.m365]
+provider = "microsoft"
+tenant = "contoso.onmicrosoft.com"
+grant = "client_credentials"
+email = "shared@contoso.com"
+client_id = "id"
+client_secret_env = "X"
+"#,
+    );
+    let run = env.run(&["--json", "config", "check"]);
+    run.expect_code(0);
+    let json: serde_json::Value = serde_json::from_str(&run.stdout).expect("json");
+    assert_eq!(json["accounts"][0]["grant"], "client_credentials");
+    assert_eq!(
+        json["accounts"][0]["scopes"],
+        serde_json::json!(["https://outlook.office365.com/.default"])
+    );
+}
