@@ -208,9 +208,14 @@ fn example_config_parses() {
         .iter()
         .map(|a| a["name"].as_str().expect("name"))
         .collect();
-    assert_eq!(names, ["gmail", "m365", "selfhosted"]);
+    assert_eq!(names, ["gmail", "m365", "m365app", "selfhosted"]);
     assert_eq!(accounts[1]["smtp"]["host"], "smtp.office365.com");
     assert_eq!(accounts[1]["smtp"]["tls"], "starttls");
+    assert_eq!(accounts[2]["grant"], "client_credentials");
+    assert_eq!(
+        accounts[2]["scopes"],
+        serde_json::json!(["https://outlook.office365.com/.default"])
+    );
 }
 
 /// Usage errors exit 2 through clap.

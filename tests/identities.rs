@@ -235,3 +235,74 @@ client_secret_env = "X"
         serde_json::json!(["https://outlook.office365.com/.default"])
     );
 }
+
+/// Three identities kept apart: `email` is the mailbox and SASL user, `sign_in_as` the person
+/// who signs in (the login hint), `from` the default From (`send --from` still wins).
+#[test]
+fn mailbox_signer_and_sender_are_kept_apart() {
+    let server = OAuthServer::start();
+    let env = TestEnv::new();
+    env.write_config(&format!(
+        r#"
+[accounts.work]
+provider = "custom"
+email = "shared@example.com"
+sign_in_as = "delegate@example.com"
+from = "Team Inbox <shared@example.com>"
+client_id = "test-client"
+token_url = "{}"
+auth_url = "{}"
+"#,
+        server.token_url(),
+        server.auth_url()
+    ));
+    // Nothing is pasted: the login stops after showing the address it would open.
+    let run = env.run(&["auth", "login", "work", "--paste", "--no-browser"]);
+    run.expect_code(2);
+    assert!(
+        run.stderr.contains("login_hint=delegate%40example.com"),
+        "{}",
+        run.stderr
+    );
+    let send = |extra: &[&str]| {
+        let mut args = vec![
+            "send",
+            "--dry-run",
+            "--to",
+            "a@example.com",
+            "--subject",
+            "s",
+            "--text",
+            "t",
+        ];
+        args.extend_from_slice(extra);
+        env.run(&args)
+    };
+    let run = send(&[]);
+    run.expect_code(0);
+    assert!(
+        run.stdout
+            .contains("From: \"Team Inbox\" <shared@example.com>"),
+        "{}",
+        run.stdout
+    );
+    let run = send(&["--from", "other@example.com"]);
+    run.expect_code(0);
+    assert!(
+        run.stdout.contains("From: other@example.com"),
+        "{}",
+        run.stdout
+    );
+    env.write_config(&format!(
+        "[accounts.work]\nprovider = \"custom\"\nemail = \"a@example.com\"\nfrom = \"not an address\"\nclient_id = \"x\"\ntoken_url = \"{}\"\n",
+        server.token_url()
+    ));
+    let run = env.run(&["config", "check"]);
+    run.expect_code(2);
+    assert!(
+        run.stderr
+            .contains("accounts.work.from: \"not an address\" is not an address"),
+        "{}",
+        run.stderr
+    );
+}

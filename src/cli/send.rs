@@ -408,7 +408,7 @@ impl Args {
         Ok(Draft {
             from: match (&self.from, account) {
                 (Some(f), _) => f.clone(),
-                (None, Some(a)) => a.email.clone(),
+                (None, Some(a)) => a.from.clone().unwrap_or_else(|| a.email.clone()),
                 (None, None) => String::new(),
             },
             to: self.to.clone(),

@@ -71,8 +71,13 @@ pub struct Account {
     pub provider: Provider,
     /// How it gets tokens (a person's grant or the app's own credentials).
     pub grant: Grant,
-    /// Mailbox address and SASL user.
+    /// Mailbox address and SASL user: the mailbox that is opened.
     pub email: String,
+    /// Who signs in at `auth login` (the login hint), when not the mailbox itself: a delegate
+    /// reading a shared mailbox.
+    pub sign_in_as: Option<String>,
+    /// The default `From` (`addr` or `Name <addr>`), when not `email`: send-as or send on behalf.
+    pub from: Option<String>,
     /// OAuth2 client id.
     pub client_id: String,
     /// Where the client secret comes from; `None` for public clients.

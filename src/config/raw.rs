@@ -20,6 +20,10 @@ pub struct RawAccount {
     pub grant: Option<String>,
     /// The mailbox address; also the SASL user name.
     pub email: Option<String>,
+    /// The person who signs in, when not `email`.
+    pub sign_in_as: Option<String>,
+    /// The default From, when not `email`.
+    pub from: Option<String>,
     /// OAuth2 client id.
     pub client_id: Option<String>,
     /// Inline client secret (refused when the config file is world-readable).

@@ -144,7 +144,9 @@ fn authorize_url(
             .add_extra_param("access_type", "offline")
             .add_extra_param("prompt", "consent");
     }
-    request = request.add_extra_param("login_hint", account.email.clone());
+    // The person who signs in: a delegate of a shared mailbox signs in as themselves.
+    let hint = account.sign_in_as.as_deref().unwrap_or(&account.email);
+    request = request.add_extra_param("login_hint", hint.to_string());
     let (url, state) = request.url();
     Ok((url, state, verifier, redirect))
 }

@@ -337,6 +337,8 @@ mod tests {
             provider,
             grant: crate::config::Grant::AuthorizationCode,
             email: "a@example.com".into(),
+            sign_in_as: None,
+            from: None,
             client_id: "id".into(),
             client_secret: None,
             client_auth: ClientAuth::Body,

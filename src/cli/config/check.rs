@@ -28,6 +28,8 @@ struct AccountJson {
     grant: &'static str,
     tenant: Option<String>,
     email: String,
+    sign_in_as: Option<String>,
+    from: Option<String>,
     client_id: String,
     client_secret: String,
     client_auth: &'static str,
@@ -127,6 +129,8 @@ fn account_json(a: &Account) -> AccountJson {
             _ => None,
         },
         email: a.email.clone(),
+        sign_in_as: a.sign_in_as.clone(),
+        from: a.from.clone(),
         client_id: a.client_id.clone(),
         client_secret: a
             .client_secret
@@ -157,6 +161,8 @@ fn human(a: &AccountJson) -> Vec<String> {
         field("provider", &provider),
         field("grant", a.grant),
         field("email", &a.email),
+        field("sign_in_as", a.sign_in_as.as_deref().unwrap_or("(email)")),
+        field("from", a.from.as_deref().unwrap_or("(email)")),
         field("client_id", &a.client_id),
         field("client_secret", &a.client_secret),
         field("client_auth", a.client_auth),

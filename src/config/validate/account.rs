@@ -71,6 +71,12 @@ pub(super) fn account(
             );
         }
     }
+    let sign_in_as = optional_address(
+        raw.sign_in_as.as_deref(),
+        &format!("{at}.sign_in_as"),
+        problems,
+    );
+    let from = optional_address(raw.from.as_deref(), &format!("{at}.from"), problems);
     let client_id = required(raw.client_id.clone(), &format!("{at}.client_id"), problems);
     let client_secret = secret_source(&raw, ctx, problems);
     let client_auth = match raw.client_auth.as_deref() {
@@ -118,6 +124,8 @@ pub(super) fn account(
         provider,
         grant,
         email: email?,
+        sign_in_as,
+        from,
         client_id: client_id?,
         client_secret,
         client_auth: client_auth?,
@@ -240,6 +248,23 @@ fn servers(
         one(Protocol::Smtp, raw.smtp.as_ref(), provider.smtp()),
         one(Protocol::Imap, raw.imap.as_ref(), provider.imap()),
     )
+}
+
+/// An optional address key (`sign_in_as`, `from`): `addr` or `Name <addr>`.
+fn optional_address(value: Option<&str>, path: &str, problems: &mut Problems) -> Option<String> {
+    let value = value?;
+    let addr = match value.rsplit_once('<') {
+        Some((_, rest)) => rest.strip_suffix('>').unwrap_or("").trim(),
+        None => value.trim(),
+    };
+    if !valid_email(addr) || value.contains(['\r', '\n']) {
+        problems.push(
+            path,
+            format!("\"{value}\" is not an address (write \"a@example.com\" or \"Name <a@example.com>\")"),
+        );
+        return None;
+    }
+    Some(value.to_string())
 }
 
 fn valid_email(email: &str) -> bool {
