@@ -306,3 +306,120 @@ auth_url = "{}"
         run.stderr
     );
 }
+
+/// A key and certificate made by openssl in `dir` (`cert.pem`, `key.pem` 0600); returns the
+/// public key as PKCS#1 DER for the test server.
+fn app_certificate(dir: &std::path::Path, name: &str) -> Vec<u8> {
+    let key = dir.join(format!("{name}.key.pem"));
+    let cert = dir.join(format!("{name}.cert.pem"));
+    let der = dir.join(format!("{name}.pub.der"));
+    let ok = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .output()
+            .expect("openssl (scripts/install-test-deps.sh installs it)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    ok(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "30",
+        "-subj",
+        "/CN=mailpilot-app",
+        "-keyout",
+        key.to_str().expect("utf8"),
+        "-out",
+        cert.to_str().expect("utf8"),
+    ]);
+    ok(&[
+        "rsa",
+        "-in",
+        key.to_str().expect("utf8"),
+        "-RSAPublicKey_out",
+        "-outform",
+        "DER",
+        "-out",
+        der.to_str().expect("utf8"),
+    ]);
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).expect("chmod");
+    fs::read(der).expect("public key")
+}
+
+/// With a certificate instead of a secret the app signs a fresh assertion for every token
+/// request (RS256, thumbprint, `aud`, short `exp`, new `jti`); a key that does not match the
+/// registered certificate is a person's job (77) with the fix; a key others may read is refused.
+#[test]
+fn app_with_a_certificate_signs_its_requests() {
+    let server = OAuthServer::start();
+    server.set_app_mailbox(Some("ops@example.com"));
+    let env = TestEnv::new();
+    let public = app_certificate(env.root(), "app");
+    server.set_app_public_key(public);
+    let keys = |name: &str| {
+        format!(
+            "client_certificate_file = \"{root}/{name}.cert.pem\"\nclient_key_file = \"{root}/{name}.key.pem\"",
+            root = env.root().display()
+        )
+    };
+    let config =
+        app_config(&server, &keys("app")).replace("client_secret_env = \"MP_TEST_SECRET\"\n", "");
+    env.write_config(&config);
+    let run = env.run(&["auth", "token", "work"]);
+    run.expect_code(0);
+    assert!(run.stdout.starts_with("at-app-"), "{}", run.stdout);
+    let traced = env.run_full(
+        &["-vvv", "auth", "token", "work", "--force"],
+        &[("RUST_LOG", "trace")],
+        None,
+    );
+    traced.expect_code(0);
+    assert_eq!(
+        server.assertions(),
+        2,
+        "a fresh assertion (new jti) each time"
+    );
+    let seen = server.last_token_request().expect("request");
+    assert!(!seen.form.contains_key("client_secret"));
+    let assertion = &seen.form["client_assertion"];
+    let signature = assertion.rsplit('.').next().expect("signature");
+    assert!(
+        !traced.stderr.contains(signature) && !traced.stderr.contains(&assertion[..40]),
+        "the assertion leaked at trace level"
+    );
+    // A key the provider does not know.
+    app_certificate(env.root(), "other");
+    env.write_config(&config.replace(&keys("app"), &keys("other")));
+    let run = env.run(&["auth", "token", "work", "--force"]);
+    run.expect_code(77);
+    assert!(run.stderr.contains("AADSTS700027"), "{}", run.stderr);
+    assert!(
+        run.stderr
+            .contains("hint: the provider cannot verify the app's signed assertion"),
+        "{}",
+        run.stderr
+    );
+    // A private key others may read.
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(
+        env.root().join("other.key.pem"),
+        fs::Permissions::from_mode(0o644),
+    )
+    .expect("chmod");
+    let run = env.run(&["auth", "token", "work", "--force"]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("is readable by others (mode 644)"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("BEGIN"), "no key material in messages");
+}

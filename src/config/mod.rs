@@ -84,6 +84,9 @@ pub struct Account {
     pub client_secret: Option<SecretSource>,
     /// How the client authenticates to the token endpoint.
     pub client_auth: ClientAuth,
+    /// The app's certificate and key, for client credentials with a signed assertion
+    /// (`private_key_jwt`) instead of a secret.
+    pub client_certificate: Option<ClientCertificate>,
     /// Scopes requested.
     pub scopes: Vec<String>,
     /// OAuth2 endpoints.
@@ -100,6 +103,15 @@ pub struct Account {
     pub smtp: Option<Server>,
     /// Incoming server, if the account reads.
     pub imap: Option<Server>,
+}
+
+/// An app's certificate (registered at the provider) and its private key (PEM files).
+#[derive(Debug, Clone)]
+pub struct ClientCertificate {
+    /// The certificate (its thumbprint names the key to the provider).
+    pub certificate: PathBuf,
+    /// The RSA private key; refused when group or others may read it.
+    pub key: PathBuf,
 }
 
 /// OAuth2 endpoints of an account.

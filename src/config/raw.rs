@@ -34,6 +34,10 @@ pub struct RawAccount {
     pub client_secret_file: Option<PathBuf>,
     /// Command printing the client secret.
     pub client_secret_cmd: Option<String>,
+    /// The app's certificate (PEM), for client credentials without a secret.
+    pub client_certificate_file: Option<PathBuf>,
+    /// The app's private key (PEM), with `client_certificate_file`.
+    pub client_key_file: Option<PathBuf>,
     /// `body` or `basic`: how the client authenticates to the token endpoint.
     pub client_auth: Option<String>,
     /// Microsoft tenant.

@@ -8,6 +8,7 @@
 //!   touches files.
 //! - [`source`]: "give me a valid access token": read, lock, re-read, adopt or refresh, persist.
 
+pub mod assertion;
 pub mod http;
 pub mod login;
 pub mod refresh;

@@ -47,6 +47,9 @@ pub struct Refresher<'a> {
     endpoint: Endpoint,
 }
 
+/// RFC 7523 §2.2: the client authenticates with a JWT.
+const JWT_BEARER_CLIENT: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
 /// The longest OAuth error code kept (the standard ones are under 30 characters).
 const ERROR_CODE_MAX: usize = 100;
 
@@ -103,15 +106,36 @@ impl<'a> Refresher<'a> {
     pub async fn client_credentials(
         &self,
         client_secret: Option<&Secret>,
+        now: u64,
     ) -> Result<Refreshed, AuthError> {
         let account = self.account;
         let url = &account.endpoints.token_url;
         let token_url =
             TokenUrl::new(url.clone()).map_err(|e| self.failed("invalid token_url", e))?;
         let client = super::client(account, client_secret).set_token_uri(token_url);
-        let request = client
+        let mut request = client
             .exchange_client_credentials()
             .add_scopes(account.scopes.iter().cloned().map(Scope::new));
+        // With a certificate the app proves itself with a signed assertion (RFC 7523 §2.2)
+        // instead of a secret; the assertion is made fresh for this request.
+        let assertion = match &account.client_certificate {
+            Some(c) => Some(
+                super::assertion::AppKey::load(&c.certificate, &c.key)
+                    .and_then(|key| key.client_assertion(&account.client_id, url, now))
+                    .map_err(|e| AuthError::Failed {
+                        account: account.name.clone(),
+                        reason: "the app's certificate or key cannot be used".into(),
+                        hint: Some("check client_certificate_file and client_key_file (`mailpilot config check`)".into()),
+                        source: Some(e.into()),
+                    })?,
+            ),
+            None => None,
+        };
+        if let Some(assertion) = &assertion {
+            request = request
+                .add_extra_param("client_assertion_type", JWT_BEARER_CLIENT)
+                .add_extra_param("client_assertion", assertion.expose().to_string());
+        }
         tracing::debug!(account = %account.name, url = %url, "requesting an app token");
         let http = |req| self.endpoint.call(req);
         let result = request.request_async(&http).await;
@@ -282,6 +306,9 @@ fn app_hint(account: &Account, code: &str, description: Option<&str>) -> String 
         (_, "7000215" | "7000222") | ("invalid_client", "") => format!(
             "the app's client secret was rejected or has expired: create a new one (Entra admin center → App registrations → the app → Certificates & secrets) and point client_secret_env / _file / _cmd of account \"{name}\" at it"
         ),
+        (_, "700027") => format!(
+            "the provider cannot verify the app's signed assertion: upload client_certificate_file of account \"{name}\" to the app (App registrations → the app → Certificates & secrets → Certificates), and check that client_key_file is its key"
+        ),
         (_, "700016") => format!(
             "the app (client_id of account \"{name}\") is not registered in this tenant: check client_id and tenant"
         ),
@@ -342,6 +369,7 @@ mod tests {
             client_id: "id".into(),
             client_secret: None,
             client_auth: ClientAuth::Body,
+            client_certificate: None,
             scopes: vec![],
             endpoints: Endpoints {
                 auth_url: None,

@@ -152,7 +152,7 @@ impl<'a, S: TokenStore> TokenSource<'a, S> {
         let result = async {
             let secret = self.client_secret()?;
             Refresher::new(self.account)?
-                .client_credentials(secret.as_ref())
+                .client_credentials(secret.as_ref(), self.clock.now())
                 .await
         }
         .await;

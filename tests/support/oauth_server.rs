@@ -134,6 +134,14 @@ struct State {
     authorize_requests: Vec<HashMap<String, String>>,
     revoked: Vec<String>,
     app_mailbox: Option<String>,
+    /// The app's registered public key (PKCS#1 DER), for `private_key_jwt` assertions.
+    app_public_key: Option<Vec<u8>>,
+    /// Assertion ids already used (a replay is refused).
+    seen_jti: std::collections::HashSet<String>,
+    /// The token endpoint's own URL (an assertion's `aud`).
+    token_url: String,
+    /// Assertions accepted so far.
+    assertions: u64,
 }
 
 /// The running server; stops accepting when dropped.
@@ -199,6 +207,10 @@ impl OAuthServer {
             authorize_requests: Vec::new(),
             revoked: Vec::new(),
             app_mailbox: None,
+            app_public_key: None,
+            seen_jti: std::collections::HashSet::new(),
+            token_url: format!("http://{addr}/token"),
+            assertions: 0,
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let (st, sp) = (state.clone(), stop.clone());
@@ -273,6 +285,16 @@ impl OAuthServer {
     /// The revocation endpoint.
     pub fn revoke_url(&self) -> String {
         format!("{}/revoke", self.base_url())
+    }
+
+    /// Registers the app's public key (PKCS#1 DER) for `private_key_jwt` assertions.
+    pub fn set_app_public_key(&self, der: Vec<u8>) {
+        self.st().app_public_key = Some(der);
+    }
+
+    /// How many client assertions were accepted.
+    pub fn assertions(&self) -> u64 {
+        self.st().assertions
     }
 
     /// Lets the client's app tokens (client credentials) open `email`'s mailbox; `None` refuses
@@ -776,7 +798,12 @@ fn token(conn: &TcpStream, state: &Mutex<State>, req: &Request, form: HashMap<St
         }
     }
     let mut st = state.lock().expect("state");
-    if let Err(e) = check_client(&st, req, &form) {
+    let checked = if form.contains_key("client_assertion") {
+        check_assertion(&mut st, &form)
+    } else {
+        check_client(&st, req, &form)
+    };
+    if let Err(e) = checked {
         return json(
             conn,
             401,
@@ -835,6 +862,53 @@ fn token(conn: &TcpStream, state: &Mutex<State>, req: &Request, form: HashMap<St
     }
     drop(st);
     json(conn, 200, body);
+}
+
+/// A `private_key_jwt` client assertion (RFC 7523 §2.2): RS256 over the registered key, `aud` the
+/// token endpoint, `iss` = `sub` = the client, not expired, `jti` never seen before.
+fn check_assertion(st: &mut State, form: &HashMap<String, String>) -> Result<(), String> {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    if form.get("client_assertion_type").map(String::as_str)
+        != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
+    {
+        return Err("unsupported client_assertion_type".into());
+    }
+    let jwt = form.get("client_assertion").cloned().unwrap_or_default();
+    let parts: Vec<&str> = jwt.split('.').collect();
+    let [header, claims, signature] = parts.as_slice() else {
+        return Err("the assertion is not a JWT".into());
+    };
+    let decode = |p: &str| URL_SAFE_NO_PAD.decode(p).map_err(|e| e.to_string());
+    let header: serde_json::Value =
+        serde_json::from_slice(&decode(header)?).map_err(|e| e.to_string())?;
+    let claims: serde_json::Value =
+        serde_json::from_slice(&decode(claims)?).map_err(|e| e.to_string())?;
+    if header["alg"] != "RS256" || header["x5t"].as_str().is_none() {
+        return Err("the assertion header needs alg RS256 and x5t".into());
+    }
+    let key = st
+        .app_public_key
+        .clone()
+        .ok_or("no certificate is registered for the client")?;
+    let signed = format!("{}.{}", parts[0], parts[1]);
+    ring::signature::UnparsedPublicKey::new(&ring::signature::RSA_PKCS1_2048_8192_SHA256, key)
+        .verify(signed.as_bytes(), &decode(signature)?)
+        .map_err(|_| "AADSTS700027: Client assertion failed signature validation.".to_string())?;
+    if claims["aud"] != st.token_url.as_str() {
+        return Err(format!("wrong aud {}", claims["aud"]));
+    }
+    if claims["iss"] != st.client_id.as_str() || claims["sub"] != st.client_id.as_str() {
+        return Err("iss and sub must be the client id".into());
+    }
+    if claims["exp"].as_u64().is_none_or(|exp| exp <= now()) {
+        return Err("the assertion has expired".into());
+    }
+    let jti = claims["jti"].as_str().unwrap_or_default().to_string();
+    if jti.is_empty() || !st.seen_jti.insert(jti) {
+        return Err("the assertion was used before (jti replayed)".into());
+    }
+    st.assertions += 1;
+    Ok(())
 }
 
 fn check_client(st: &State, req: &Request, form: &HashMap<String, String>) -> Result<(), String> {

@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use super::super::raw::{field_names, RawAccount, RawServer};
 use super::super::{
-    Account, ClientAuth, Endpoints, Grant, Protocol, Provider, ProviderKind, SecretSource, Server,
-    Spelled,
+    Account, ClientAuth, ClientCertificate, Endpoints, Grant, Protocol, Provider, ProviderKind,
+    SecretSource, Server, Spelled,
 };
 use super::server::{is_loopback, server, ServerCtx};
 use super::suggest::quoted;
@@ -79,17 +79,13 @@ pub(super) fn account(
     let from = optional_address(raw.from.as_deref(), &format!("{at}.from"), problems);
     let client_id = required(raw.client_id.clone(), &format!("{at}.client_id"), problems);
     let client_secret = secret_source(&raw, ctx, problems);
+    let client_certificate = certificate(&raw, ctx, problems);
     let client_auth = match raw.client_auth.as_deref() {
         None => provider.as_ref().map(Provider::client_auth),
         Some(word) => choice::<ClientAuth>(word, &format!("{at}.client_auth"), problems),
     };
-    let grant = grant(
-        &raw,
-        provider.as_ref(),
-        client_secret.is_some(),
-        at,
-        problems,
-    );
+    let credentials = (client_secret.is_some(), client_certificate.is_some());
+    let grant = grant(&raw, provider.as_ref(), credentials, at, problems);
     let scopes = scopes(&raw, provider.as_ref(), grant, at, problems);
     let endpoints = provider
         .as_ref()
@@ -129,6 +125,7 @@ pub(super) fn account(
         client_id: client_id?,
         client_secret,
         client_auth: client_auth?,
+        client_certificate,
         scopes: scopes?,
         endpoints: endpoints?,
         refresh_margin,
@@ -144,21 +141,32 @@ pub(super) fn account(
 fn grant(
     raw: &RawAccount,
     provider: Option<&Provider>,
-    has_secret: bool,
+    (has_secret, has_certificate): (bool, bool),
     at: &str,
     problems: &mut Problems,
 ) -> Grant {
     let path = format!("{at}.grant");
     let grant = match raw.grant.as_deref() {
-        None => return Grant::AuthorizationCode,
+        None => Grant::AuthorizationCode,
         Some(word) => choice(word, &path, problems).unwrap_or(Grant::AuthorizationCode),
     };
+    if has_certificate && grant != Grant::ClientCredentials {
+        problems.push(
+            format!("{at}.client_certificate_file"),
+            "a certificate signs the app's own token requests: only with grant = \"client_credentials\"",
+        );
+    }
     if grant == Grant::ClientCredentials {
-        if !has_secret {
-            problems.push(
+        match (has_secret, has_certificate) {
+            (false, false) => problems.push(
                 &path,
-                "client_credentials needs the app's client secret: set client_secret_env, client_secret_file or client_secret_cmd",
-            );
+                "client_credentials needs the app's client secret (client_secret_env, client_secret_file or client_secret_cmd) or its certificate (client_certificate_file and client_key_file)",
+            ),
+            (true, true) => problems.push(
+                at,
+                "give the app a client secret or a certificate, not both",
+            ),
+            _ => {}
         }
         if let Some(Provider::Microsoft { tenant }) = provider {
             if ["common", "organizations", "consumers"].contains(&tenant.as_str()) {
@@ -170,6 +178,45 @@ fn grant(
         }
     }
     grant
+}
+
+/// `client_certificate_file` and `client_key_file`, together, both readable files.
+fn certificate(
+    raw: &RawAccount,
+    ctx: &AccountCtx<'_>,
+    problems: &mut Problems,
+) -> Option<ClientCertificate> {
+    let at = ctx.at;
+    let (certificate, key) = match (&raw.client_certificate_file, &raw.client_key_file) {
+        (None, None) => return None,
+        (Some(c), Some(k)) => (ctx.dir.join(c), ctx.dir.join(k)),
+        (Some(_), None) => {
+            problems.push(
+                format!("{at}.client_key_file"),
+                "missing: the certificate's private key (PEM)",
+            );
+            return None;
+        }
+        (None, Some(_)) => {
+            problems.push(
+                format!("{at}.client_certificate_file"),
+                "missing: the certificate (PEM) registered for the app",
+            );
+            return None;
+        }
+    };
+    for (key_name, path) in [
+        ("client_certificate_file", &certificate),
+        ("client_key_file", &key),
+    ] {
+        if !path.is_file() {
+            problems.push(
+                format!("{at}.{key_name}"),
+                format!("{} is not a readable file", path.display()),
+            );
+        }
+    }
+    Some(ClientCertificate { certificate, key })
 }
 
 /// `max_message_size`: bytes (`50000000`) or a size with a unit (`"50MB"`, `"64MiB"`).

@@ -1,0 +1,149 @@
+//! Signed JWT assertions (RFC 7523) made with the app's own key: a `private_key_jwt` client
+//! assertion (§2.2) for client credentials with a certificate, as Entra requires it (RS256, the
+//! certificate's thumbprint in the header). Signed with ring (already the TLS provider); the key
+//! and the assertion are secrets and never shown.
+
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use ring::rand::{SecureRandom, SystemRandom};
+use ring::signature::{RsaKeyPair, RSA_PKCS1_SHA256};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use sha2::{Digest, Sha256};
+
+use crate::secret::Secret;
+
+/// How long an assertion is valid: long enough for one token request, short enough that a copy
+/// is worthless.
+const ASSERTION_LIFETIME: u64 = 300;
+
+/// The largest key or certificate file read.
+const MAX_PEM_BYTES: u64 = 64 * 1024;
+
+/// What the app signs with: its RSA key and the certificate registered for it.
+pub struct AppKey {
+    key: RsaKeyPair,
+    /// SHA-1 of the certificate (`x5t`, which Entra looks the key up by).
+    x5t: String,
+    /// SHA-256 of the certificate (`x5t#S256`).
+    x5t_s256: String,
+}
+
+impl std::fmt::Debug for AppKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AppKey([redacted])")
+    }
+}
+
+impl AppKey {
+    /// Reads the PEM certificate and the PEM RSA key (PKCS#8 or PKCS#1); the key file must not be
+    /// readable by group or others.
+    ///
+    /// # Errors
+    /// A file is unreadable, too open, or holds no usable certificate or RSA key.
+    pub fn load(certificate: &Path, key: &Path) -> Result<AppKey> {
+        check_private(key)?;
+        let pem = crate::fsutil::read_limited(certificate, MAX_PEM_BYTES)?;
+        let cert = CertificateDer::pem_slice_iter(&pem)
+            .next()
+            .transpose()
+            .ok()
+            .flatten()
+            .with_context(|| format!("{} holds no PEM certificate", certificate.display()))?;
+        let pem = Secret::new(
+            String::from_utf8(crate::fsutil::read_limited(key, MAX_PEM_BYTES)?)
+                .with_context(|| format!("{} is not a PEM file", key.display()))?,
+        );
+        let der = PrivateKeyDer::from_pem_slice(pem.expose().as_bytes())
+            .with_context(|| format!("{} holds no PEM private key", key.display()))?;
+        let pair = match &der {
+            PrivateKeyDer::Pkcs8(k) => RsaKeyPair::from_pkcs8(k.secret_pkcs8_der()),
+            PrivateKeyDer::Pkcs1(k) => RsaKeyPair::from_der(k.secret_pkcs1_der()),
+            _ => bail!(
+                "{} holds a key that is not RSA (RS256 needs one)",
+                key.display()
+            ),
+        }
+        .map_err(|e| anyhow::anyhow!("{} holds an unusable RSA key ({e})", key.display()))?;
+        let sha1 = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, cert.as_ref());
+        Ok(AppKey {
+            key: pair,
+            x5t: URL_SAFE_NO_PAD.encode(sha1.as_ref()),
+            x5t_s256: URL_SAFE_NO_PAD.encode(Sha256::digest(cert.as_ref())),
+        })
+    }
+
+    /// A client assertion for `client_id` at `token_url`, valid from `now` for five minutes,
+    /// with a fresh `jti` (servers refuse a replayed one).
+    ///
+    /// # Errors
+    /// No randomness or signing failed.
+    pub fn client_assertion(&self, client_id: &str, token_url: &str, now: u64) -> Result<Secret> {
+        let header = serde_json::json!({
+            "alg": "RS256",
+            "typ": "JWT",
+            "x5t": self.x5t,
+            "x5t#S256": self.x5t_s256,
+        });
+        let claims = serde_json::json!({
+            "aud": token_url,
+            "iss": client_id,
+            "sub": client_id,
+            "jti": random_id()?,
+            "iat": now,
+            "nbf": now,
+            "exp": now + ASSERTION_LIFETIME,
+        });
+        self.sign(&header, &claims)
+    }
+
+    /// `header.claims.signature`, each part base64url.
+    fn sign(&self, header: &serde_json::Value, claims: &serde_json::Value) -> Result<Secret> {
+        let input = format!(
+            "{}.{}",
+            URL_SAFE_NO_PAD.encode(header.to_string()),
+            URL_SAFE_NO_PAD.encode(claims.to_string())
+        );
+        let mut signature = vec![0; self.key.public().modulus_len()];
+        self.key
+            .sign(
+                &RSA_PKCS1_SHA256,
+                &SystemRandom::new(),
+                input.as_bytes(),
+                &mut signature,
+            )
+            .map_err(|_| anyhow::anyhow!("signing the assertion failed"))?;
+        Ok(Secret::new(format!(
+            "{input}.{}",
+            URL_SAFE_NO_PAD.encode(signature)
+        )))
+    }
+}
+
+/// 128 random bits, base64url: a `jti`.
+fn random_id() -> Result<String> {
+    let mut bytes = [0u8; 16];
+    SystemRandom::new()
+        .fill(&mut bytes)
+        .map_err(|_| anyhow::anyhow!("no randomness for the assertion id"))?;
+    Ok(URL_SAFE_NO_PAD.encode(bytes))
+}
+
+/// Refuses a key file that group or others may read (or that is not a regular file).
+fn check_private(path: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta =
+        std::fs::metadata(path).with_context(|| format!("failed to read {}", path.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        bail!(
+            "private key {} is readable by others (mode {mode:o}); refusing to use it: run `chmod 600 {}`",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(())
+}
