@@ -45,6 +45,24 @@ pub(crate) fn refused(
     ))
 }
 
+/// What to check when the server refuses even a fresh token: for a person, the mailbox and the
+/// grant's scope (then sign in again); for an app, its access to the mailbox, which Exchange
+/// Online grants in two PowerShell steps.
+fn rejected_hint(account: &Account) -> String {
+    if account.grant.needs_person() {
+        return format!(
+            "check that email = \"{}\" is the mailbox that granted access and that the grant includes the server's scope; then get a new grant with `{}`",
+            account.email,
+            login_command(&account.name)
+        );
+    }
+    format!(
+        "the app's token does not open mailbox {email}: Exchange Online needs the app's service principal and a mailbox permission — `New-ServicePrincipal -AppId {id} -ObjectId <enterprise application object id>`, then `Add-MailboxPermission -Identity {email} -User <service principal id> -AccessRights FullAccess` (SMTP also needs the SMTP.SendAsApp permission; IMAP needs IMAP.AccessAsApp)",
+        email = account.email,
+        id = account.client_id
+    )
+}
+
 /// One login's fixed parts: whose, where, and how a refusal that does not blame the token reads.
 pub(crate) struct Login<'a, R> {
     /// The account logging in.
@@ -106,11 +124,7 @@ where
                 server,
                 &account.name,
                 format!("a freshly refreshed token was rejected too ({reason})"),
-                format!(
-                    "check that email = \"{}\" is the mailbox that granted access and that the grant includes the server's scope; then get a new grant with `{}`",
-                    account.email,
-                    login_command(&account.name)
-                ),
+                rejected_hint(account),
             )
             .into())
         }

@@ -135,7 +135,12 @@ fn classify(server: &str, what: &str, e: lettre::transport::smtp::Error) -> Serv
     // lettre's text carries the server's reply: cleaned and cut before it reaches a message.
     let said = || clean(&e.to_string(), SERVER_TEXT_MAX);
     if e.is_permanent() {
-        return ServerError::failed(server, format!("{what} failed: {}", said()));
+        let text = said();
+        let error = ServerError::failed(server, format!("{what} failed: {text}"));
+        return match refusal_hint(&text) {
+            Some(hint) => error.with_hint(hint),
+            None => error,
+        };
     }
     if e.is_transient() {
         return ServerError::transient(server, format!("{what} failed: {}", said()));
@@ -144,6 +149,14 @@ fn classify(server: &str, what: &str, e: lettre::transport::smtp::Error) -> Serv
         return net::handshake_failed(server, what, &tls);
     }
     ServerError::transient(server, format!("{what} failed")).with_source(e)
+}
+
+/// The fix for a permanent refusal whose cause a provider names in its reply.
+fn refusal_hint(reply: &str) -> Option<&'static str> {
+    // Exchange refuses a From the mailbox may not send as with 5.7.60 SendAsDenied.
+    (reply.contains("5.7.60") || reply.contains("SendAsDenied")).then_some(
+        "the account may not send as this From address: give the mailbox (or the app) Send As permission for it (Exchange: `Add-RecipientPermission -Identity <From address> -Trustee <mailbox or app> -AccessRights SendAs`), or send with the account's own address (`from` in the config, `send --from`)",
+    )
 }
 
 /// A TLS alert or certificate error, as its innermost text: rustls errors reach us as
@@ -350,4 +363,17 @@ pub async fn send_one<S: TokenStore>(
         .await?;
     session.quit().await;
     Ok(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Exchange's send-as refusal names the permission to grant; other refusals have no hint.
+    #[test]
+    fn send_as_refusal_hint() {
+        let reply = "554 5.2.0 STOREDRV.Submission.Exception:SendAsDeniedException.MapiExceptionSendAsDenied; 5.7.60";
+        assert!(refusal_hint(reply).is_some_and(|h| h.contains("Send As")));
+        assert_eq!(refusal_hint("550 5.1.1 no such user"), None);
+    }
 }

@@ -23,6 +23,20 @@ token_url = "{}"
     )
 }
 
+/// A stack account's config turned into the app `client_id` (its own client at the shared test
+/// server, so tests running together do not share an app).
+fn app_on_stack(config: &str, client_id: &str) -> String {
+    config
+        .replace(
+            "provider = \"custom\"",
+            "provider = \"custom\"\ngrant = \"client_credentials\"",
+        )
+        .replace(
+            "client_id = \"test-client\"",
+            &format!("client_id = \"{client_id}\""),
+        )
+}
+
 /// The app sends through Postfix and reads through Dovecot with its own token: no sign-in, no
 /// refresh token, the token cached in the same store.
 #[test]
@@ -30,11 +44,8 @@ fn app_sends_and_polls_without_a_person() {
     let stack = MailStack::get();
     let (env, user) = TestEnv::for_mailbox(stack, "appid");
     let config = fs::read_to_string(env.config_path()).expect("config");
-    env.write_config(&config.replace(
-        "provider = \"custom\"",
-        "provider = \"custom\"\ngrant = \"client_credentials\"",
-    ));
-    stack.oauth.set_app_mailbox(Some(&user));
+    env.write_config(&app_on_stack(&config, "app-sends"));
+    stack.oauth.add_app_client("app-sends", &user);
     let secret = stack.oauth.client_secret();
     let vars = [("MP_TEST_SECRET", secret.as_str())];
     env.run_full(
@@ -422,4 +433,44 @@ fn app_with_a_certificate_signs_its_requests() {
         run.stderr
     );
     assert!(!run.stderr.contains("BEGIN"), "no key material in messages");
+}
+
+/// A mail server refusing the app's token for a mailbox the app was not given: after the one
+/// refresh-and-retry, exit 77 naming the two Exchange steps, not a sign-in.
+#[test]
+fn app_refused_by_the_mailbox_names_the_exchange_steps() {
+    let stack = MailStack::get();
+    let (env, user) = TestEnv::for_mailbox(stack, "appdenied");
+    let config = fs::read_to_string(env.config_path()).expect("config");
+    env.write_config(&app_on_stack(&config, "app-denied"));
+    // The app's tokens open another mailbox than this account's.
+    stack
+        .oauth
+        .add_app_client("app-denied", &stack.user("appdenied-other"));
+    let run = env.run_full(
+        &["auth", "test", "work"],
+        &[("MP_TEST_SECRET", &stack.oauth.client_secret())],
+        None,
+    );
+    run.expect_code(77);
+    assert!(run.stdout.contains("FAILED"), "{}", run.stdout);
+    let status = env.run_full(
+        &["send", "--to", &user, "--subject", "s", "--text", "t"],
+        &[("MP_TEST_SECRET", &stack.oauth.client_secret())],
+        None,
+    );
+    status.expect_code(77);
+    assert!(
+        status
+            .stderr
+            .contains("hint: the app's token does not open mailbox"),
+        "{}",
+        status.stderr
+    );
+    assert!(
+        status.stderr.contains("Add-MailboxPermission"),
+        "{}",
+        status.stderr
+    );
+    assert!(!status.stderr.contains("auth login"), "{}", status.stderr);
 }

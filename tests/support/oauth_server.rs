@@ -134,6 +134,9 @@ struct State {
     authorize_requests: Vec<HashMap<String, String>>,
     revoked: Vec<String>,
     app_mailbox: Option<String>,
+    /// Further app clients (client id → the mailbox their tokens open), sharing the secret, so
+    /// tests using the shared stack's server do not step on each other.
+    app_clients: HashMap<String, String>,
     /// The app's registered public key (PKCS#1 DER), for `private_key_jwt` assertions.
     app_public_key: Option<Vec<u8>>,
     /// Assertion ids already used (a replay is refused).
@@ -207,6 +210,7 @@ impl OAuthServer {
             authorize_requests: Vec::new(),
             revoked: Vec::new(),
             app_mailbox: None,
+            app_clients: HashMap::new(),
             app_public_key: None,
             seen_jti: std::collections::HashSet::new(),
             token_url: format!("http://{addr}/token"),
@@ -285,6 +289,13 @@ impl OAuthServer {
     /// The revocation endpoint.
     pub fn revoke_url(&self) -> String {
         format!("{}/revoke", self.base_url())
+    }
+
+    /// Adds an app client `client_id` (same secret) whose tokens open `mailbox`.
+    pub fn add_app_client(&self, client_id: &str, mailbox: &str) {
+        self.st()
+            .app_clients
+            .insert(client_id.to_string(), mailbox.to_string());
     }
 
     /// Registers the app's public key (PKCS#1 DER) for `private_key_jwt` assertions.
@@ -664,7 +675,11 @@ fn pkce_ok(verifier: &str, challenge: &str) -> bool {
 }
 
 /// The authorization_code and device_code grants; `None` when the request is another grant.
-fn login_grant(st: &mut State, form: &HashMap<String, String>) -> Option<(u16, serde_json::Value)> {
+fn login_grant(
+    st: &mut State,
+    form: &HashMap<String, String>,
+    client: &str,
+) -> Option<(u16, serde_json::Value)> {
     let err = |code: &str, desc: &str| {
         (
             400,
@@ -712,7 +727,12 @@ fn login_grant(st: &mut State, form: &HashMap<String, String>) -> Option<(u16, s
         }
         Some("client_credentials") => {
             let scope = form.get("scope").cloned().unwrap_or_default();
-            Some(match st.app_mailbox.clone() {
+            let mailbox = st
+                .app_clients
+                .get(client)
+                .cloned()
+                .or_else(|| st.app_mailbox.clone());
+            Some(match mailbox {
                 Some(email) => (200, issue_app(st, &email, &scope)),
                 None => err(
                     "unauthorized_client",
@@ -799,10 +819,11 @@ fn token(conn: &TcpStream, state: &Mutex<State>, req: &Request, form: HashMap<St
     }
     let mut st = state.lock().expect("state");
     let checked = if form.contains_key("client_assertion") {
-        check_assertion(&mut st, &form)
+        check_assertion(&mut st, &form).map(|()| st.client_id.clone())
     } else {
         check_client(&st, req, &form)
     };
+    let client = checked.clone().unwrap_or_default();
     if let Err(e) = checked {
         return json(
             conn,
@@ -810,7 +831,7 @@ fn token(conn: &TcpStream, state: &Mutex<State>, req: &Request, form: HashMap<St
             serde_json::json!({"error": "invalid_client", "error_description": e}),
         );
     }
-    if let Some((status, body)) = login_grant(&mut st, &form) {
+    if let Some((status, body)) = login_grant(&mut st, &form, &client) {
         drop(st);
         return json(conn, status, body);
     }
@@ -911,7 +932,12 @@ fn check_assertion(st: &mut State, form: &HashMap<String, String>) -> Result<(),
     Ok(())
 }
 
-fn check_client(st: &State, req: &Request, form: &HashMap<String, String>) -> Result<(), String> {
+/// The client authenticated by id and secret (Basic or in the body); returns its id.
+fn check_client(
+    st: &State,
+    req: &Request,
+    form: &HashMap<String, String>,
+) -> Result<String, String> {
     let (id, secret) = match req
         .headers
         .get("authorization")
@@ -934,13 +960,13 @@ fn check_client(st: &State, req: &Request, form: &HashMap<String, String>) -> Re
             form.get("client_secret").cloned(),
         ),
     };
-    if id != st.client_id {
+    if id != st.client_id && !st.app_clients.contains_key(&id) {
         return Err(format!("unknown client {id:?}"));
     }
     match (&st.client_secret, secret) {
-        (Some(want), Some(got)) if *want == got => Ok(()),
-        (None, None) => Ok(()),
-        (None, Some(s)) if s.is_empty() => Ok(()),
+        (Some(want), Some(got)) if *want == got => Ok(id),
+        (None, None) => Ok(id),
+        (None, Some(s)) if s.is_empty() => Ok(id),
         _ => Err("client authentication failed".into()),
     }
 }
