@@ -211,6 +211,18 @@ email = "b@example.com"
 client_id = "id"
 client_secret_env = "X"
 scopes = ["https://outlook.office365.com/IMAP.AccessAsApp"]
+
+[accounts.nokey]
+provider = "google"
+grant = "service_account"
+email = "c@example.com"
+
+[accounts.mssa]
+provider = "microsoft"
+tenant = "contoso.com"
+grant = "service_account"
+email = "d@example.com"
+service_account_file = "/nonexistent.json"
 "#,
     );
     let run = env.run(&["config", "check"]);
@@ -219,6 +231,9 @@ scopes = ["https://outlook.office365.com/IMAP.AccessAsApp"]
         "accounts.nosecret.grant: client_credentials needs the app's client secret",
         "accounts.shared.tenant: app-only tokens come from your own tenant, not \"common\"",
         "accounts.shared.scopes: client_credentials needs the resource's .default scope",
+        "accounts.nokey.service_account_file: missing: the service account's JSON key file",
+        "accounts.mssa.grant: service_account is Google's domain-wide delegation",
+        "accounts.mssa.service_account_file: /nonexistent.json is not a readable file",
     ] {
         assert!(
             run.stderr.contains(want),
@@ -473,4 +488,120 @@ fn app_refused_by_the_mailbox_names_the_exchange_steps() {
         status.stderr
     );
     assert!(!status.stderr.contains("auth login"), "{}", status.stderr);
+}
+
+/// A Google-style service account key file (JSON, 0600) in `dir` for `email`, its token URI the
+/// test server; returns the public key for the server.
+fn service_account_key(
+    dir: &std::path::Path,
+    email: &str,
+    token_url: &str,
+) -> (std::path::PathBuf, Vec<u8>) {
+    let public = app_certificate(dir, "sa");
+    let pem = fs::read_to_string(dir.join("sa.key.pem")).expect("key");
+    let file = dir.join("sa.json");
+    let json = serde_json::json!({
+        "type": "service_account",
+        "project_id": "p",
+        "private_key_id": "k1",
+        "private_key": pem,
+        "client_email": email,
+        "client_id": "1234567890",
+        "token_uri": token_url,
+    });
+    fs::write(&file, json.to_string()).expect("write key file");
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o600)).expect("chmod");
+    (file, public)
+}
+
+/// A service account with domain-wide delegation acts for a Workspace user: it sends and reads
+/// that user's mail with no sign-in; without delegation, for an unknown user, or with a deleted
+/// key, exit 77 with the Admin-console or key fix; the key never shows, even at trace level.
+#[test]
+fn service_account_acts_for_a_user() {
+    let stack = MailStack::get();
+    let (env, user) = TestEnv::for_mailbox(stack, "svcacct");
+    let robot = format!("robot-{}@proj.iam.gserviceaccount.test", std::process::id());
+    let (key_file, public) = service_account_key(env.root(), &robot, &stack.oauth.token_url());
+    stack
+        .oauth
+        .add_service_account(&robot, public.clone(), &[&user]);
+    let config = fs::read_to_string(env.config_path()).expect("config");
+    let config = config
+        .replace(
+            "provider = \"custom\"",
+            &format!(
+                "provider = \"custom\"\ngrant = \"service_account\"\nservice_account_file = \"{}\"\nscopes = [\"https://mail.google.com/\"]",
+                key_file.display()
+            ),
+        )
+        .replace("client_id = \"test-client\"\n", "")
+        .replace("client_secret_env = \"MP_TEST_SECRET\"\n", "");
+    env.write_config(&config);
+    let traced = env.run_full(
+        &[
+            "-vvv",
+            "send",
+            "--to",
+            &user,
+            "--subject",
+            "from the robot",
+            "--text",
+            "hi",
+        ],
+        &[("RUST_LOG", "trace")],
+        None,
+    );
+    traced.expect_code(0);
+    assert!(
+        !traced.stderr.contains("BEGIN PRIVATE KEY"),
+        "key material at trace level"
+    );
+    assert_eq!(stack.wait_delivered(&user, 1).len(), 1);
+    let run = env.run(&["poll", "--all"]);
+    run.expect_code(0);
+    assert!(
+        run.stdout.contains("\"subject\":\"from the robot\""),
+        "{}",
+        run.stdout
+    );
+    let expire = || {
+        let mut token = env.token_json("work");
+        token["expires_at"] = 1.into();
+        fs::write(env.token_file("work"), token.to_string()).expect("write");
+    };
+    // No delegation for this client.
+    stack.oauth.add_service_account(&robot, public.clone(), &[]);
+    expire();
+    let run = env.run(&["auth", "token", "work"]);
+    run.expect_code(77);
+    assert!(
+        run.stderr
+            .contains("hint: the service account's client ID is not authorised"),
+        "{}",
+        run.stderr
+    );
+    // Delegated, but not for this user.
+    stack
+        .oauth
+        .add_service_account(&robot, public, &["someone-else@mailpilot.test"]);
+    let run = env.run(&["auth", "token", "work"]);
+    run.expect_code(77);
+    assert!(
+        run.stderr.contains("is not a user of the Workspace domain"),
+        "{}",
+        run.stderr
+    );
+    // The key was rotated: the server knows another one.
+    let other = app_certificate(env.root(), "rotated");
+    stack.oauth.add_service_account(&robot, other, &[&user]);
+    let run = env.run(&["auth", "token", "work"]);
+    run.expect_code(77);
+    assert!(
+        run.stderr
+            .contains("the service account key was deleted or rotated"),
+        "{}",
+        run.stderr
+    );
 }

@@ -87,6 +87,8 @@ pub struct Account {
     /// The app's certificate and key, for client credentials with a signed assertion
     /// (`private_key_jwt`) instead of a secret.
     pub client_certificate: Option<ClientCertificate>,
+    /// A Google service account's JSON key file, for `grant = "service_account"`.
+    pub service_account: Option<PathBuf>,
     /// Scopes requested.
     pub scopes: Vec<String>,
     /// OAuth2 endpoints.

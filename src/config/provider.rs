@@ -88,7 +88,7 @@ impl Provider {
                 &["https://outlook.office365.com/.default"]
             }
             (Provider::Google, _) => &["https://mail.google.com/"],
-            (Provider::Microsoft { .. }, Grant::AuthorizationCode) => &[
+            (Provider::Microsoft { .. }, Grant::AuthorizationCode | Grant::ServiceAccount) => &[
                 "offline_access",
                 "https://outlook.office.com/IMAP.AccessAsUser.All",
                 "https://outlook.office.com/SMTP.Send",

@@ -34,6 +34,8 @@ pub struct RawAccount {
     pub client_secret_file: Option<PathBuf>,
     /// Command printing the client secret.
     pub client_secret_cmd: Option<String>,
+    /// A Google service account's JSON key, for `grant = "service_account"`.
+    pub service_account_file: Option<PathBuf>,
     /// The app's certificate (PEM), for client credentials without a secret.
     pub client_certificate_file: Option<PathBuf>,
     /// The app's private key (PEM), with `client_certificate_file`.

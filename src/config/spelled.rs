@@ -52,15 +52,23 @@ pub enum Grant {
     /// The app itself (OAuth2 client credentials, e.g. Microsoft 365 app-only): no person, no
     /// refresh token; a new access token is requested whenever one is needed.
     ClientCredentials,
+    /// A Google service account acting for a Workspace user (domain-wide delegation): a signed
+    /// JWT bearer grant, no person, no refresh token.
+    ServiceAccount,
 }
 
 impl Spelled for Grant {
-    const ALL: &'static [Self] = &[Grant::AuthorizationCode, Grant::ClientCredentials];
+    const ALL: &'static [Self] = &[
+        Grant::AuthorizationCode,
+        Grant::ClientCredentials,
+        Grant::ServiceAccount,
+    ];
 
     fn name(self) -> &'static str {
         match self {
             Grant::AuthorizationCode => "authorization_code",
             Grant::ClientCredentials => "client_credentials",
+            Grant::ServiceAccount => "service_account",
         }
     }
 }

@@ -1,7 +1,8 @@
-//! Signed JWT assertions (RFC 7523) made with the app's own key: a `private_key_jwt` client
+//! Signed JWT assertions (RFC 7523) made with a program's own key: a `private_key_jwt` client
 //! assertion (§2.2) for client credentials with a certificate, as Entra requires it (RS256, the
-//! certificate's thumbprint in the header). Signed with ring (already the TLS provider); the key
-//! and the assertion are secrets and never shown.
+//! certificate's thumbprint in the header), and a JWT bearer grant (§2.1) for a Google service
+//! account acting for a Workspace user (domain-wide delegation). Signed with ring (already the
+//! TLS provider); keys and assertions are secrets and never shown.
 
 use std::path::Path;
 
@@ -57,17 +58,7 @@ impl AppKey {
             String::from_utf8(crate::fsutil::read_limited(key, MAX_PEM_BYTES)?)
                 .with_context(|| format!("{} is not a PEM file", key.display()))?,
         );
-        let der = PrivateKeyDer::from_pem_slice(pem.expose().as_bytes())
-            .with_context(|| format!("{} holds no PEM private key", key.display()))?;
-        let pair = match &der {
-            PrivateKeyDer::Pkcs8(k) => RsaKeyPair::from_pkcs8(k.secret_pkcs8_der()),
-            PrivateKeyDer::Pkcs1(k) => RsaKeyPair::from_der(k.secret_pkcs1_der()),
-            _ => bail!(
-                "{} holds a key that is not RSA (RS256 needs one)",
-                key.display()
-            ),
-        }
-        .map_err(|e| anyhow::anyhow!("{} holds an unusable RSA key ({e})", key.display()))?;
+        let pair = rsa_key(&pem, key)?;
         let sha1 = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, cert.as_ref());
         Ok(AppKey {
             key: pair,
@@ -100,27 +91,122 @@ impl AppKey {
         self.sign(&header, &claims)
     }
 
-    /// `header.claims.signature`, each part base64url.
     fn sign(&self, header: &serde_json::Value, claims: &serde_json::Value) -> Result<Secret> {
-        let input = format!(
-            "{}.{}",
-            URL_SAFE_NO_PAD.encode(header.to_string()),
-            URL_SAFE_NO_PAD.encode(claims.to_string())
-        );
-        let mut signature = vec![0; self.key.public().modulus_len()];
-        self.key
-            .sign(
-                &RSA_PKCS1_SHA256,
-                &SystemRandom::new(),
-                input.as_bytes(),
-                &mut signature,
-            )
-            .map_err(|_| anyhow::anyhow!("signing the assertion failed"))?;
-        Ok(Secret::new(format!(
-            "{input}.{}",
-            URL_SAFE_NO_PAD.encode(signature)
-        )))
+        sign(&self.key, header, claims)
     }
+}
+
+/// A Google service account's key file (the JSON Google issues), as far as mailpilot needs it.
+pub struct ServiceAccountKey {
+    key: RsaKeyPair,
+    /// The service account (`…@….iam.gserviceaccount.com`), the assertion's issuer.
+    pub client_email: String,
+    /// The key's id (`kid`).
+    key_id: String,
+}
+
+impl std::fmt::Debug for ServiceAccountKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "ServiceAccountKey({}, [redacted])", self.client_email)
+    }
+}
+
+/// The fields of the key file that are read.
+#[derive(serde::Deserialize)]
+struct KeyFile {
+    client_email: String,
+    private_key: String,
+    #[serde(default)]
+    private_key_id: String,
+}
+
+impl ServiceAccountKey {
+    /// Reads the JSON key file; like any private key it must not be readable by group or others.
+    ///
+    /// # Errors
+    /// The file is unreadable, too open, not a service account key, or its key is unusable.
+    pub fn load(path: &Path) -> Result<ServiceAccountKey> {
+        check_private(path)?;
+        let bytes = crate::fsutil::read_limited(path, MAX_PEM_BYTES)?;
+        let file: KeyFile = serde_json::from_slice(&bytes).map_err(|e| {
+            anyhow::anyhow!(
+                "{} is not a service account key file (the JSON Google issues): {}",
+                path.display(),
+                // serde's message names the field, never the key.
+                e.to_string().lines().next().unwrap_or_default()
+            )
+        })?;
+        let pem = Secret::new(file.private_key);
+        Ok(ServiceAccountKey {
+            key: rsa_key(&pem, path)?,
+            client_email: file.client_email,
+            key_id: file.private_key_id,
+        })
+    }
+
+    /// The grant assertion (RFC 7523 §2.1) to act for `user` with `scopes` at `token_url`, valid
+    /// for an hour from `now` (Google's limit).
+    ///
+    /// # Errors
+    /// Signing failed.
+    pub fn grant_assertion(
+        &self,
+        user: &str,
+        scopes: &[String],
+        token_url: &str,
+        now: u64,
+    ) -> Result<Secret> {
+        let header = serde_json::json!({"alg": "RS256", "typ": "JWT", "kid": self.key_id});
+        let claims = serde_json::json!({
+            "iss": self.client_email,
+            "sub": user,
+            "scope": scopes.join(" "),
+            "aud": token_url,
+            "iat": now,
+            "exp": now + 3600,
+        });
+        sign(&self.key, &header, &claims)
+    }
+}
+
+/// An RSA key from PEM (PKCS#8 or PKCS#1); `origin` names the file in messages.
+fn rsa_key(pem: &Secret, origin: &Path) -> Result<RsaKeyPair> {
+    let der = PrivateKeyDer::from_pem_slice(pem.expose().as_bytes())
+        .with_context(|| format!("{} holds no PEM private key", origin.display()))?;
+    match &der {
+        PrivateKeyDer::Pkcs8(k) => RsaKeyPair::from_pkcs8(k.secret_pkcs8_der()),
+        PrivateKeyDer::Pkcs1(k) => RsaKeyPair::from_der(k.secret_pkcs1_der()),
+        _ => bail!(
+            "{} holds a key that is not RSA (RS256 needs one)",
+            origin.display()
+        ),
+    }
+    .map_err(|e| anyhow::anyhow!("{} holds an unusable RSA key ({e})", origin.display()))
+}
+
+/// `header.claims.signature`, each part base64url, signed RS256 with `key`.
+fn sign(
+    key: &RsaKeyPair,
+    header: &serde_json::Value,
+    claims: &serde_json::Value,
+) -> Result<Secret> {
+    let input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header.to_string()),
+        URL_SAFE_NO_PAD.encode(claims.to_string())
+    );
+    let mut signature = vec![0; key.public().modulus_len()];
+    key.sign(
+        &RSA_PKCS1_SHA256,
+        &SystemRandom::new(),
+        input.as_bytes(),
+        &mut signature,
+    )
+    .map_err(|_| anyhow::anyhow!("signing the assertion failed"))?;
+    Ok(Secret::new(format!(
+        "{input}.{}",
+        URL_SAFE_NO_PAD.encode(signature)
+    )))
 }
 
 /// 128 random bits, base64url: a `jti`.

@@ -47,6 +47,9 @@ pub struct Refresher<'a> {
     endpoint: Endpoint,
 }
 
+/// RFC 7523 §2.1: the grant is a JWT (a service account acting for a user).
+const JWT_BEARER_GRANT: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+
 /// RFC 7523 §2.2: the client authenticates with a JWT.
 const JWT_BEARER_CLIENT: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
@@ -140,6 +143,67 @@ impl<'a> Refresher<'a> {
         let http = |req| self.endpoint.call(req);
         let result = request.request_async(&http).await;
         self.finish(result, None)
+    }
+
+    /// Asks for an access token for the account's user as its Google service account (JWT bearer
+    /// grant, RFC 7523 §2.1; domain-wide delegation): a fresh signed assertion, no client secret,
+    /// no refresh token.
+    ///
+    /// # Errors
+    /// An [`AuthError`]: the key cannot be used, the provider refuses (a person must fix the
+    /// delegation or the key), or a retry may work.
+    pub async fn jwt_bearer(&self, now: u64) -> Result<Refreshed, AuthError> {
+        let account = self.account;
+        let url = &account.endpoints.token_url;
+        let unusable = |e: anyhow::Error| {
+            AuthError::Failed {
+            account: account.name.clone(),
+            reason: "the service account key cannot be used".into(),
+            hint: Some("check service_account_file (`mailpilot config check`): the JSON key Google issued, `chmod 600`".into()),
+            source: Some(e.into()),
+        }
+        };
+        let path = account
+            .service_account
+            .as_deref()
+            .ok_or_else(|| unusable(anyhow::anyhow!("no service_account_file is set")))?;
+        let key = super::assertion::ServiceAccountKey::load(path).map_err(unusable)?;
+        let assertion = key
+            .grant_assertion(&account.email, &account.scopes, url, now)
+            .map_err(unusable)?;
+        tracing::debug!(account = %account.name, url = %url, service_account = %key.client_email, "requesting a token for a delegated user");
+        let form = [
+            ("grant_type", JWT_BEARER_GRANT),
+            ("assertion", assertion.expose()),
+        ];
+        let (status, body) = self
+            .endpoint
+            .post_form(url, &form)
+            .await
+            .map_err(|e| self.classify(RequestTokenError::Request(e), None, None))?;
+        if (200..300).contains(&status) {
+            let body = super::http::normalize(body.into_bytes());
+            return match serde_json::from_slice::<BasicTokenResponse>(&body) {
+                Ok(tok) => Ok(Refreshed::from_response(&tok)),
+                Err(_) => Err(self.unexpected(
+                    format!(
+                        "{url} answered HTTP {status} with a body that is not a token response"
+                    ),
+                    Some(status),
+                    None,
+                )),
+            };
+        }
+        match serde_json::from_str::<BasicErrorResponse>(&body) {
+            Ok(error) => {
+                Err(self.classify(RequestTokenError::ServerResponse(error), Some(status), None))
+            }
+            Err(_) => Err(self.unexpected(
+                format!("{url} answered HTTP {status} with a body that is not an OAuth error"),
+                Some(status),
+                None,
+            )),
+        }
     }
 
     /// The outcome of a token request; the oauth2 crate drops the HTTP status of error
@@ -302,6 +366,9 @@ fn aadsts(description: Option<&str>) -> &str {
 /// registration or secret must be fixed.
 fn app_hint(account: &Account, code: &str, description: Option<&str>) -> String {
     let name = &account.name;
+    if account.grant == crate::config::Grant::ServiceAccount {
+        return service_account_hint(account, code, description);
+    }
     match (code, aadsts(description)) {
         (_, "7000215" | "7000222") | ("invalid_client", "") => format!(
             "the app's client secret was rejected or has expired: create a new one (Entra admin center → App registrations → the app → Certificates & secrets) and point client_secret_env / _file / _cmd of account \"{name}\" at it"
@@ -317,6 +384,30 @@ fn app_hint(account: &Account, code: &str, description: Option<&str>) -> String 
             "check client_id, the client secret and tenant of account \"{name}\" (`mailpilot config check`)"
         ),
     }
+}
+
+/// What to do about a refused service-account grant (Google domain-wide delegation).
+fn service_account_hint(account: &Account, code: &str, description: Option<&str>) -> String {
+    let description = description.unwrap_or_default();
+    if code == "unauthorized_client" {
+        return format!(
+            "the service account's client ID is not authorised for {} in the Google Admin console (Security → Access and data control → API controls → Domain-wide delegation: add the client ID with that scope)",
+            account.scopes.join(" ")
+        );
+    }
+    if description.contains("Invalid email or User ID") {
+        return format!(
+            "{} is not a user of the Workspace domain: set email to an existing user's address",
+            account.email
+        );
+    }
+    if description.contains("Invalid JWT Signature") || code == "invalid_client" {
+        return "the service account key was deleted or rotated: create a new key (Google Cloud console → IAM → Service accounts → Keys) and point service_account_file at it".into();
+    }
+    format!(
+        "check service_account_file, email and the domain-wide delegation of account \"{}\" (`mailpilot config check`)",
+        account.name
+    )
 }
 
 /// What to do about a refused refresh, specific where the provider's error code says why.
@@ -370,6 +461,7 @@ mod tests {
             client_secret: None,
             client_auth: ClientAuth::Body,
             client_certificate: None,
+            service_account: None,
             scopes: vec![],
             endpoints: Endpoints {
                 auth_url: None,

@@ -16,7 +16,7 @@ use anyhow::Result;
 
 use super::{login_command, LastError, Refreshed, Refresher, StoredToken, TokenStore};
 use crate::clock::Clock;
-use crate::config::Account;
+use crate::config::{Account, Grant};
 use crate::error::{AuthError, TimedOut};
 use crate::secret::Secret;
 
@@ -150,10 +150,13 @@ impl<'a, S: TokenStore> TokenSource<'a, S> {
     /// cached one, if any.
     async fn app_token_locked(&self, previous: Option<StoredToken>) -> Result<StoredToken> {
         let result = async {
+            let refresher = Refresher::new(self.account)?;
+            let now = self.clock.now();
+            if self.account.grant == Grant::ServiceAccount {
+                return refresher.jwt_bearer(now).await;
+            }
             let secret = self.client_secret()?;
-            Refresher::new(self.account)?
-                .client_credentials(secret.as_ref(), self.clock.now())
-                .await
+            refresher.client_credentials(secret.as_ref(), now).await
         }
         .await;
         let result = result.map(|r| {

@@ -137,6 +137,8 @@ struct State {
     /// Further app clients (client id → the mailbox their tokens open), sharing the secret, so
     /// tests using the shared stack's server do not step on each other.
     app_clients: HashMap<String, String>,
+    /// Google-style service accounts: email → (public key, PKCS#1 DER; users it may act for).
+    service_accounts: HashMap<String, (Vec<u8>, Vec<String>)>,
     /// The app's registered public key (PKCS#1 DER), for `private_key_jwt` assertions.
     app_public_key: Option<Vec<u8>>,
     /// Assertion ids already used (a replay is refused).
@@ -211,6 +213,7 @@ impl OAuthServer {
             revoked: Vec::new(),
             app_mailbox: None,
             app_clients: HashMap::new(),
+            service_accounts: HashMap::new(),
             app_public_key: None,
             seen_jti: std::collections::HashSet::new(),
             token_url: format!("http://{addr}/token"),
@@ -296,6 +299,15 @@ impl OAuthServer {
         self.st()
             .app_clients
             .insert(client_id.to_string(), mailbox.to_string());
+    }
+
+    /// Registers a service account `email` (its public key, PKCS#1 DER) and the users it may act
+    /// for (empty: no domain-wide delegation).
+    pub fn add_service_account(&self, email: &str, public_key: Vec<u8>, users: &[&str]) {
+        self.st().service_accounts.insert(
+            email.to_string(),
+            (public_key, users.iter().map(|u| u.to_string()).collect()),
+        );
     }
 
     /// Registers the app's public key (PKCS#1 DER) for `private_key_jwt` assertions.
@@ -725,6 +737,7 @@ fn login_grant(
                 }
             })
         }
+        Some(JWT_BEARER) => Some(jwt_bearer_grant(st, form)),
         Some("client_credentials") => {
             let scope = form.get("scope").cloned().unwrap_or_default();
             let mailbox = st
@@ -742,6 +755,56 @@ fn login_grant(
         }
         _ => None,
     }
+}
+
+/// RFC 7523 §2.1.
+const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
+
+/// A service account's JWT bearer grant, as Google checks it: the signature against the
+/// account's key (`invalid_grant` "Invalid JWT Signature."), `aud` the token endpoint, `sub` among
+/// the users it was delegated (`unauthorized_client` without delegation, `invalid_grant` for an
+/// unknown user).
+fn jwt_bearer_grant(st: &mut State, form: &HashMap<String, String>) -> (u16, serde_json::Value) {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let err = |code: &str, desc: &str| {
+        (
+            400,
+            serde_json::json!({"error": code, "error_description": desc}),
+        )
+    };
+    let jwt = form.get("assertion").cloned().unwrap_or_default();
+    let parts: Vec<&str> = jwt.split('.').collect();
+    if parts.len() != 3 {
+        return err("invalid_grant", "Invalid JWT: not three parts.");
+    }
+    let decode = |p: &str| URL_SAFE_NO_PAD.decode(p).unwrap_or_default();
+    let claims: serde_json::Value = serde_json::from_slice(&decode(parts[1])).unwrap_or_default();
+    let issuer = claims["iss"].as_str().unwrap_or_default().to_string();
+    let Some((key, delegated)) = st.service_accounts.get(&issuer).cloned() else {
+        return err("invalid_grant", "Invalid JWT Signature.");
+    };
+    let signed = format!("{}.{}", parts[0], parts[1]);
+    if ring::signature::UnparsedPublicKey::new(&ring::signature::RSA_PKCS1_2048_8192_SHA256, key)
+        .verify(signed.as_bytes(), &decode(parts[2]))
+        .is_err()
+    {
+        return err("invalid_grant", "Invalid JWT Signature.");
+    }
+    if claims["aud"] != st.token_url.as_str() || claims["exp"].as_u64().is_none_or(|e| e <= now()) {
+        return err("invalid_grant", "Invalid JWT: aud or exp.");
+    }
+    if delegated.is_empty() {
+        return (
+            401,
+            serde_json::json!({"error": "unauthorized_client", "error_description": "Client is unauthorized to retrieve access tokens using this method, or client not authorized for any of the scopes requested."}),
+        );
+    }
+    let user = claims["sub"].as_str().unwrap_or_default().to_string();
+    if !delegated.contains(&user) {
+        return err("invalid_grant", "Invalid email or User ID");
+    }
+    let scope = claims["scope"].as_str().unwrap_or_default().to_string();
+    (200, issue_app(st, &user, &scope))
 }
 
 /// An app token (client credentials): valid for `email`'s mailbox, no refresh token.
@@ -820,6 +883,9 @@ fn token(conn: &TcpStream, state: &Mutex<State>, req: &Request, form: HashMap<St
     let mut st = state.lock().expect("state");
     let checked = if form.contains_key("client_assertion") {
         check_assertion(&mut st, &form).map(|()| st.client_id.clone())
+    } else if form.get("grant_type").map(String::as_str) == Some(JWT_BEARER) {
+        // The grant itself is the signed proof (checked below); no client authenticates.
+        Ok(String::new())
     } else {
         check_client(&st, req, &form)
     };

@@ -126,6 +126,11 @@ fn human(row: &AccountStatus, now: u64) -> Vec<String> {
             "identity",
             "the app itself (client credentials): no sign-in, no refresh token".into(),
         ));
+    } else if row.grant == Grant::ServiceAccount.name() {
+        lines.push(field(
+            "identity",
+            "a service account acting for this user (domain-wide delegation): no sign-in, no refresh token".into(),
+        ));
     } else {
         let refresh = match (row.has_refresh_token, row.refresh_token_age) {
             (true, Some(age)) => format!("stored, obtained {} ago", span(age)),

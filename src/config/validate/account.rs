@@ -77,13 +77,21 @@ pub(super) fn account(
         problems,
     );
     let from = optional_address(raw.from.as_deref(), &format!("{at}.from"), problems);
-    let client_id = required(raw.client_id.clone(), &format!("{at}.client_id"), problems);
+    // A service account is named by its key file; it has no client id of its own to give.
+    let service_account =
+        raw.grant.as_deref().and_then(Grant::from_name) == Some(Grant::ServiceAccount);
+    let client_id = if service_account && raw.client_id.is_none() {
+        Some(String::new())
+    } else {
+        required(raw.client_id.clone(), &format!("{at}.client_id"), problems)
+    };
     let client_secret = secret_source(&raw, ctx, problems);
     let client_certificate = certificate(&raw, ctx, problems);
     let client_auth = match raw.client_auth.as_deref() {
         None => provider.as_ref().map(Provider::client_auth),
         Some(word) => choice::<ClientAuth>(word, &format!("{at}.client_auth"), problems),
     };
+    let service_account_file = service_account_key(&raw, ctx, service_account, problems);
     let credentials = (client_secret.is_some(), client_certificate.is_some());
     let grant = grant(&raw, provider.as_ref(), credentials, at, problems);
     let scopes = scopes(&raw, provider.as_ref(), grant, at, problems);
@@ -126,6 +134,7 @@ pub(super) fn account(
         client_secret,
         client_auth: client_auth?,
         client_certificate,
+        service_account: service_account_file,
         scopes: scopes?,
         endpoints: endpoints?,
         refresh_margin,
@@ -150,6 +159,14 @@ fn grant(
         None => Grant::AuthorizationCode,
         Some(word) => choice(word, &path, problems).unwrap_or(Grant::AuthorizationCode),
     };
+    if grant == Grant::ServiceAccount {
+        if let Some(Provider::Microsoft { .. }) = provider {
+            problems.push(
+                &path,
+                "service_account is Google's domain-wide delegation; for Microsoft 365 use grant = \"client_credentials\"",
+            );
+        }
+    }
     if has_certificate && grant != Grant::ClientCredentials {
         problems.push(
             format!("{at}.client_certificate_file"),
@@ -178,6 +195,37 @@ fn grant(
         }
     }
     grant
+}
+
+/// `service_account_file`: required with `grant = "service_account"`, and only then.
+fn service_account_key(
+    raw: &RawAccount,
+    ctx: &AccountCtx<'_>,
+    wanted: bool,
+    problems: &mut Problems,
+) -> Option<std::path::PathBuf> {
+    let path = format!("{}.service_account_file", ctx.at);
+    match (&raw.service_account_file, wanted) {
+        (None, false) => None,
+        (Some(_), false) => {
+            problems.push(path, "only used with grant = \"service_account\"");
+            None
+        }
+        (None, true) => {
+            problems.push(
+                path,
+                "missing: the service account's JSON key file (Google Cloud console → IAM → Service accounts → Keys)",
+            );
+            None
+        }
+        (Some(file), true) => {
+            let file = ctx.dir.join(file);
+            if !file.is_file() {
+                problems.push(path, format!("{} is not a readable file", file.display()));
+            }
+            Some(file)
+        }
+    }
 }
 
 /// `client_certificate_file` and `client_key_file`, together, both readable files.
