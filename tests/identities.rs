@@ -336,6 +336,11 @@ auth_url = "{}"
 /// A key and certificate made by openssl in `dir` (`cert.pem`, `key.pem` 0600); returns the
 /// public key as PKCS#1 DER for the test server.
 fn app_certificate(dir: &std::path::Path, name: &str) -> Vec<u8> {
+    app_certificate_for(dir, name, 30)
+}
+
+/// As [`app_certificate`], valid for `days`.
+fn app_certificate_for(dir: &std::path::Path, name: &str, days: u32) -> Vec<u8> {
     let key = dir.join(format!("{name}.key.pem"));
     let cert = dir.join(format!("{name}.cert.pem"));
     let der = dir.join(format!("{name}.pub.der"));
@@ -357,7 +362,7 @@ fn app_certificate(dir: &std::path::Path, name: &str) -> Vec<u8> {
         "rsa:2048",
         "-nodes",
         "-days",
-        "30",
+        &days.to_string(),
         "-subj",
         "/CN=mailpilot-app",
         "-keyout",
@@ -604,4 +609,42 @@ fn service_account_acts_for_a_user() {
         "{}",
         run.stderr
     );
+}
+
+/// `auth status` shows when the app's certificate expires, and `status` fails (exit 1) from 14
+/// days before, so monitoring asks for a new certificate in time.
+#[test]
+fn expiring_certificate_fails_the_status_check() {
+    let server = OAuthServer::start();
+    server.set_app_mailbox(Some("ops@example.com"));
+    let env = TestEnv::new();
+    for (days, code) in [(30, 0), (7, 1)] {
+        server.set_app_public_key(app_certificate_for(env.root(), "app", days));
+        let keys = format!(
+            "client_certificate_file = \"{root}/app.cert.pem\"\nclient_key_file = \"{root}/app.key.pem\"",
+            root = env.root().display()
+        );
+        env.write_config(
+            &app_config(&server, &keys).replace("client_secret_env = \"MP_TEST_SECRET\"\n", ""),
+        );
+        env.run(&["auth", "token", "work", "--force"])
+            .expect_code(0);
+        let status = env.run(&["status"]);
+        status.expect_code(code);
+        if code == 1 {
+            assert!(
+                status.stdout.contains(
+                    "account work: certificate-expiring the client certificate expires at"
+                ),
+                "{}",
+                status.stdout
+            );
+        }
+        let auth = env.run(&["auth", "status", "work"]);
+        assert!(
+            auth.stdout.contains("certificate:    valid until"),
+            "{}",
+            auth.stdout
+        );
+    }
 }

@@ -38,8 +38,43 @@ enum AccountState {
     Ok,
     /// The last refresh failed, but not for want of a login (network, server).
     Degraded,
-    /// A person must sign in again.
+    /// A person must sign in again (or, for an app, renew its credential).
     NeedsAuthorization,
+    /// The app's certificate expires within [`CERTIFICATE_WARNING`]: a person must upload a new
+    /// one before then.
+    Expiring,
+}
+
+/// How long before a client certificate expires `status` starts failing (exit 1), so monitoring
+/// asks for a new one in time.
+const CERTIFICATE_WARNING: u64 = 14 * 86_400;
+
+/// The state of an app's client certificate when it needs a person: expired (77) or within
+/// [`CERTIFICATE_WARNING`] of it (1); `None` when fine or not used.
+fn certificate_state(account: &crate::config::Account, now: u64) -> Option<(AccountState, String)> {
+    let cert = account.client_certificate.as_ref()?;
+    let at = match crate::oauth::assertion::certificate_expiry(&cert.certificate) {
+        Ok(at) => at,
+        Err(e) => {
+            return Some((
+                AccountState::NeedsAuthorization,
+                crate::error::error_text(e.as_ref()),
+            ))
+        }
+    };
+    let when = local_time(at);
+    if at <= now {
+        return Some((
+            AccountState::NeedsAuthorization,
+            format!("the client certificate expired at {when}: create a new one and upload it to the app"),
+        ));
+    }
+    (at - now < CERTIFICATE_WARNING).then(|| {
+        (
+            AccountState::Expiring,
+            format!("the client certificate expires at {when}: create a new one and upload it to the app before then"),
+        )
+    })
 }
 
 /// A job's last run, as `status` shows it.
@@ -60,6 +95,7 @@ impl AccountState {
         match self {
             AccountState::Ok => Exit::Success.word(),
             AccountState::Degraded => "degraded",
+            AccountState::Expiring => "certificate-expiring",
             AccountState::NeedsAuthorization => Exit::NeedsAuthorization.word(),
         }
     }
@@ -101,9 +137,14 @@ impl Args {
         let mut worst = Exit::Success;
         let mut accounts = Vec::new();
         for account in config.accounts.values() {
-            let (state, detail) = account_state(&store, account);
-            if state == AccountState::NeedsAuthorization {
-                worst = worst.worst(Exit::NeedsAuthorization);
+            let (state, detail) = match certificate_state(account, ctx.clock.now()) {
+                Some(expiring) => expiring,
+                None => account_state(&store, account),
+            };
+            match state {
+                AccountState::NeedsAuthorization => worst = worst.worst(Exit::NeedsAuthorization),
+                AccountState::Expiring => worst = worst.worst(Exit::Failure),
+                AccountState::Ok | AccountState::Degraded => {}
             }
             accounts.push(Item {
                 name: account.name.clone(),

@@ -209,6 +209,79 @@ fn sign(
     )))
 }
 
+/// When the first certificate in the PEM file `path` stops being valid (its `notAfter`, unix
+/// seconds): the app's credential ends then, and a person must upload a new one before.
+///
+/// # Errors
+/// The file is unreadable or holds no certificate this reader understands.
+pub fn certificate_expiry(path: &Path) -> Result<u64> {
+    let pem = crate::fsutil::read_limited(path, MAX_PEM_BYTES)?;
+    let cert = CertificateDer::pem_slice_iter(&pem)
+        .next()
+        .transpose()
+        .ok()
+        .flatten()
+        .with_context(|| format!("{} holds no PEM certificate", path.display()))?;
+    not_after(cert.as_ref()).with_context(|| {
+        format!(
+            "{} holds a certificate whose validity cannot be read",
+            path.display()
+        )
+    })
+}
+
+/// `notAfter` of a DER X.509 certificate: Certificate → tbsCertificate → (version) serial,
+/// signature, issuer → validity → notAfter (UTCTime or GeneralizedTime).
+fn not_after(der: &[u8]) -> Option<u64> {
+    let (_, certificate, _) = tlv(der)?;
+    let (_, mut tbs, _) = tlv(certificate)?;
+    // [0] EXPLICIT version, when present.
+    if tbs.first() == Some(&0xA0) {
+        tbs = tlv(tbs)?.2;
+    }
+    for _ in 0..3 {
+        tbs = tlv(tbs)?.2; // serial, signature algorithm, issuer
+    }
+    let (_, validity, _) = tlv(tbs)?;
+    let (_, _, rest) = tlv(validity)?; // notBefore
+    let (tag, time, _) = tlv(rest)?;
+    let text = std::str::from_utf8(time).ok()?;
+    let full = match tag {
+        0x17 => {
+            // UTCTime: YYMMDDHHMMSSZ, years 1950–2049.
+            let yy: u32 = text.get(0..2)?.parse().ok()?;
+            format!("{}{text}", if yy < 50 { "20" } else { "19" })
+        }
+        0x18 => text.to_string(),
+        _ => return None,
+    };
+    let at =
+        chrono::NaiveDateTime::parse_from_str(full.trim_end_matches('Z'), "%Y%m%d%H%M%S").ok()?;
+    u64::try_from(at.and_utc().timestamp()).ok()
+}
+
+/// One DER element: its tag, its contents, and what follows it.
+fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first & 0x80 == 0 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7F);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, &rest[n..])
+    };
+    if rest.len() < len {
+        return None;
+    }
+    Some((tag, &rest[..len], &rest[len..]))
+}
+
 /// 128 random bits, base64url: a `jti`.
 fn random_id() -> Result<String> {
     let mut bytes = [0u8; 16];
@@ -232,4 +305,28 @@ fn check_private(path: &Path) -> Result<()> {
         );
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Malformed DER is `None`, never a panic; lengths past the input are refused.
+    #[test]
+    fn der_reading_is_total() {
+        assert_eq!(not_after(&[]), None);
+        assert_eq!(not_after(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
+        assert_eq!(
+            tlv(&[0x02, 0x01, 0x05, 0x09]),
+            Some((0x02, &[0x05][..], &[0x09][..]))
+        );
+    }
+
+    proptest::proptest! {
+        /// Any bytes at all: no panic.
+        #[test]
+        fn any_der_is_handled(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200)) {
+            let _ = not_after(&bytes);
+        }
+    }
 }

@@ -42,6 +42,8 @@ struct AccountStatus {
     last_error: Option<LastError>,
     /// Set when the token file itself cannot be read.
     store_error: Option<String>,
+    /// When the app's client certificate expires (unix seconds), for certificate credentials.
+    certificate_expires_at: Option<u64>,
 }
 
 impl Args {
@@ -90,7 +92,14 @@ fn status(account: &Account, store: &FileStore, now: u64) -> AccountStatus {
         last_refresh: None,
         last_error: None,
         store_error: None,
+        certificate_expires_at: None,
     };
+    if let Some(c) = &account.client_certificate {
+        match crate::oauth::assertion::certificate_expiry(&c.certificate) {
+            Ok(at) => row.certificate_expires_at = Some(at),
+            Err(e) => row.store_error = Some(error_text(e.as_ref())),
+        }
+    }
     match store.load(&account.name) {
         Ok(Some(token)) => fill(&mut row, &token, now),
         Ok(None) => {}
@@ -152,6 +161,14 @@ fn human(row: &AccountStatus, now: u64) -> Vec<String> {
             )
         };
         lines.push(field("access token", value));
+    }
+    if let Some(at) = row.certificate_expires_at {
+        let value = if at > now {
+            format!("valid until {} (in {})", rfc3339(at), span(at - now))
+        } else {
+            format!("EXPIRED {} ago: upload a new one", span(now - at))
+        };
+        lines.push(field("certificate", value));
     }
     if let Some(at) = row.last_refresh {
         lines.push(field("last refresh", ago(at, now)));
