@@ -648,3 +648,49 @@ fn expiring_certificate_fails_the_status_check() {
         );
     }
 }
+
+/// Each way Entra refuses an app's credentials is exit 77 with its own fix, never 75.
+#[test]
+fn entra_refusals_of_an_app_name_their_fix() {
+    let server = OAuthServer::start();
+    server.set_app_mailbox(Some("ops@example.com"));
+    let env = TestEnv::new();
+    env.write_config(&app_config(&server, ""));
+    for (code, description, hint) in [
+        (
+            "invalid_client",
+            "AADSTS7000215: Invalid client secret provided.",
+            "client secret was rejected or has expired",
+        ),
+        (
+            "invalid_client",
+            "AADSTS7000222: The provided client secret keys are expired.",
+            "client secret was rejected or has expired",
+        ),
+        (
+            "unauthorized_client",
+            "AADSTS700016: Application not found in the directory.",
+            "is not registered in this tenant",
+        ),
+        (
+            "invalid_grant",
+            "AADSTS65001: The user or administrator has not consented.",
+            "must grant admin consent",
+        ),
+        (
+            "invalid_client",
+            "AADSTS700027: Client assertion failed signature validation.",
+            "cannot verify the app's signed assertion",
+        ),
+    ] {
+        let body = serde_json::json!({"error": code, "error_description": description});
+        server.set_fault(crate::support::Fault::Json(400, body.to_string()));
+        let run = env.run_with_secret(&server, &["auth", "token", "work", "--force"]);
+        run.expect_code(77);
+        assert!(
+            run.stderr.contains(hint),
+            "{description}: want {hint:?} in:\n{}",
+            run.stderr
+        );
+    }
+}
