@@ -4,8 +4,11 @@
 //! - [`token`]: the stored grant and expiry arithmetic; pure.
 //! - [`store`]: token files, lock files, error records; never talks to the network.
 //! - [`http`]: bounded HTTP to the OAuth endpoints; never touches files.
-//! - [`refresh`]: one refresh_token grant request and the classification of its failure; never
-//!   touches files.
+//! - [`assertion`]: signed JWTs (an app's `private_key_jwt`, a service account's grant); reads
+//!   only its key files.
+//! - [`refresh`]: one token request per grant (refresh token, client credentials, JWT bearer)
+//!   and the classification of its failure; never touches the token store.
+//! - [`login`]: first grants of a person (browser, paste, device code).
 //! - [`source`]: "give me a valid access token": read, lock, re-read, adopt or refresh, persist.
 
 pub mod assertion;
