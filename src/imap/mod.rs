@@ -289,7 +289,7 @@ impl Imap {
         Ok(uids)
     }
 
-    /// The sizes (RFC822.SIZE) of messages `uids`, in one round trip per [`SIZE_BATCH`] UIDs;
+    /// The sizes (RFC822.SIZE) of messages `uids`, in one round trip per `SIZE_BATCH` UIDs;
     /// a UID the server does not answer for is missing from the map.
     ///
     /// # Errors

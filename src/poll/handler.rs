@@ -195,7 +195,7 @@ const MAX_FILE_NAME: usize = 100;
 
 /// A file name for attachment number `index` whose sender-given name is `given`: path separators
 /// and control characters replaced, leading dots and spaces dropped (no hidden files, no `..`),
-/// cut to [`MAX_FILE_NAME`] bytes keeping a short extension, and made distinct from the names
+/// cut to `MAX_FILE_NAME` bytes keeping a short extension, and made distinct from the names
 /// in `taken` (`report.pdf`, `report-2.pdf`).
 pub fn file_name(given: Option<&str>, index: usize, taken: &mut HashSet<String>) -> String {
     let cleaned: String = given
