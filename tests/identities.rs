@@ -694,3 +694,46 @@ fn entra_refusals_of_an_app_name_their_fix() {
         );
     }
 }
+
+/// A delegate's own grant opens a shared mailbox: the delegate signs in (`sign_in_as`), the
+/// shared mailbox is the SASL user and is read (`email`), and mail goes out with the shared
+/// address as From (`from`).
+#[test]
+fn delegate_reads_and_sends_as_a_shared_mailbox() {
+    let stack = MailStack::get();
+    let (env, shared) = TestEnv::for_mailbox(stack, "shared");
+    let delegate = stack.user("delegate");
+    let rcpt = stack.user("shared-rcpt");
+    stack.oauth.set_policy(
+        &delegate,
+        crate::support::Policy {
+            delegate_of: Some(shared.clone()),
+            ..Default::default()
+        },
+    );
+    let config = fs::read_to_string(env.config_path()).expect("config");
+    env.write_config(&config.replace(
+        &format!("email = \"{shared}\""),
+        &format!("email = \"{shared}\"\nsign_in_as = \"{delegate}\"\nfrom = \"Team <{shared}>\""),
+    ));
+    env.import_for(&stack.oauth, &delegate);
+    stack.deliver(&shared, "INBOX", "for the team");
+    let secret = stack.oauth.client_secret();
+    let vars = [("MP_TEST_SECRET", secret.as_str())];
+    let run = env.run_full(&["poll", "--all"], &vars, None);
+    run.expect_code(0);
+    assert!(
+        run.stdout.contains("\"subject\":\"for the team\""),
+        "{}",
+        run.stdout
+    );
+    env.run_full(
+        &["send", "--to", &rcpt, "--subject", "answer", "--text", "t"],
+        &vars,
+        None,
+    )
+    .expect_code(0);
+    let sent = stack.wait_delivered(&rcpt, 1);
+    let text = String::from_utf8_lossy(&sent[0]);
+    assert!(text.contains(&format!("From: Team <{shared}>")), "{text}");
+}

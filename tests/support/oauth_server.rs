@@ -53,6 +53,9 @@ pub struct Policy {
     /// Introspection of this user's tokens fails with HTTP 500 (the mail server's token
     /// validation is down).
     pub introspection_down: bool,
+    /// This user is a delegate of that (shared) mailbox: their tokens open it, as Exchange's
+    /// FullAccess permission does.
+    pub delegate_of: Option<String>,
 }
 
 /// A device authorization in progress.
@@ -838,11 +841,18 @@ fn introspect(conn: &TcpStream, state: &Mutex<State>, form: &HashMap<String, Str
         }
     }
     match st.access.get(&token) {
-        Some(a) if a.expires_at > now() => json(
-            conn,
-            200,
-            serde_json::json!({"active": true, "username": a.email, "scope": a.scope, "exp": a.expires_at}),
-        ),
+        Some(a) if a.expires_at > now() => {
+            let opens = st
+                .policies
+                .get(&a.email)
+                .and_then(|p| p.delegate_of.clone())
+                .unwrap_or_else(|| a.email.clone());
+            json(
+                conn,
+                200,
+                serde_json::json!({"active": true, "username": opens, "scope": a.scope, "exp": a.expires_at}),
+            )
+        }
         _ => json(conn, 200, serde_json::json!({"active": false})),
     }
 }
