@@ -62,21 +62,7 @@ pub(super) fn account(
     let before = problems.count();
 
     let provider = provider(&raw, at, problems);
-    let email = required(raw.email.clone(), &format!("{at}.email"), problems);
-    if let Some(email) = &email {
-        if !valid_email(email) {
-            problems.push(
-                format!("{at}.email"),
-                format!("\"{email}\" is not an email address"),
-            );
-        }
-    }
-    let sign_in_as = optional_address(
-        raw.sign_in_as.as_deref(),
-        &format!("{at}.sign_in_as"),
-        problems,
-    );
-    let from = optional_address(raw.from.as_deref(), &format!("{at}.from"), problems);
+    let (email, sign_in_as, from) = identities(&raw, at, problems);
     // A service account is named by its key file; it has no client id of its own to give.
     let service_account =
         raw.grant.as_deref().and_then(Grant::from_name) == Some(Grant::ServiceAccount);
@@ -98,21 +84,7 @@ pub(super) fn account(
     let endpoints = provider
         .as_ref()
         .and_then(|p| endpoints(&raw, p, at, problems));
-    let refresh_margin = duration(
-        raw.refresh_margin.as_deref(),
-        DEFAULT_REFRESH_MARGIN,
-        (Duration::ZERO, MAX_REFRESH_MARGIN),
-        &format!("{at}.refresh_margin"),
-        problems,
-    );
-    let token_timeout = duration(
-        raw.token_timeout.as_deref(),
-        DEFAULT_TOKEN_TIMEOUT,
-        (Duration::from_secs(1), MAX_TOKEN_TIMEOUT),
-        &format!("{at}.token_timeout"),
-        problems,
-    );
-    let max_message_size = message_size(raw.max_message_size.as_ref(), at, problems);
+    let (refresh_margin, token_timeout, max_message_size) = limits(&raw, at, problems);
     let (smtp, imap) = match &provider {
         Some(p) => servers(&raw, p, ctx, problems),
         None => (None, None),
@@ -143,6 +115,50 @@ pub(super) fn account(
         smtp,
         imap,
     })
+}
+
+/// The three identities: `email` (the mailbox; required), `sign_in_as` and `from` (optional).
+fn identities(
+    raw: &RawAccount,
+    at: &str,
+    problems: &mut Problems,
+) -> (Option<String>, Option<String>, Option<String>) {
+    let email = required(raw.email.clone(), &format!("{at}.email"), problems);
+    if let Some(email) = &email {
+        if !valid_email(email) {
+            problems.push(
+                format!("{at}.email"),
+                format!("\"{email}\" is not an email address"),
+            );
+        }
+    }
+    let sign_in_as = optional_address(
+        raw.sign_in_as.as_deref(),
+        &format!("{at}.sign_in_as"),
+        problems,
+    );
+    let from = optional_address(raw.from.as_deref(), &format!("{at}.from"), problems);
+    (email, sign_in_as, from)
+}
+
+/// `refresh_margin`, `token_timeout` and `max_message_size`, with their defaults.
+fn limits(raw: &RawAccount, at: &str, problems: &mut Problems) -> (Duration, Duration, u64) {
+    let refresh_margin = duration(
+        raw.refresh_margin.as_deref(),
+        DEFAULT_REFRESH_MARGIN,
+        (Duration::ZERO, MAX_REFRESH_MARGIN),
+        &format!("{at}.refresh_margin"),
+        problems,
+    );
+    let token_timeout = duration(
+        raw.token_timeout.as_deref(),
+        DEFAULT_TOKEN_TIMEOUT,
+        (Duration::from_secs(1), MAX_TOKEN_TIMEOUT),
+        &format!("{at}.token_timeout"),
+        problems,
+    );
+    let max_message_size = message_size(raw.max_message_size.as_ref(), at, problems);
+    (refresh_margin, token_timeout, max_message_size)
 }
 
 /// `grant`, checked against what it needs: the app's own credentials (a client secret, for
