@@ -4,6 +4,10 @@
 //! its announcement (`{N}` and CRLF) promises more than the budget holds — the IMAP parser would
 //! otherwise reserve room for all of it before a single byte of it arrived. [`super::Imap`] sets the budget
 //! before every command (larger for a message body, which is bounded by `max_message_size`).
+//!
+//! The same wrapper gathers what a command writes until it is flushed: async-imap writes a
+//! command as four pieces (tag, space, command, CRLF), which over TLS would be four records and
+//! four packets; gathered, a command is one write.
 
 use std::io;
 use std::pin::Pin;
@@ -54,7 +58,12 @@ pub struct Budgeted {
     pub inner: Stream,
     budget: Budget,
     literals: Literals,
+    /// Written but not yet sent: sent as one write when flushed.
+    pending: Vec<u8>,
 }
+
+/// Past this much gathered output a write goes out before the flush (a large literal).
+const MAX_PENDING: usize = 64 * 1024;
 
 impl Budgeted {
     /// `inner`, charged to `budget`.
@@ -63,7 +72,25 @@ impl Budgeted {
             inner,
             budget,
             literals: Literals::Text,
+            pending: Vec::new(),
         }
+    }
+
+    /// Sends what was gathered; `Pending` until all of it is written.
+    fn poll_send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.pending.is_empty() {
+            match Pin::new(&mut self.inner).poll_write(cx, &self.pending) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(io::Error::from(io::ErrorKind::WriteZero)))
+                }
+                Poll::Ready(Ok(n)) => {
+                    self.pending.drain(..n);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
     }
 }
 
@@ -162,15 +189,35 @@ impl AsyncWrite for Budgeted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+        let this = self.get_mut();
+        if this.pending.len() + buf.len() > MAX_PENDING {
+            match this.poll_send(cx) {
+                Poll::Ready(Ok(())) => {}
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+            if buf.len() > MAX_PENDING {
+                return Pin::new(&mut this.inner).poll_write(cx, buf);
+            }
+        }
+        this.pending.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+        let this = self.get_mut();
+        match this.poll_send(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_flush(cx),
+            other => other,
+        }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+        let this = self.get_mut();
+        match this.poll_send(cx) {
+            Poll::Ready(Ok(())) => Pin::new(&mut this.inner).poll_shutdown(cx),
+            other => other,
+        }
     }
 }
 
@@ -230,6 +277,30 @@ mod tests {
         assert_eq!(l.scan(b"\n", 100), Some(1000));
         let mut l = Literals::Text;
         assert_eq!(l.scan(b"* OK {\"quoted {7} text\"}\r\n", 5), None);
+    }
+
+    /// A command's pieces go out together, when flushed, and in order.
+    #[tokio::test]
+    async fn writes_gather_until_flush() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+        let (mut server, _) = listener.accept().await.expect("accept");
+        let mut stream = Budgeted::new(Stream::Plain(client), Budget::default());
+        for piece in [&b"A1"[..], b" ", b"NOOP", b"\r\n"] {
+            stream.write_all(piece).await.expect("write");
+        }
+        let mut buf = [0u8; 16];
+        let early =
+            tokio::time::timeout(std::time::Duration::from_millis(50), server.read(&mut buf)).await;
+        assert!(early.is_err(), "nothing is sent before the flush");
+        stream.flush().await.expect("flush");
+        let mut got = vec![0u8; 9];
+        server.read_exact(&mut got).await.expect("read");
+        assert_eq!(got, b"A1 NOOP\r\n");
     }
 
     proptest::proptest! {
