@@ -29,15 +29,27 @@ const MAX_ATTEMPTS: u32 = 3;
 /// First wait between attempts; doubles each time (1 s, then 2 s).
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 
-/// A message ready to send.
+/// A message ready to send: rendered and checked (it built once), kept as its draft and built
+/// again just before it is sent, so its `Date:` is when it was sent (not when the batch started,
+/// half an hour earlier with `--rate`) and a batch does not hold every attachment in memory.
 #[derive(Debug)]
 pub struct Prepared {
     /// `rows.csv:7`.
     pub label: String,
     /// The stable message key.
     pub key: String,
-    /// The message (its Message-ID derived from the key).
-    pub message: Message,
+    /// The rendered message (its Message-ID derived from the key for a batch).
+    pub draft: Draft,
+}
+
+impl Prepared {
+    /// The message, dated now.
+    ///
+    /// # Errors
+    /// An attachment can no longer be read.
+    pub fn build(&self) -> Result<Message> {
+        self.draft.build()
+    }
 }
 
 /// A row that cannot become a message, and why.
@@ -80,7 +92,7 @@ pub fn prepare(
     for row in rows {
         let label = row_label(merge.data_file, row.number);
         match prepare_row(templates, merge, row) {
-            Ok((key, message)) => {
+            Ok((key, draft)) => {
                 if let Some(first) = seen.insert(key.clone(), label.clone()) {
                     bad.push(Invalid {
                         label,
@@ -89,11 +101,7 @@ pub fn prepare(
                         ),
                     });
                 } else {
-                    ok.push(Prepared {
-                        label,
-                        key,
-                        message,
-                    });
+                    ok.push(Prepared { label, key, draft });
                 }
             }
             Err(e) => bad.push(Invalid {
@@ -105,7 +113,7 @@ pub fn prepare(
     (ok, bad)
 }
 
-fn prepare_row(templates: &Templates, merge: &Merge<'_>, row: &Row) -> Result<(String, Message)> {
+fn prepare_row(templates: &Templates, merge: &Merge<'_>, row: &Row) -> Result<(String, Draft)> {
     let mut vars = merge.globals.clone();
     vars.extend(row.vars.clone());
     let vars = Value::Object(vars);
@@ -136,7 +144,9 @@ fn prepare_row(templates: &Templates, merge: &Merge<'_>, row: &Row) -> Result<(S
             .map_or("mailpilot.invalid", |(_, d)| d.trim_end_matches('>'));
         draft.message_id = Some(format!("<{key}.{batch}@{domain}>"));
     }
-    Ok((key, draft.build()?))
+    // Built once to check it (addresses, headers, attachments); built again when it is sent.
+    draft.build()?;
+    Ok((key, draft))
 }
 
 /// A row's attachment `name`, resolved against `dir`: it must be a file under `dir` (after
@@ -303,17 +313,19 @@ struct Sender<'b, 't, S: TokenStore> {
 impl<S: TokenStore> Sender<'_, '_, S> {
     /// Sends one message, retrying transient failures, and journals the outcome.
     async fn send(&mut self, p: &Prepared) -> Result<()> {
-        let message_id = p
-            .message
+        let message = p
+            .build()
+            .with_context(|| format!("{}: the message could not be built again", p.label))?;
+        let message_id = message
             .headers()
             .get_raw("Message-ID")
             .unwrap_or_default()
             .to_string();
-        let bytes = p.message.formatted();
+        let bytes = message.formatted();
         let mut backoff = FIRST_BACKOFF;
         for attempt in 1..=MAX_ATTEMPTS {
             let session = self.session().await?;
-            let (outcome, reply) = match session.send(p.message.envelope(), &bytes).await {
+            let (outcome, reply) = match session.send(message.envelope(), &bytes).await {
                 Ok(reply) => (Outcome::Sent, crate::smtp::reply_text(&reply)),
                 Err(ServerError::Failed { reason, .. }) => {
                     // lettre closes the connection after a refused command.

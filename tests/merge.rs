@@ -522,3 +522,28 @@ fn templated_single_message() {
         Some(&b"a,b\n1,2\n"[..])
     );
 }
+
+/// A paced batch dates each message when it is sent, not when the batch started.
+#[test]
+fn paced_messages_are_dated_when_sent() {
+    let stack = MailStack::get();
+    let (env, user, rcpt) = setup(stack, "dated");
+    env.import_for(&stack.oauth, &user);
+    let data = csv(&env, 2, &rcpt);
+    merge(&env, stack, &data, &["--rate", "1/s"]).expect_code(0);
+    let mut dates: Vec<i64> = stack
+        .wait_delivered(&rcpt, 2)
+        .iter()
+        .map(|raw| {
+            MessageParser::default()
+                .parse(raw)
+                .and_then(|m| m.date().map(|d| d.to_timestamp()))
+                .expect("a Date header")
+        })
+        .collect();
+    dates.sort_unstable();
+    assert!(
+        dates[1] - dates[0] >= 1,
+        "the second message was sent a second later: {dates:?}"
+    );
+}

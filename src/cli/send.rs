@@ -215,7 +215,7 @@ impl Args {
         };
         let (mut ok, bad) = send::prepare(&templates, &merge, std::slice::from_ref(&row));
         match (ok.pop(), bad.into_iter().next()) {
-            (Some(p), _) => Ok(p.message),
+            (Some(p), _) => p.build(),
             (None, Some(bad)) => Err(UsageError(bad.problem).into()),
             (None, None) => anyhow::bail!("internal: template rendered nothing"),
         }
@@ -296,7 +296,7 @@ impl Args {
         if self.dry_run {
             for p in &messages {
                 ctx.out.data(&format!("--- {} (key {})", p.label, p.key))?;
-                print_message(ctx, &p.message)?;
+                print_message(ctx, &p.build()?)?;
             }
             return Ok(Exit::Success);
         }
