@@ -458,3 +458,47 @@ fn since_window_is_remembered() {
     stack.deliver(&user, "INBOX", "new");
     assert_eq!(subjects(&poll(&env, stack, &[])), ["new"]);
 }
+
+/// A poll with nothing new asks one `STATUS` after logging in and neither opens the mailbox nor
+/// searches it; new mail is handled as before.
+#[test]
+fn no_news_poll_asks_status_only() {
+    use crate::support::fake_imap::{FakeImap, Misbehaviour};
+    use crate::support::OAuthServer;
+    let server = OAuthServer::start();
+    let imap = FakeImap::start(Misbehaviour::None);
+    imap.add(b"From: x@example.com\r\nSubject: one\r\n\r\nbody\r\n");
+    let env = TestEnv::new();
+    env.write_config(&imap.config(&server.token_url()));
+    env.import(&server);
+    let poll = |args: &[&str]| {
+        let mut all = vec!["poll"];
+        all.extend_from_slice(args);
+        env.run_with_secret(&server, &all)
+    };
+    assert_eq!(subjects(poll(&["--all"]).expect_code(0)), ["one"]);
+    assert_eq!((imap.count("SELECT"), imap.count("STATUS")), (1, 0));
+    let quiet = poll(&[]);
+    quiet.expect_code(0);
+    assert!(quiet.stdout.is_empty());
+    assert!(
+        quiet
+            .stderr
+            .contains("0 new messages handled (checkpoint UID 1)"),
+        "{}",
+        quiet.stderr
+    );
+    assert_eq!(
+        (imap.count("SELECT"), imap.count("STATUS")),
+        (1, 1),
+        "no SELECT without news"
+    );
+    assert_eq!(
+        imap.count("UID"),
+        3,
+        "the first poll's SEARCH, size and body FETCH only"
+    );
+    imap.add(b"From: x@example.com\r\nSubject: two\r\n\r\nbody\r\n");
+    assert_eq!(subjects(poll(&[]).expect_code(0)), ["two"]);
+    assert_eq!((imap.count("SELECT"), imap.count("STATUS")), (2, 2));
+}

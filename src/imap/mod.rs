@@ -258,6 +258,34 @@ impl Imap {
         })
     }
 
+    /// `STATUS mailbox (UIDNEXT UIDVALIDITY)`: what a poll needs to know whether anything
+    /// arrived, without opening the mailbox (cheap on every server; SELECT of a large mailbox is
+    /// not, on Exchange and Gmail).
+    ///
+    /// # Errors
+    /// The mailbox does not exist, the server omits a value, or the network fails.
+    pub async fn status(&mut self, mailbox: &str) -> Result<Selected, ServerError> {
+        self.budget.set(COMMAND_BUDGET);
+        let mb = timed(
+            COMMAND_TIMEOUT,
+            &self.server,
+            &format!("STATUS {mailbox}"),
+            self.session.status(mailbox, "(UIDNEXT UIDVALIDITY)"),
+        )
+        .await?;
+        self.drain();
+        let missing = |what: &str| {
+            ServerError::failed(
+                &self.server,
+                format!("the server did not report {what} for {mailbox}"),
+            )
+        };
+        Ok(Selected {
+            uidvalidity: mb.uid_validity.ok_or_else(|| missing("UIDVALIDITY"))?,
+            uidnext: mb.uid_next.ok_or_else(|| missing("UIDNEXT"))?,
+        })
+    }
+
     /// UIDs above `after` matching `criteria` (IMAP SEARCH syntax), ascending.
     ///
     /// # Errors

@@ -259,9 +259,33 @@ impl<'a, S: TokenStore> Poller<'a, S> {
         let _lock = self.files.lock(&self.options.mailbox).await?;
         self.require_start()?;
         let mut imap = Imap::open(self.account, self.tokens).await?;
+        if let Some(unchanged) = self.nothing_new(&mut imap).await? {
+            imap.logout().await;
+            return Ok(unchanged);
+        }
         let summary = self.select_and_pass(&mut imap, &|| false).await?;
         imap.logout().await;
         Ok(summary)
+    }
+
+    /// One `STATUS` instead of SELECT and SEARCH when the checkpoint shows nothing can have
+    /// arrived since (same UIDVALIDITY, UIDNEXT right after the last UID handed over): the summary
+    /// of an empty pass then. Not for a first poll's SINCE window or `--retry-quarantined`.
+    async fn nothing_new(&self, imap: &mut Imap) -> Result<Option<PollSummary>> {
+        let Some(checkpoint) = self.files.load()? else {
+            return Ok(None);
+        };
+        if checkpoint.since.is_some() || self.options.retry_quarantined {
+            return Ok(None);
+        }
+        let status = imap.status(&self.options.mailbox).await?;
+        let unchanged = status.uidvalidity == checkpoint.uidvalidity
+            && status.uidnext <= checkpoint.last_uid.saturating_add(1);
+        Ok(unchanged.then(|| PollSummary {
+            last_uid: checkpoint.last_uid,
+            complete: true,
+            ..PollSummary::default()
+        }))
     }
 
     /// The first poll of a mailbox must say where to start.

@@ -39,6 +39,9 @@ pub struct FakeImap {
     logins: Arc<AtomicU64>,
 }
 
+/// Commands seen, by name (`SELECT`, `STATUS`…), across connections.
+static COMMANDS: Mutex<Vec<(u16, String)>> = Mutex::new(Vec::new());
+
 struct State {
     misbehaviour: Misbehaviour,
     messages: BTreeMap<u32, Vec<u8>>,
@@ -84,6 +87,16 @@ impl FakeImap {
         uid
     }
 
+    /// How many times this server was sent `command` (`SELECT`, `STATUS`…).
+    pub fn count(&self, command: &str) -> usize {
+        COMMANDS
+            .lock()
+            .expect("commands")
+            .iter()
+            .filter(|(port, c)| *port == self.port && c == command)
+            .count()
+    }
+
     /// How many AUTHENTICATE commands succeeded.
     pub fn logins(&self) -> u64 {
         self.logins.load(Ordering::SeqCst)
@@ -126,6 +139,12 @@ fn serve(conn: TcpStream, state: &Mutex<State>, logins: &AtomicU64) -> std::io::
         let command = words.next().unwrap_or("").to_ascii_uppercase();
         let rest = words.next().unwrap_or("").to_string();
         let misbehaviour = state.lock().expect("state").misbehaviour;
+        if let Ok(port) = out.local_addr().map(|a| a.port()) {
+            COMMANDS
+                .lock()
+                .expect("commands")
+                .push((port, command.clone()));
+        }
         match command.as_str() {
             "CAPABILITY" => write!(
                 out,
@@ -151,6 +170,15 @@ fn serve(conn: TcpStream, state: &Mutex<State>, logins: &AtomicU64) -> std::io::
                 )?;
             }
             "UID" => uid_command(&mut out, &tag, &rest, state, misbehaviour)?,
+            "STATUS" => {
+                let st = state.lock().expect("state");
+                let mailbox = rest.split(' ').next().unwrap_or("INBOX");
+                write!(
+                    out,
+                    "* STATUS {mailbox} (UIDNEXT {} UIDVALIDITY 1)\r\n{tag} OK status\r\n",
+                    st.uidnext
+                )?;
+            }
             "IDLE" | "NOOP" if misbehaviour == Misbehaviour::DropAtIdle => return Ok(()),
             "IDLE" => {
                 out.write_all(b"+ idling\r\n")?;
