@@ -96,24 +96,21 @@ fn huge_token_answer_is_cut_off() {
     );
 }
 
+/// Account `work` at `server` whose client secret comes from `cmd`, plus `extra` lines.
+fn secret_cmd_config(server: &OAuthServer, cmd: &str, extra: &str) -> String {
+    format!(
+        "[accounts.work]\nprovider = \"custom\"\nemail = \"ops@example.com\"\nclient_id = \"test-client\"\nclient_secret_cmd = {cmd:?}\ntoken_url = \"{}\"\n{extra}\n",
+        server.token_url()
+    )
+}
+
 /// A `client_secret_cmd` that hangs is stopped after `token_timeout` (exit 75: retry later), and
 /// it no longer holds every other run behind the refresh lock.
 #[test]
 fn hanging_secret_command_times_out() {
     let (server, env) = granted();
-    env.write_config(&format!(
-        r#"
-[accounts.work]
-provider = "custom"
-email = "ops@example.com"
-client_id = "test-client"
-client_secret_cmd = "sleep 20; echo {}"
-token_url = "{}"
-token_timeout = "2s"
-"#,
-        server.client_secret(),
-        server.token_url()
-    ));
+    let cmd = format!("sleep 20; echo {}", server.client_secret());
+    env.write_config(&secret_cmd_config(&server, &cmd, "token_timeout = \"2s\""));
     let started = Instant::now();
     let run = env.run(&["auth", "token", "work", "--force"]);
     run.expect_code(75);
@@ -133,17 +130,7 @@ token_timeout = "2s"
 #[test]
 fn flooding_secret_command_is_stopped() {
     let (server, env) = granted();
-    env.write_config(&format!(
-        r#"
-[accounts.work]
-provider = "custom"
-email = "ops@example.com"
-client_id = "test-client"
-client_secret_cmd = "yes"
-token_url = "{}"
-"#,
-        server.token_url()
-    ));
+    env.write_config(&secret_cmd_config(&server, "yes", ""));
     let (run, rss) = env.run_measured(&["auth", "token", "work", "--force"], &[]);
     eprintln!("client_secret_cmd = yes: peak RSS {rss} KiB");
     run.expect_code(1);

@@ -246,16 +246,7 @@ impl Imap {
         )
         .await?;
         self.drain();
-        let missing = |what: &str| {
-            ServerError::failed(
-                &self.server,
-                format!("the server did not report {what} for {mailbox}"),
-            )
-        };
-        Ok(Selected {
-            uidvalidity: mb.uid_validity.ok_or_else(|| missing("UIDVALIDITY"))?,
-            uidnext: mb.uid_next.ok_or_else(|| missing("UIDNEXT"))?,
-        })
+        self.identity(&mb, mailbox)
     }
 
     /// `STATUS mailbox (UIDNEXT UIDVALIDITY)`: what a poll needs to know whether anything
@@ -274,6 +265,15 @@ impl Imap {
         )
         .await?;
         self.drain();
+        self.identity(&mb, mailbox)
+    }
+
+    /// The UIDVALIDITY and UIDNEXT a SELECT or STATUS answer reported for `mailbox`.
+    fn identity(
+        &self,
+        mb: &async_imap::types::Mailbox,
+        mailbox: &str,
+    ) -> Result<Selected, ServerError> {
         let missing = |what: &str| {
             ServerError::failed(
                 &self.server,

@@ -669,18 +669,25 @@ fn issue(st: &mut State, email: &str, requested_scope: &str) -> serde_json::Valu
     );
     st.issued_refresh.push(rt.clone());
     st.rt_owner.insert(rt.clone(), email.into());
-    let access = mint("at-", st.token_len);
+    let (access, expires_in) = mint_access(st, "at-", email, &scope);
+    serde_json::json!({"access_token": access, "token_type": "Bearer", "expires_in": expires_in, "refresh_token": rt, "scope": scope})
+}
+
+/// A new access token (`prefix…`) for `email`'s mailbox, remembered for introspection; returns it
+/// and its lifetime.
+fn mint_access(st: &mut State, prefix: &str, email: &str, scope: &str) -> (String, u64) {
+    let access = mint(prefix, st.token_len);
     let expires_in = st.expires_in;
     st.access.insert(
         access.clone(),
         Access {
             email: email.into(),
-            scope: scope.clone(),
+            scope: scope.into(),
             expires_at: now() + expires_in,
         },
     );
     st.issued_access.push(access.clone());
-    serde_json::json!({"access_token": access, "token_type": "Bearer", "expires_in": expires_in, "refresh_token": rt, "scope": scope})
+    (access, expires_in)
 }
 
 fn pkce_ok(verifier: &str, challenge: &str) -> bool {
@@ -760,6 +767,43 @@ fn login_grant(
     }
 }
 
+/// A compact JWT as a server reads it: header, claims, and what the signature covers.
+struct Jwt {
+    header: serde_json::Value,
+    claims: serde_json::Value,
+    signed: String,
+    signature: Vec<u8>,
+}
+
+impl Jwt {
+    /// `header.claims.signature`, each part base64url JSON; `None` when it is not that shape.
+    fn parse(text: &str) -> Option<Jwt> {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let [header, claims, signature] = text.split('.').collect::<Vec<_>>()[..] else {
+            return None;
+        };
+        let json = |p: &str| {
+            serde_json::from_slice::<serde_json::Value>(&URL_SAFE_NO_PAD.decode(p).ok()?).ok()
+        };
+        Some(Jwt {
+            header: json(header)?,
+            claims: json(claims)?,
+            signed: format!("{header}.{claims}"),
+            signature: URL_SAFE_NO_PAD.decode(signature).ok()?,
+        })
+    }
+
+    /// Whether it carries an RS256 signature by the RSA key `public` (PKCS#1 DER).
+    fn signed_by(&self, public: Vec<u8>) -> bool {
+        ring::signature::UnparsedPublicKey::new(
+            &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+            public,
+        )
+        .verify(self.signed.as_bytes(), &self.signature)
+        .is_ok()
+    }
+}
+
 /// RFC 7523 §2.1.
 const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 
@@ -768,29 +812,21 @@ const JWT_BEARER: &str = "urn:ietf:params:oauth:grant-type:jwt-bearer";
 /// the users it was delegated (`unauthorized_client` without delegation, `invalid_grant` for an
 /// unknown user).
 fn jwt_bearer_grant(st: &mut State, form: &HashMap<String, String>) -> (u16, serde_json::Value) {
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     let err = |code: &str, desc: &str| {
         (
             400,
             serde_json::json!({"error": code, "error_description": desc}),
         )
     };
-    let jwt = form.get("assertion").cloned().unwrap_or_default();
-    let parts: Vec<&str> = jwt.split('.').collect();
-    if parts.len() != 3 {
+    let Some(jwt) = Jwt::parse(form.get("assertion").map_or("", String::as_str)) else {
         return err("invalid_grant", "Invalid JWT: not three parts.");
-    }
-    let decode = |p: &str| URL_SAFE_NO_PAD.decode(p).unwrap_or_default();
-    let claims: serde_json::Value = serde_json::from_slice(&decode(parts[1])).unwrap_or_default();
+    };
+    let claims = &jwt.claims;
     let issuer = claims["iss"].as_str().unwrap_or_default().to_string();
     let Some((key, delegated)) = st.service_accounts.get(&issuer).cloned() else {
         return err("invalid_grant", "Invalid JWT Signature.");
     };
-    let signed = format!("{}.{}", parts[0], parts[1]);
-    if ring::signature::UnparsedPublicKey::new(&ring::signature::RSA_PKCS1_2048_8192_SHA256, key)
-        .verify(signed.as_bytes(), &decode(parts[2]))
-        .is_err()
-    {
+    if !jwt.signed_by(key) {
         return err("invalid_grant", "Invalid JWT Signature.");
     }
     if claims["aud"] != st.token_url.as_str() || claims["exp"].as_u64().is_none_or(|e| e <= now()) {
@@ -812,17 +848,7 @@ fn jwt_bearer_grant(st: &mut State, form: &HashMap<String, String>) -> (u16, ser
 
 /// An app token (client credentials): valid for `email`'s mailbox, no refresh token.
 fn issue_app(st: &mut State, email: &str, scope: &str) -> serde_json::Value {
-    let access = mint("at-app-", st.token_len);
-    let expires_in = st.expires_in;
-    st.access.insert(
-        access.clone(),
-        Access {
-            email: email.into(),
-            scope: scope.into(),
-            expires_at: now() + expires_in,
-        },
-    );
-    st.issued_access.push(access.clone());
+    let (access, expires_in) = mint_access(st, "at-app-", email, scope);
     serde_json::json!({"access_token": access, "token_type": "Bearer", "expires_in": expires_in})
 }
 
@@ -964,33 +990,24 @@ fn token(conn: &TcpStream, state: &Mutex<State>, req: &Request, form: HashMap<St
 /// A `private_key_jwt` client assertion (RFC 7523 §2.2): RS256 over the registered key, `aud` the
 /// token endpoint, `iss` = `sub` = the client, not expired, `jti` never seen before.
 fn check_assertion(st: &mut State, form: &HashMap<String, String>) -> Result<(), String> {
-    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
     if form.get("client_assertion_type").map(String::as_str)
         != Some("urn:ietf:params:oauth:client-assertion-type:jwt-bearer")
     {
         return Err("unsupported client_assertion_type".into());
     }
-    let jwt = form.get("client_assertion").cloned().unwrap_or_default();
-    let parts: Vec<&str> = jwt.split('.').collect();
-    let [header, claims, signature] = parts.as_slice() else {
-        return Err("the assertion is not a JWT".into());
-    };
-    let decode = |p: &str| URL_SAFE_NO_PAD.decode(p).map_err(|e| e.to_string());
-    let header: serde_json::Value =
-        serde_json::from_slice(&decode(header)?).map_err(|e| e.to_string())?;
-    let claims: serde_json::Value =
-        serde_json::from_slice(&decode(claims)?).map_err(|e| e.to_string())?;
-    if header["alg"] != "RS256" || header["x5t"].as_str().is_none() {
+    let jwt = Jwt::parse(form.get("client_assertion").map_or("", String::as_str))
+        .ok_or("the assertion is not a JWT")?;
+    let claims = &jwt.claims;
+    if jwt.header["alg"] != "RS256" || jwt.header["x5t"].as_str().is_none() {
         return Err("the assertion header needs alg RS256 and x5t".into());
     }
     let key = st
         .app_public_key
         .clone()
         .ok_or("no certificate is registered for the client")?;
-    let signed = format!("{}.{}", parts[0], parts[1]);
-    ring::signature::UnparsedPublicKey::new(&ring::signature::RSA_PKCS1_2048_8192_SHA256, key)
-        .verify(signed.as_bytes(), &decode(signature)?)
-        .map_err(|_| "AADSTS700027: Client assertion failed signature validation.".to_string())?;
+    if !jwt.signed_by(key) {
+        return Err("AADSTS700027: Client assertion failed signature validation.".into());
+    }
     if claims["aud"] != st.token_url.as_str() {
         return Err(format!("wrong aud {}", claims["aud"]));
     }
