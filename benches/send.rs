@@ -1,70 +1,81 @@
-//! One-message `mailpilot send` with a cached token vs. a Python standard-library `smtplib` script
-//! doing the same send (XOAUTH2 over STARTTLS), against the real Postfix submission service.
+//! Sending, side by side with its peers in the same run (issue 13's goals):
 //!
-//! Run with `cargo bench --bench send` (or `scripts/bench.sh`; needs root and the test servers
-//! from `scripts/install-test-deps.sh`). Prints median wall ms, mean CPU ms (user+system of the
-//! child) and the SMTP commands Postfix counted per session.
+//! 1. one-message `mailpilot send` (cached token) vs. a Python `smtplib` script doing the same
+//!    send, 20 runs each: median, slowest, mean CPU;
+//! 2. a mail merge of 1,000 × 4 KB vs. Postfix's own load generator `smtp-source` (one session,
+//!    no TLS, no AUTH: the server's ceiling), interleaved rounds: wall, CPU, peak memory;
+//! 3. peak memory of a merge of 1,000 and of 100,000 rows (into a sink that accepts everything,
+//!    so only mailpilot is measured): it must not grow with the rows.
+//!
+//! Run with `scripts/bench.sh` (root; it installs and starts the test servers).
 
+#[path = "sink.rs"]
+mod sink;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
+use std::path::Path;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::{MailStack, TestEnv};
 
-const RUNS: usize = 30;
+const ONE_RUNS: usize = 20;
+const MERGE_ROWS: usize = 1_000;
+const ROUNDS: usize = 3;
+const BODY_BYTES: usize = 4096;
 
-struct Figures {
-    median: Duration,
+/// What one measured process cost.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    wall_ms: f64,
     cpu_ms: f64,
-    commands: String,
+    rss_kib: u64,
 }
 
-/// User+system CPU seconds of this process's waited-for children (`/proc/self/stat` cutime and
-/// cstime, in clock ticks of 1/100 s).
-fn children_cpu_secs() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
-    let after_comm = &stat[stat.rfind(')').expect("comm") + 2..];
-    let fields: Vec<&str> = after_comm.split_whitespace().collect();
-    // Fields 16 and 17 of the full line are at 13 and 14 after pid and comm.
-    let ticks: f64 =
-        fields[13].parse::<f64>().expect("cutime") + fields[14].parse::<f64>().expect("cstime");
-    ticks / 100.0
-}
-
-fn last_command_count(stack: &MailStack) -> String {
-    stack
-        .postfix_log()
+/// Runs `cmd` under `benches/measure.py` and returns its costs; panics (with its stderr) if it
+/// failed.
+fn measure(cmd: &mut Command) -> Sample {
+    let out = cmd.output().expect("run measure.py");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let line = stderr
         .lines()
         .rev()
-        .find(|l| l.contains("disconnect from") && l.contains("auth=1"))
-        .and_then(|l| l.split_whitespace().find(|w| w.starts_with("commands=")))
-        .map(|w| w.trim_start_matches("commands=").to_string())
-        .unwrap_or_else(|| "?".into())
+        .find(|l| l.starts_with("MEASURE "))
+        .unwrap_or_else(|| panic!("no MEASURE line:\n{stderr}"));
+    let f: Vec<f64> = line[8..]
+        .split_whitespace()
+        .map(|v| v.parse().expect("number"))
+        .collect();
+    assert!(f[3] == 0.0, "the measured command failed:\n{stderr}");
+    Sample {
+        wall_ms: f[0],
+        cpu_ms: f[1],
+        rss_kib: f[2] as u64,
+    }
 }
 
-fn measure(stack: &MailStack, mut run: impl FnMut() -> std::process::Output) -> Figures {
-    let mut times = Vec::with_capacity(RUNS);
-    let cpu_before = children_cpu_secs();
-    for _ in 0..RUNS {
-        let started = Instant::now();
-        let out = run();
-        times.push(started.elapsed());
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+const MEASURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/measure.py");
+
+/// `mailpilot args…` in `env`, measured.
+fn mailpilot(env: &TestEnv, args: &[&str], secret: &str) -> Command {
+    let cmd = env.cmd(&[]);
+    let program = cmd.get_program().to_os_string();
+    let mut measured = Command::new("python3");
+    measured.env_clear().arg(MEASURE).arg(program).args(args);
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => measured.env(k, v),
+            None => measured.env_remove(k),
+        };
     }
-    let cpu = children_cpu_secs() - cpu_before;
-    times.sort();
-    std::thread::sleep(Duration::from_millis(300)); // let Postfix log the disconnect
-    Figures {
-        median: times[RUNS / 2],
-        cpu_ms: cpu * 1000.0 / RUNS as f64,
-        commands: last_command_count(stack),
-    }
+    measured.env("MP_TEST_SECRET", secret);
+    measured
+}
+
+fn median(v: &mut [f64]) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 fn main() {
@@ -81,140 +92,209 @@ fn main() {
         .to_string();
     let secret = stack.oauth.client_secret();
 
+    // `cargo bench --bench send -- one merge memory` picks tables (all by default).
+    let picked: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wants = |t: &str| picked.is_empty() || picked.iter().any(|p| p == t);
+    if wants("one") {
+        one_message(stack, &env, &secret, &token, (&user, &rcpt));
+    }
+    if wants("merge") {
+        merge_vs_smtp_source(stack, &env, &secret, (&user, &rcpt));
+    }
+    if wants("memory") {
+        merge_memory(stack, &user, &secret);
+    }
+    keep_for_profiling(&env);
+}
+
+/// With `MP_BENCH_KEEP=SECONDS`, the servers and the benchmark's environment stay up that long
+/// (its paths printed), for profiling a command by hand.
+fn keep_for_profiling(env: &TestEnv) {
+    if let Some(wait) = std::env::var_os("MP_BENCH_KEEP") {
+        eprintln!("environment in {}", env.root().display());
+        let secs = wait.to_str().and_then(|s| s.parse().ok()).unwrap_or(600);
+        std::thread::sleep(Duration::from_secs(secs));
+    }
+}
+
+/// Table 1: one message, mailpilot vs. smtplib, alternating runs.
+fn one_message(stack: &MailStack, env: &TestEnv, secret: &str, token: &str, who: (&str, &str)) {
+    let (user, rcpt) = who;
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/smtplib_send.py");
     let ca = stack.ca_file.display().to_string();
-    let python = measure(stack, || {
-        Command::new("python3")
-            .args([script, "127.0.0.1", &port.to_string(), &ca, &user, &rcpt])
-            .env("BENCH_ACCESS_TOKEN", &token)
-            .output()
-            .expect("python3")
-    });
-    let refreshes = stack.oauth.refresh_count_for(&user);
-    let mailpilot = measure(stack, || {
-        env.cmd(&[
+    let port = stack.ports.postfix_submission.to_string();
+    let (mut python, mut ours) = (Vec::new(), Vec::new());
+    let refreshes = stack.oauth.refresh_count_for(user);
+    for _ in 0..ONE_RUNS {
+        python.push(measure(
+            Command::new("python3")
+                .args([
+                    MEASURE,
+                    "python3",
+                    script,
+                    "127.0.0.1",
+                    &port,
+                    &ca,
+                    user,
+                    rcpt,
+                ])
+                .env("BENCH_ACCESS_TOKEN", token),
+        ));
+        let args = [
             "send",
             "--to",
-            &rcpt,
+            rcpt,
             "--subject",
             "bench",
             "--text",
             "benchmark message",
-        ])
-        .env("MP_TEST_SECRET", &secret)
-        .output()
-        .expect("mailpilot")
-    });
+        ];
+        ours.push(measure(&mut mailpilot(env, &args, secret)));
+    }
     assert_eq!(
-        stack.oauth.refresh_count_for(&user),
+        stack.oauth.refresh_count_for(user),
         refreshes,
         "the cached token was used"
     );
-    stack.wait_delivered(&rcpt, 2 * RUNS);
-
-    let merge = merge_vs_processes(stack, &env, &secret, &rcpt);
-
+    stack.wait_delivered(rcpt, 2 * ONE_RUNS);
+    println!("one-message send, {ONE_RUNS} runs each (alternating), Postfix submission STARTTLS + XOAUTH2");
     println!(
-        "one-message send, {RUNS} sequential processes each, Postfix submission STARTTLS + XOAUTH2"
+        "{:<32} {:>10} {:>10} {:>13} {:>12}",
+        "client", "median ms", "max ms", "max/median", "mean CPU ms"
     );
-    println!(
-        "{:<34} {:>10} {:>12} {:>16}",
-        "client", "median ms", "mean CPU ms", "SMTP commands"
-    );
-    for (name, f) in [
-        ("baseline: python3 smtplib", &python),
-        ("mailpilot send (cached token)", &mailpilot),
+    for (name, runs) in [
+        ("peer: python3 smtplib", &python),
+        ("mailpilot send", &ours),
     ] {
+        let mut walls: Vec<f64> = runs.iter().map(|s| s.wall_ms).collect();
+        let med = median(&mut walls);
+        let max = walls.iter().copied().fold(0.0, f64::max);
+        let cpu = runs.iter().map(|s| s.cpu_ms).sum::<f64>() / runs.len() as f64;
         println!(
-            "{name:<34} {:>10.1} {:>12.1} {:>16}",
-            f.median.as_secs_f64() * 1000.0,
-            f.cpu_ms,
-            f.commands
+            "{name:<32} {med:>10.1} {max:>10.1} {:>13.2} {cpu:>12.1}",
+            max / med
         );
+        if std::env::var_os("MP_BENCH_VERBOSE").is_some() {
+            let all: Vec<String> = runs
+                .iter()
+                .map(|s| format!("{:.1}/{:.1}", s.wall_ms, s.cpu_ms))
+                .collect();
+            eprintln!("  {name} wall/cpu ms in run order: {}", all.join(" "));
+        }
     }
     println!();
-    println!("{MERGE_ROWS} messages: one process per message vs. one mail merge (--each)");
-    println!(
-        "{:<34} {:>10} {:>12} {:>16}",
-        "client", "total ms", "msgs/s", "SMTP logins"
-    );
-    for (name, ms, logins) in merge {
-        println!(
-            "{name:<34} {ms:>10.0} {:>12.1} {logins:>16}",
-            MERGE_ROWS as f64 / (ms / 1000.0)
-        );
-    }
 }
 
-const MERGE_ROWS: usize = 100;
-
-/// Sends MERGE_ROWS messages as MERGE_ROWS `send` processes, then as one merge; returns
-/// (label, wall ms, logins the server validated through token introspection).
-fn merge_vs_processes(
-    stack: &MailStack,
-    env: &TestEnv,
-    secret: &str,
-    rcpt: &str,
-) -> Vec<(&'static str, f64, u64)> {
-    let email = stack.user("bench");
-    let logins = || stack.oauth.introspection_count_for(&email);
-    let before = logins();
-    let started = Instant::now();
-    for i in 0..MERGE_ROWS {
-        let out = env
-            .cmd(&[
-                "send",
-                "--to",
-                rcpt,
-                "--subject",
-                &format!("process {i}"),
-                "--text",
-                "x",
-            ])
-            .env("MP_TEST_SECRET", secret)
-            .output()
-            .expect("mailpilot");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let processes = (started.elapsed().as_secs_f64() * 1000.0, logins() - before);
+/// Writes the merge template and a data file of `rows` rows to `rcpt`; returns the data file.
+fn merge_files(env: &TestEnv, rows: usize, rcpt: &str) -> std::path::PathBuf {
     let dir = env.config_path().parent().expect("dir").join("templates");
     std::fs::create_dir_all(&dir).expect("templates");
+    let line = "0123456789 abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ 01234567\n";
+    let body = line.repeat(BODY_BYTES / line.len());
     std::fs::write(
         dir.join("bench.j2"),
-        "{% block subject %}merge {{ n }}{% endblock %}{% block text %}x{% endblock %}",
+        format!("{{% block subject %}}merge {{{{ n }}}}{{% endblock %}}{{% block text %}}Row {{{{ n }}}}\n{body}{{% endblock %}}"),
     )
     .expect("template");
     let mut csv = String::from("to,n\n");
-    for i in 0..MERGE_ROWS {
+    for i in 0..rows {
         csv.push_str(&format!("{rcpt},{i}\n"));
     }
-    let data = env.root().join("bench.csv");
+    let data = env.root().join(format!("rows-{rows}.csv"));
     std::fs::write(&data, csv).expect("csv");
-    let before = logins();
-    let started = Instant::now();
-    let out = env
-        .cmd(&[
+    data
+}
+
+/// Table 2: 1,000 × 4 KB, mailpilot's merge vs. `smtp-source -s 1 -d`, interleaved.
+fn merge_vs_smtp_source(stack: &MailStack, env: &TestEnv, secret: &str, who: (&str, &str)) {
+    let (user, rcpt) = who;
+    let data = merge_files(env, MERGE_ROWS, rcpt);
+    let data = data.to_str().expect("utf8");
+    let (mut per_message, mut one_session, mut ours) = (Vec::new(), Vec::new(), Vec::new());
+    let relay = format!("127.0.0.1:{}", stack.ports.relay);
+    let (count, length) = (MERGE_ROWS.to_string(), BODY_BYTES.to_string());
+    let source = |extra: &[&str]| {
+        let mut cmd = Command::new("python3");
+        cmd.args([MEASURE, "smtp-source", "-s", "1"])
+            .args(extra)
+            .args(["-m", &count, "-l", &length, "-f", user, "-t", rcpt, &relay]);
+        measure(&mut cmd)
+    };
+    for round in 0..ROUNDS {
+        per_message.push(source(&[]));
+        one_session.push(source(&["-d"]));
+        let batch = format!("round-{round}");
+        let args = ["send", "-t", "bench", "--each", data, "--batch", &batch];
+        ours.push(measure(&mut mailpilot(env, &args, secret)));
+    }
+    // Every run exited 0: the server accepted every message (delivery goes on behind).
+    println!("mail merge, {MERGE_ROWS} messages x {BODY_BYTES} B, one session; {ROUNDS} interleaved rounds, medians");
+    println!(
+        "{:<44} {:>9} {:>9} {:>8} {:>13}",
+        "client", "wall ms", "msgs/s", "CPU ms", "peak RSS MB"
+    );
+    let mut rows = Vec::new();
+    for (name, runs) in [
+        ("peer: smtp-source -s 1 (no TLS, no AUTH)", &per_message),
+        ("peer: smtp-source -s 1 -d (one connection)", &one_session),
+        ("mailpilot send --each (STARTTLS + XOAUTH2)", &ours),
+    ] {
+        let wall = median(&mut runs.iter().map(|s| s.wall_ms).collect::<Vec<_>>());
+        let cpu = median(&mut runs.iter().map(|s| s.cpu_ms).collect::<Vec<_>>());
+        let rss = runs.iter().map(|s| s.rss_kib).max().unwrap_or(0) as f64 / 1024.0;
+        println!(
+            "{name:<44} {wall:>9.0} {:>9.0} {cpu:>8.0} {rss:>13.1}",
+            MERGE_ROWS as f64 / (wall / 1000.0)
+        );
+        rows.push(wall);
+    }
+    println!(
+        "mailpilot / smtp-source wall: {:.2}x (-s 1), {:.2}x (-s 1 -d)",
+        rows[2] / rows[0],
+        rows[2] / rows[1]
+    );
+    println!();
+}
+
+/// Table 3: peak memory of a merge of 1,000 and 100,000 rows into a sink.
+fn merge_memory(stack: &MailStack, user: &str, secret: &str) {
+    let sink = sink::Sink::start();
+    let env = TestEnv::new();
+    env.config_for_stack(
+        stack,
+        user,
+        (sink.port(), "none", "xoauth2"),
+        Path::new(&stack.ca_file),
+    );
+    env.import_for(&stack.oauth, user);
+    println!("mail merge peak memory (into a sink on loopback that accepts everything)");
+    println!(
+        "{:<12} {:>9} {:>9} {:>8} {:>13}",
+        "rows", "wall ms", "msgs/s", "CPU ms", "peak RSS MB"
+    );
+    for rows in [1_000, 100_000] {
+        let data = merge_files(&env, rows, "sink@example.com");
+        let before = sink.messages();
+        let args = [
             "send",
             "-t",
             "bench",
             "--each",
             data.to_str().expect("utf8"),
-        ])
-        .env("MP_TEST_SECRET", secret)
-        .output()
-        .expect("mailpilot");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let merged = (started.elapsed().as_secs_f64() * 1000.0, logins() - before);
-    vec![
-        ("baseline: one send per message", processes.0, processes.1),
-        ("mailpilot send --each (merge)", merged.0, merged.1),
-    ]
+        ];
+        let s = measure(&mut mailpilot(&env, &args, secret));
+        assert_eq!(sink.messages() - before, rows, "the sink got every message");
+        println!(
+            "{rows:<12} {:>9.0} {:>9.0} {:>8.0} {:>13.1}",
+            s.wall_ms,
+            rows as f64 / (s.wall_ms / 1000.0),
+            s.cpu_ms,
+            s.rss_kib as f64 / 1024.0
+        );
+    }
+    keep_for_profiling(&env);
+    println!();
 }

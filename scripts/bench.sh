@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Benchmarks, each printing its figures side by side with a baseline run in the same process.
-# The send benchmark starts the test mail servers: run as root after scripts/install-test-deps.sh.
-# Usage: scripts/bench.sh
+# Benchmarks, each printing its figures side by side with its peers run in the same process and
+# rounds: token handling, sending (one message, a 1,000-message merge vs. smtp-source, merge memory
+# at 1,000 and 100,000 rows) and reading (polls of a 50,000-message mailbox vs. imaplib, memory for
+# a 20 MB message). Installs and starts what it needs (run as root, like scripts/test.sh).
+# Usage: scripts/bench.sh [auth_token|send|poll]...
 set -euo pipefail
 cd "$(dirname "$0")/.."
-cargo bench --locked --bench auth_token
-cargo bench --locked --bench send
+scripts/install-test-deps.sh
+benches=("$@")
+[ ${#benches[@]} -gt 0 ] || benches=(auth_token send poll)
+for b in "${benches[@]}"; do
+    cargo bench --locked --bench "$b"
+done

@@ -3,6 +3,7 @@
 //!
 //! `TCP_NODELAY` matters: SMTP clients write the message body and the final `.` separately, and
 //! with Nagle's algorithm the second write waits for the server's delayed ACK — 40 ms per message.
+//! `TCP_QUICKACK` is the same stall the other way round (see [`quick_ack`]).
 
 use std::future::Future;
 use std::io;
@@ -40,6 +41,8 @@ pub enum Stream {
     Plain(TcpStream),
     /// TLS over TCP.
     Tls(Box<TlsStream<TcpStream>>),
+    /// Closed on purpose (or given up after an error): reads end, writes fail.
+    Closed,
 }
 
 impl Stream {
@@ -48,12 +51,36 @@ impl Stream {
         matches!(self, Stream::Tls(_))
     }
 
-    fn tcp(&self) -> &TcpStream {
+    fn tcp(&self) -> io::Result<&TcpStream> {
         match self {
-            Stream::Plain(s) => s,
-            Stream::Tls(s) => s.get_ref().0,
+            Stream::Plain(s) => Ok(s),
+            Stream::Tls(s) => Ok(s.get_ref().0),
+            Stream::Closed => Err(closed()),
         }
     }
+
+    /// The local end's address.
+    ///
+    /// # Errors
+    /// The connection is closed.
+    pub fn local_addr(&self) -> io::Result<std::net::SocketAddr> {
+        self.tcp()?.local_addr()
+    }
+}
+
+/// Asks the kernel to acknowledge what arrives at once (`TCP_QUICKACK`, which it drops after a
+/// while, hence before every read). Without it, a server that writes two small pieces in a row
+/// (Postfix: its TLS session ticket, then its EHLO reply) has the second held by Nagle's
+/// algorithm until our delayed ACK of the first: 40 ms on 3 of 4 sends.
+fn quick_ack(stream: &Stream) {
+    #[cfg(any(target_os = "linux", target_os = "android"))]
+    if let Ok(tcp) = stream.tcp() {
+        let _ = tcp.set_quickack(true);
+    }
+}
+
+fn closed() -> io::Error {
+    io::Error::new(io::ErrorKind::NotConnected, "the connection was closed")
 }
 
 impl AsyncRead for Stream {
@@ -62,9 +89,12 @@ impl AsyncRead for Stream {
         cx: &mut TaskContext<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
+        let this = self.get_mut();
+        quick_ack(this);
+        match this {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::Closed => Poll::Ready(Ok(())),
         }
     }
 }
@@ -78,6 +108,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::Closed => Poll::Ready(Err(closed())),
         }
     }
 
@@ -85,6 +116,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::Closed => Poll::Ready(Ok(())),
         }
     }
 
@@ -92,13 +124,8 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::Closed => Poll::Ready(Ok(())),
         }
-    }
-}
-
-impl lettre::transport::smtp::client::AsyncTokioStream for Stream {
-    fn peer_addr(&self) -> io::Result<std::net::SocketAddr> {
-        self.tcp().peer_addr()
     }
 }
 

@@ -6,6 +6,8 @@
 //! server said 250, the process died before the journal write) carries the same Message-ID twice
 //! and receivers can tell.
 
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -20,7 +22,7 @@ use crate::compose::template::Templates;
 use crate::compose::Draft;
 use crate::config::Account;
 use crate::error::ServerError;
-use crate::journal::{Entry, Journal, Outcome};
+use crate::journal::{self, Journal, KeyDigest, Outcome};
 use crate::oauth::{TokenSource, TokenStore};
 use crate::smtp::Session;
 
@@ -80,37 +82,87 @@ pub struct Merge<'a> {
     pub batch: Option<&'a str>,
 }
 
-/// Renders and builds every row, collecting every problem instead of stopping at the first.
-pub fn prepare(
+/// What the first pass over a merge's rows found: every invalid row (so all problems are shown
+/// before anything is sent), the count, and which rows the sending pass must skip. Only message
+/// keys' digests are kept, so 100,000 rows cost a few megabytes, not their messages.
+#[derive(Debug, Default)]
+pub struct Checked {
+    /// Rows read.
+    pub rows: usize,
+    /// Rows that became a message.
+    pub valid: usize,
+    /// Rows that did not, and why.
+    pub invalid: Vec<Invalid>,
+    skip: HashSet<usize>,
+}
+
+/// Renders and builds every row once to check it, collecting every problem instead of stopping at
+/// the first; nothing is kept but the verdicts.
+///
+/// # Errors
+/// The data file itself is malformed (a row that cannot be read at all).
+pub fn check(
     templates: &Templates,
     merge: &Merge<'_>,
-    rows: &[Row],
-) -> (Vec<Prepared>, Vec<Invalid>) {
-    let mut ok: Vec<Prepared> = Vec::new();
-    let mut bad = Vec::new();
-    let mut seen: std::collections::HashMap<String, String> = std::collections::HashMap::new();
+    rows: impl Iterator<Item = Result<Row>>,
+) -> Result<Checked> {
+    let mut checked = Checked::default();
+    let mut seen: HashMap<KeyDigest, usize> = HashMap::new();
     for row in rows {
+        let row = row?;
+        checked.rows += 1;
         let label = row_label(merge.data_file, row.number);
-        match prepare_row(templates, merge, row) {
-            Ok((key, draft)) => {
-                if let Some(first) = seen.insert(key.clone(), label.clone()) {
-                    bad.push(Invalid {
-                        label,
-                        problem: format!(
-                            "same message key `{key}` as {first} (give each row a distinct `id`)"
-                        ),
-                    });
-                } else {
-                    ok.push(Prepared { label, key, draft });
+        let problem = match prepare_row(templates, merge, &row) {
+            Ok((key, _)) => match seen.entry(KeyDigest::of(&key)) {
+                Entry::Occupied(first) => format!(
+                    "same message key `{key}` as {} (give each row a distinct `id`)",
+                    row_label(merge.data_file, *first.get())
+                ),
+                Entry::Vacant(slot) => {
+                    slot.insert(row.number);
+                    checked.valid += 1;
+                    continue;
                 }
-            }
-            Err(e) => bad.push(Invalid {
-                label,
-                problem: crate::error::error_text(e.as_ref()),
-            }),
-        }
+            },
+            Err(e) => crate::error::error_text(e.as_ref()),
+        };
+        checked.skip.insert(row.number);
+        checked.invalid.push(Invalid { label, problem });
     }
-    (ok, bad)
+    Ok(checked)
+}
+
+/// One row as a message, rendered and checked.
+///
+/// # Errors
+/// The row cannot become a message (the error says why).
+pub fn prepare(templates: &Templates, merge: &Merge<'_>, row: &Row) -> Result<Prepared> {
+    let (key, draft) = prepare_row(templates, merge, row)?;
+    Ok(Prepared {
+        label: row_label(merge.data_file, row.number),
+        key,
+        draft,
+    })
+}
+
+/// The valid rows as messages, each rendered when it is asked for: the sending pass after
+/// [`check`], holding one message at a time.
+pub fn messages<'a>(
+    templates: &'a Templates,
+    merge: &'a Merge<'a>,
+    rows: impl Iterator<Item = Result<Row>> + 'a,
+    checked: &'a Checked,
+) -> impl Iterator<Item = Result<Prepared>> + 'a {
+    rows.filter(|row| !matches!(row, Ok(r) if checked.skip.contains(&r.number)))
+        .map(|row| {
+            let row = row?;
+            prepare(templates, merge, &row).with_context(|| {
+                format!(
+                    "{}: the row no longer makes a message (did the data file or an attachment change?)",
+                    row_label(merge.data_file, row.number)
+                )
+            })
+        })
 }
 
 fn prepare_row(templates: &Templates, merge: &Merge<'_>, row: &Row) -> Result<(String, Draft)> {
@@ -144,8 +196,8 @@ fn prepare_row(templates: &Templates, merge: &Merge<'_>, row: &Row) -> Result<(S
             .map_or("mailpilot.invalid", |(_, d)| d.trim_end_matches('>'));
         draft.message_id = Some(format!("<{key}.{batch}@{domain}>"));
     }
-    // Built once to check it (addresses, headers, attachments); built again when it is sent.
-    draft.build()?;
+    // Checked (addresses, headers, attachments); built when it is sent.
+    draft.check()?;
     Ok((key, draft))
 }
 
@@ -270,10 +322,11 @@ pub async fn run_batch<S: TokenStore>(
     tokens: &TokenSource<'_, S>,
     clock: &dyn Clock,
     journal: &mut Journal,
-    messages: &[Prepared],
+    messages: (impl Iterator<Item = Result<Prepared>>, usize),
     options: BatchOptions,
     progress: &mut dyn FnMut(usize, usize),
 ) -> Result<Summary> {
+    let (messages, total) = messages;
     let mut sender = Sender {
         account,
         tokens,
@@ -282,21 +335,26 @@ pub async fn run_batch<S: TokenStore>(
         session: None,
         summary: Summary::default(),
     };
-    for (i, p) in messages.iter().enumerate() {
-        if sender.journal.get(&p.key).is_some() {
+    for (i, p) in messages.enumerate() {
+        let p = match p {
+            Ok(p) => p,
+            Err(e) => {
+                sender.quit().await;
+                return Err(e);
+            }
+        };
+        if sender.journal.contains(&p.key) {
             sender.summary.already_done += 1;
-            progress(i + 1, messages.len());
+            progress(i + 1, total);
             continue;
         }
         if let (Some(pause), true) = (options.interval, sender.summary.sent > 0) {
             tokio::time::sleep(pause).await;
         }
-        sender.send(p).await?;
-        progress(i + 1, messages.len());
+        sender.send(&p).await?;
+        progress(i + 1, total);
     }
-    if let Some(s) = sender.session {
-        s.quit().await;
-    }
+    sender.quit().await;
     Ok(sender.summary)
 }
 
@@ -326,10 +384,12 @@ impl<S: TokenStore> Sender<'_, '_, S> {
         for attempt in 1..=MAX_ATTEMPTS {
             let session = self.session().await?;
             let (outcome, reply) = match session.send(message.envelope(), &bytes).await {
-                Ok(reply) => (Outcome::Sent, crate::smtp::reply_text(&reply)),
+                Ok(reply) => (Outcome::Sent, reply.text()),
                 Err(ServerError::Failed { reason, .. }) => {
-                    // lettre closes the connection after a refused command.
-                    self.session = None;
+                    // A refusal after DATA was accepted closes the connection; others reset it.
+                    if !session.is_usable() {
+                        self.session = None;
+                    }
                     (Outcome::Rejected, reason)
                 }
                 Err(e) if attempt == MAX_ATTEMPTS => return Err(e.into()),
@@ -341,7 +401,7 @@ impl<S: TokenStore> Sender<'_, '_, S> {
                     continue;
                 }
             };
-            self.journal.record(Entry {
+            self.journal.record(journal::Entry {
                 key: p.key.clone(),
                 row: p.label.clone(),
                 message_id: message_id.clone(),
@@ -356,6 +416,13 @@ impl<S: TokenStore> Sender<'_, '_, S> {
             return Ok(());
         }
         Ok(())
+    }
+
+    /// Ends the session, if one is open.
+    async fn quit(&mut self) {
+        if let Some(s) = self.session.take() {
+            s.quit().await;
+        }
     }
 
     /// The open session, reconnecting first when its token nears expiry or it was dropped.

@@ -477,7 +477,7 @@ fn no_news_poll_asks_status_only() {
         env.run_with_secret(&server, &all)
     };
     assert_eq!(subjects(poll(&["--all"]).expect_code(0)), ["one"]);
-    assert_eq!((imap.count("SELECT"), imap.count("STATUS")), (1, 0));
+    assert_eq!((imap.count("EXAMINE"), imap.count("STATUS")), (1, 0));
     let quiet = poll(&[]);
     quiet.expect_code(0);
     assert!(quiet.stdout.is_empty());
@@ -489,16 +489,26 @@ fn no_news_poll_asks_status_only() {
         quiet.stderr
     );
     assert_eq!(
-        (imap.count("SELECT"), imap.count("STATUS")),
+        (imap.count("EXAMINE"), imap.count("STATUS")),
         (1, 1),
-        "no SELECT without news"
+        "no EXAMINE without news"
     );
     assert_eq!(
         imap.count("UID"),
-        3,
-        "the first poll's SEARCH, size and body FETCH only"
+        2,
+        "the first poll's size FETCH and body FETCH only"
     );
-    imap.add(b"From: x@example.com\r\nSubject: two\r\n\r\nbody\r\n");
-    assert_eq!(subjects(poll(&[]).expect_code(0)), ["two"]);
-    assert_eq!((imap.count("SELECT"), imap.count("STATUS")), (2, 2));
+    // Three new messages: still one FETCH of sizes and one of bodies; nothing opens the mailbox
+    // read-write or asks for capabilities when the poll only reads.
+    for subject in ["two", "three", "four"] {
+        imap.add(format!("From: x@example.com\r\nSubject: {subject}\r\n\r\nbody\r\n").as_bytes());
+    }
+    assert_eq!(subjects(poll(&[]).expect_code(0)), ["two", "three", "four"]);
+    assert_eq!((imap.count("EXAMINE"), imap.count("STATUS")), (2, 2));
+    assert_eq!(imap.count("UID"), 4);
+    assert_eq!((imap.count("SELECT"), imap.count("CAPABILITY")), (0, 0));
+    // With an action the mailbox is selected read-write and each message fetched and marked.
+    imap.add(b"From: x@example.com\r\nSubject: five\r\n\r\nbody\r\n");
+    assert_eq!(subjects(poll(&["--mark-seen"]).expect_code(0)), ["five"]);
+    assert_eq!(imap.count("SELECT"), 1);
 }

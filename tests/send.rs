@@ -214,7 +214,7 @@ fn validation_down_is_transient() {
     run.expect_code(75);
     assert!(
         run.stderr
-            .contains("the server could not check the token now: transient error (454)"),
+            .contains("the server could not check the token now: 454 4.7.0"),
         "{}",
         run.stderr
     );
@@ -402,7 +402,7 @@ fn refused_recipients() {
         &["--to", &rcpt, "--to", &bad, "--subject", "x", "--text", "x"],
     );
     run.expect_code(1);
-    assert!(run.stderr.contains("permanent error (550): 5.1.1 <nobody@reject.mailpilot.test>: Recipient address rejected: no such mailbox here"), "{}", run.stderr);
+    assert!(run.stderr.contains("recipient <nobody@reject.mailpilot.test> refused: 550 5.1.1 <nobody@reject.mailpilot.test>: Recipient address rejected: no such mailbox here"), "{}", run.stderr);
     let later = format!("busy@{DEFER_DOMAIN}");
     let run = send(
         &env,
@@ -420,7 +420,8 @@ fn refused_recipients() {
     );
     run.expect_code(75);
     assert!(
-        run.stderr.contains("transient error (450): 4.2.1"),
+        run.stderr
+            .contains("recipient <busy@defer.mailpilot.test> refused: 450 4.2.1"),
         "{}",
         run.stderr
     );

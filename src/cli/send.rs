@@ -213,11 +213,9 @@ impl Args {
             number: 1,
             vars: Map::new(),
         };
-        let (mut ok, bad) = send::prepare(&templates, &merge, std::slice::from_ref(&row));
-        match (ok.pop(), bad.into_iter().next()) {
-            (Some(p), _) => p.build(),
-            (None, Some(bad)) => Err(UsageError(bad.problem).into()),
-            (None, None) => anyhow::bail!("internal: template rendered nothing"),
+        match send::prepare(&templates, &merge, &row) {
+            Ok(p) => p.build(),
+            Err(e) => Err(UsageError(crate::error::error_text(e.as_ref())).into()),
         }
     }
 
@@ -232,7 +230,7 @@ impl Args {
         let reply = smtp::send_one(account, &tokens, message).await?;
         let message_id = message.headers().get_raw("Message-ID").map(str::to_string);
         let recipients = message.envelope().to().len();
-        let reply = smtp::reply_text(&reply);
+        let reply = reply.text();
         if ctx.out.is_json() {
             ctx.out.json(&SentJson {
                 version: JSON_SCHEMA_VERSION,
@@ -265,7 +263,7 @@ impl Args {
             .context("internal: --each without --template")?;
         let templates = Templates::new(&self.templates_dir(config_templates));
         crate::compose::template::check_exists(templates.dir(), template)?;
-        let rows = data::load(each)?;
+        let text = data::load_text(each)?;
         let globals = self.globals()?;
         let batch = match (&self.batch, account) {
             (Some(b), _) => b.clone(),
@@ -280,28 +278,32 @@ impl Args {
             attachments_from: self.attachments_from.as_deref(),
             batch: Some(&batch),
         };
-        let (messages, invalid) = send::prepare(&templates, &merge, &rows);
-        for bad in &invalid {
+        // Two passes over the rows: every row checked before the first send, then each rendered
+        // and built just before it is sent (so its Date is the send time and memory stays flat).
+        let checked = send::check(&templates, &merge, data::rows(&text, each)?)?;
+        for bad in &checked.invalid {
             ctx.out.warn(&format!("{}: {}", bad.label, bad.problem));
         }
-        if !invalid.is_empty() && !self.skip_invalid {
+        if !checked.invalid.is_empty() && !self.skip_invalid {
             return Err(UsageError(format!(
                 "{} of {} rows are invalid; nothing was sent (fix them, or pass --skip-invalid to send the {} valid ones)",
-                invalid.len(),
-                rows.len(),
-                messages.len()
+                checked.invalid.len(),
+                checked.rows,
+                checked.valid
             ))
             .into());
         }
+        let messages = send::messages(&templates, &merge, data::rows(&text, each)?, &checked);
         if self.dry_run {
-            for p in &messages {
+            for p in messages {
+                let p = p?;
                 ctx.out.data(&format!("--- {} (key {})", p.label, p.key))?;
                 print_message(ctx, &p.build()?)?;
             }
             return Ok(Exit::Success);
         }
         let account = account.context("internal: merge without an account")?;
-        self.send_merge(ctx, account, &batch, &messages, &invalid, rows.len())
+        self.send_merge(ctx, account, &batch, messages, &checked)
             .await
     }
 
@@ -310,9 +312,8 @@ impl Args {
         ctx: &Ctx,
         account: &Account,
         batch: &str,
-        messages: &[Prepared],
-        invalid: &[send::Invalid],
-        rows: usize,
+        messages: impl Iterator<Item = Result<Prepared>>,
+        checked: &send::Checked,
     ) -> Result<Exit> {
         let store = ctx.store()?;
         let tokens = TokenSource::new(account, &store, ctx.clock.as_ref());
@@ -326,7 +327,7 @@ impl Args {
             &tokens,
             ctx.clock.as_ref(),
             &mut journal,
-            messages,
+            (messages, checked.valid),
             options,
             &mut progress,
         )
@@ -349,11 +350,12 @@ impl Args {
                 account: &account.name,
                 batch,
                 journal: journal.path().display().to_string(),
-                rows,
+                rows: checked.rows,
                 sent: summary.sent,
                 already_sent: summary.already_done,
                 invalid: problems(
-                    invalid
+                    checked
+                        .invalid
                         .iter()
                         .map(|i| (i.label.clone(), i.problem.clone()))
                         .collect(),
@@ -370,15 +372,17 @@ impl Args {
             "batch {batch}: {} sent, {} already sent before (skipped), {} invalid, {} refused; journal {}",
             summary.sent,
             summary.already_done,
-            invalid.len(),
+            checked.invalid.len(),
             summary.rejected.len(),
             journal.path().display()
         ));
-        Ok(if invalid.is_empty() && summary.rejected.is_empty() {
-            Exit::Success
-        } else {
-            Exit::Failure
-        })
+        Ok(
+            if checked.invalid.is_empty() && summary.rejected.is_empty() {
+                Exit::Success
+            } else {
+                Exit::Failure
+            },
+        )
     }
 
     fn templates_dir(&self, from_config: Option<PathBuf>) -> PathBuf {

@@ -102,6 +102,43 @@ impl Draft {
     /// [`UsageError`] for invalid addresses or header values; I/O errors naming unreadable
     /// attachments.
     pub fn build(&self) -> Result<Message> {
+        let builder = self.headers()?;
+        let message = match self.body()? {
+            Body::Single(part) => builder.singlepart(part),
+            Body::Multi(part) => builder.multipart(part),
+        };
+        message.context("failed to build the message")
+    }
+
+    /// Checks that the message would build — recipients, addresses, header values, readable
+    /// attachments — without encoding its body or reading its attachments: what a merge does for
+    /// every row before it sends the first.
+    ///
+    /// # Errors
+    /// As [`Draft::build`].
+    pub fn check(&self) -> Result<()> {
+        let builder = self.headers()?;
+        for path in &self.attachments {
+            let file = std::fs::File::open(path)
+                .with_context(|| format!("failed to read attachment {}", path.display()))?;
+            let meta = file
+                .metadata()
+                .with_context(|| format!("failed to read attachment {}", path.display()))?;
+            if !meta.is_file() {
+                bail!("attachment {} is not a regular file", path.display());
+            }
+            if path.file_name().is_none() {
+                bail!("attachment {} has no file name", path.display());
+            }
+        }
+        builder
+            .body(String::new())
+            .context("failed to build the message")?;
+        Ok(())
+    }
+
+    /// The message's headers, each checked.
+    fn headers(&self) -> Result<lettre::message::MessageBuilder> {
         if self.to.is_empty() && self.cc.is_empty() && self.bcc.is_empty() {
             return Err(UsageError("no recipients: give --to, --cc or --bcc".into()).into());
         }
@@ -126,12 +163,7 @@ impl Draft {
                 .map_err(|_| UsageError(format!("{name:?} is not a header name")))?;
             builder = builder.raw_header(HeaderValue::new(name, value.clone()));
         }
-        let body = self.body()?;
-        let message = match body {
-            Body::Single(part) => builder.singlepart(part),
-            Body::Multi(part) => builder.multipart(part),
-        };
-        message.context("failed to build the message")
+        Ok(builder)
     }
 
     fn body(&self) -> Result<Body> {

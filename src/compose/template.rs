@@ -36,6 +36,9 @@ impl Templates {
         let make = |escape: AutoEscape| {
             let mut env = Environment::new();
             env.set_loader(minijinja::path_loader(dir));
+            // Read once: a batch is checked and sent with the same template (and no `stat` per
+            // message).
+            env.set_auto_reload(false);
             env.set_undefined_behavior(UndefinedBehavior::Strict);
             env.set_auto_escape_callback(move |_| escape.clone());
             // Block tags on their own lines leave no blank lines behind (Jinja's trim_blocks and

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Result;
-use futures_util::TryStreamExt;
+use futures_util::{FutureExt, TryStreamExt};
 
 use crate::config::{Account, Protocol, Server, Tls};
 use crate::error::{clean, error_text, BoxError, ServerError, SERVER_TEXT_MAX};
@@ -43,9 +43,70 @@ pub struct Imap {
     server: String,
     /// When to reconnect with a fresh token (unix seconds), before this one expires.
     pub renew_at: u64,
+    /// Asked for the first time a command depends on it: a poll that only reads never needs it.
+    caps: Option<Caps>,
+}
+
+/// The capabilities mailpilot acts on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Caps {
     can_move: bool,
     can_uid_expunge: bool,
     can_idle: bool,
+}
+
+/// How a mailbox is opened: read-only (EXAMINE) when nothing will change it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// EXAMINE.
+    ReadOnly,
+    /// SELECT.
+    ReadWrite,
+}
+
+/// The answer of [`Imap::bodies`], read message by message.
+pub struct Bodies<'a> {
+    stream: std::pin::Pin<
+        Box<
+            dyn futures_util::Stream<Item = async_imap::error::Result<async_imap::types::Fetch>>
+                + Send
+                + 'a,
+        >,
+    >,
+    server: String,
+}
+
+impl Bodies<'_> {
+    /// The next message that arrived with its body: (UID, raw message); `None` at the end.
+    ///
+    /// # Errors
+    /// The network, a timeout, or an answer over its budget.
+    pub async fn next(&mut self) -> Result<Option<(u32, Vec<u8>)>, ServerError> {
+        loop {
+            let item = timed(
+                FETCH_TIMEOUT,
+                &self.server,
+                "UID FETCH",
+                self.stream.try_next(),
+            )
+            .await?;
+            let Some(fetch) = item else {
+                return Ok(None);
+            };
+            if let (Some(uid), Some(body)) = (fetch.uid, fetch.body()) {
+                return Ok(Some((uid, body.to_vec())));
+            }
+        }
+    }
+
+    /// Reads (and drops) the rest of the answer.
+    ///
+    /// # Errors
+    /// As [`Bodies::next`].
+    pub async fn finish(mut self) -> Result<(), ServerError> {
+        while self.next().await?.is_some() {}
+        Ok(())
+    }
 }
 
 /// Why an IDLE ended.
@@ -208,22 +269,42 @@ impl Imap {
                 mail_auth::refused(account, Protocol::Imap, &name, challenge, &reply)
             },
         };
-        let ((mut session, budget), renew_at) =
+        let ((session, budget), renew_at) =
             mail_auth::with_one_refresh(login, tokens, |token| async move {
                 self::login(account, server, &token).await
             })
             .await?;
         budget.set(COMMAND_BUDGET);
-        let caps = timed(COMMAND_TIMEOUT, &name, "CAPABILITY", session.capabilities()).await?;
         Ok(Imap {
             budget,
-            can_move: caps.has_str("MOVE"),
-            can_uid_expunge: caps.has_str("UIDPLUS"),
-            can_idle: caps.has_str("IDLE"),
             session,
             server: name,
             renew_at,
+            caps: None,
         })
+    }
+
+    /// The server's capabilities, asked once.
+    async fn caps(&mut self) -> Result<Caps, ServerError> {
+        if let Some(caps) = self.caps {
+            return Ok(caps);
+        }
+        self.budget.set(COMMAND_BUDGET);
+        let found = timed(
+            COMMAND_TIMEOUT,
+            &self.server,
+            "CAPABILITY",
+            self.session.capabilities(),
+        )
+        .await?;
+        self.drain();
+        let caps = Caps {
+            can_move: found.has_str("MOVE"),
+            can_uid_expunge: found.has_str("UIDPLUS"),
+            can_idle: found.has_str("IDLE"),
+        };
+        self.caps = Some(caps);
+        Ok(caps)
     }
 
     /// `host:port`.
@@ -231,18 +312,23 @@ impl Imap {
         &self.server
     }
 
-    /// Selects `mailbox` (read-write, so actions work; fetching uses `BODY.PEEK`, so reading alone
-    /// changes no flags).
+    /// Opens `mailbox`: SELECT (read-write) when actions will change it, else EXAMINE, which the
+    /// server can serve without preparing for changes. Fetching uses `BODY.PEEK` either way, so
+    /// reading alone changes no flags.
     ///
     /// # Errors
     /// The mailbox does not exist (a [`ServerError::Failed`] naming it) or the network fails.
-    pub async fn select(&mut self, mailbox: &str) -> Result<Selected, ServerError> {
+    pub async fn select(&mut self, mailbox: &str, access: Access) -> Result<Selected, ServerError> {
         self.budget.set(COMMAND_BUDGET);
+        let (verb, open) = match access {
+            Access::ReadWrite => ("SELECT", self.session.select(mailbox).left_future()),
+            Access::ReadOnly => ("EXAMINE", self.session.examine(mailbox).right_future()),
+        };
         let mb = timed(
             COMMAND_TIMEOUT,
             &self.server,
-            &format!("SELECT {mailbox}"),
-            self.session.select(mailbox),
+            &format!("{verb} {mailbox}"),
+            open,
         )
         .await?;
         self.drain();
@@ -350,6 +436,67 @@ impl Imap {
         Ok(sizes)
     }
 
+    /// The UIDs above `after` and their sizes, in one `UID FETCH after+1:* (RFC822.SIZE)` (no
+    /// SEARCH first); `uidnext` bounds how many answers may come.
+    ///
+    /// # Errors
+    /// The network, or an answer over its budget.
+    pub async fn sizes_after(
+        &mut self,
+        after: u32,
+        uidnext: u32,
+    ) -> Result<BTreeMap<u32, u64>, ServerError> {
+        let server = self.server.clone();
+        let set = format!("{}:*", after.saturating_add(1));
+        let expected = u64::from(uidnext.saturating_sub(after));
+        self.budget.set(COMMAND_BUDGET + 200 * expected);
+        let answer = async {
+            let mut stream = self.session.uid_fetch(&set, "(UID RFC822.SIZE)").await?;
+            let mut found = BTreeMap::new();
+            while let Some(f) = stream.try_next().await? {
+                // `n:*` always names the highest UID, even when it is below n.
+                if let (Some(uid), Some(size)) = (f.uid, f.size) {
+                    if uid > after {
+                        found.insert(uid, u64::from(size));
+                    }
+                }
+            }
+            Ok::<_, async_imap::error::Error>(found)
+        };
+        let what = format!("UID FETCH {set} (RFC822.SIZE)");
+        let sizes = timed(COMMAND_TIMEOUT, &server, &what, answer).await?;
+        self.drain();
+        Ok(sizes)
+    }
+
+    /// The messages `uids` (ascending, with their `total` announced size) in one `UID FETCH`, as
+    /// they arrive: one body is held at a time, and the server may send little more than it
+    /// announced. Read the answer to its end ([`Bodies::finish`]) before the next command.
+    ///
+    /// # Errors
+    /// The network.
+    pub async fn bodies(&mut self, uids: &[u32], total: u64) -> Result<Bodies<'_>, ServerError> {
+        let set = uid_set(uids);
+        let server = self.server.clone();
+        self.budget.set(
+            total
+                .saturating_add(FETCH_SLACK.saturating_mul(uids.len() as u64))
+                .saturating_add(COMMAND_BUDGET),
+        );
+        let what = format!("UID FETCH {set}");
+        let stream = timed(
+            COMMAND_TIMEOUT,
+            &server,
+            &what,
+            self.session.uid_fetch(set.clone(), "(UID BODY.PEEK[])"),
+        )
+        .await?;
+        Ok(Bodies {
+            stream: Box::pin(stream),
+            server,
+        })
+    }
+
     /// The raw message `uid` of `size` bytes (as [`Imap::sizes`] reported), fetched with
     /// `BODY.PEEK[]` (flags unchanged); `None` if the answer did not carry it. Only that message's
     /// body is kept, and the server may send little more than `size` bytes.
@@ -431,7 +578,8 @@ impl Imap {
     pub async fn move_to(&mut self, uid: u32, mailbox: &str) -> Result<(), ServerError> {
         self.budget.set(COMMAND_BUDGET);
         let server = self.server.clone();
-        if self.can_move {
+        if self.caps().await?.can_move {
+            self.budget.set(COMMAND_BUDGET);
             timed(
                 COMMAND_TIMEOUT,
                 &server,
@@ -460,7 +608,8 @@ impl Imap {
         self.add_flag(uid, "\\Deleted").await?;
         self.budget.set(COMMAND_BUDGET);
         let server = self.server.clone();
-        let can_uid_expunge = self.can_uid_expunge;
+        let can_uid_expunge = self.caps().await?.can_uid_expunge;
+        self.budget.set(COMMAND_BUDGET);
         let expunge = async {
             if can_uid_expunge {
                 self.session
@@ -484,8 +633,11 @@ impl Imap {
     }
 
     /// Whether the server supports IDLE (RFC 2177).
-    pub fn can_idle(&self) -> bool {
-        self.can_idle
+    ///
+    /// # Errors
+    /// The network (the first time it is asked).
+    pub async fn can_idle(&mut self) -> Result<bool, ServerError> {
+        Ok(self.caps().await?.can_idle)
     }
 
     /// Waits in IDLE until the server reports a change, `deadline` passes, or `shutdown` turns
@@ -504,9 +656,7 @@ impl Imap {
             budget,
             server,
             renew_at,
-            can_move,
-            can_uid_expunge,
-            can_idle,
+            caps,
         } = self;
         // One budget for the whole wait: a server may report news, not stream forever.
         budget.set(COMMAND_BUDGET);
@@ -535,9 +685,7 @@ impl Imap {
             budget,
             server,
             renew_at,
-            can_move,
-            can_uid_expunge,
-            can_idle,
+            caps,
         };
         imap.drain();
         Ok((imap, wake))
@@ -561,8 +709,9 @@ impl Imap {
         let _ = tokio::time::timeout(COMMAND_TIMEOUT, self.session.logout()).await;
     }
 
-    /// Discards queued unsolicited responses (async-imap drops them past 100 anyway).
-    fn drain(&mut self) {
+    /// Discards queued unsolicited responses (async-imap drops them past 100 anyway); after
+    /// [`Bodies::finish`], before the next command.
+    pub fn drain(&mut self) {
         while self.session.unsolicited_responses.try_recv().is_ok() {}
     }
 }

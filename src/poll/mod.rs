@@ -13,18 +13,19 @@
 
 mod checkpoint;
 pub mod handler;
+mod pass;
 mod watch;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 
 use crate::clock::Clock;
-use crate::config::{Account, SecretSource};
-use crate::error::{ServerError, UsageError};
-use crate::imap::{Imap, Selected};
+use crate::config::Account;
+use crate::error::UsageError;
+use crate::imap::{Access, Imap, Selected};
 use crate::oauth::{TokenSource, TokenStore};
 use checkpoint::{Checkpoint, StateFiles, STATE_VERSION};
 
@@ -71,6 +72,13 @@ pub struct Actions {
     pub move_to: Option<String>,
     /// Delete it.
     pub delete: bool,
+}
+
+impl Actions {
+    /// No action: the mailbox is only read (EXAMINE, and one streamed FETCH).
+    pub fn is_none(&self) -> bool {
+        !self.mark_seen && self.flag.is_none() && self.move_to.is_none() && !self.delete
+    }
 }
 
 /// One poll's settings.
@@ -307,7 +315,12 @@ impl<'a, S: TokenStore> Poller<'a, S> {
         imap: &mut Imap,
         stop: &dyn Fn() -> bool,
     ) -> Result<PollSummary> {
-        let selected = imap.select(&self.options.mailbox).await?;
+        let access = if self.options.actions.is_none() {
+            Access::ReadOnly
+        } else {
+            Access::ReadWrite
+        };
+        let selected = imap.select(&self.options.mailbox, access).await?;
         let mut checkpoint = self.starting_point(self.files.load()?, selected)?;
         if self.options.retry_quarantined {
             self.retry_quarantined(imap, &mut checkpoint).await?;
@@ -326,138 +339,6 @@ impl<'a, S: TokenStore> Poller<'a, S> {
             last_uid: checkpoint.last_uid,
             ..summary
         })
-    }
-
-    /// Handles every message after the checkpoint (only those in its SINCE window, if it has
-    /// one), checkpointing after each; `stop` is asked between messages. `uidnext` (known right
-    /// after SELECT) bounds the UIDs a server may claim: one above it would move the checkpoint
-    /// past mail that has not arrived yet.
-    async fn pass(
-        &self,
-        imap: &mut Imap,
-        checkpoint: &mut Checkpoint,
-        uidnext: Option<u32>,
-        stop: &dyn Fn() -> bool,
-    ) -> Result<PollSummary> {
-        let options = self.options;
-        // A first `--since` poll's window stays in force until a pass completes.
-        let criteria = match (checkpoint.since.as_deref(), &options.search) {
-            (Some(d), Some(c)) => Some(format!("SINCE {d} {c}")),
-            (Some(d), None) => Some(format!("SINCE {d}")),
-            (None, c) => c.clone(),
-        };
-        let mut uids = imap
-            .uids_after(checkpoint.last_uid, criteria.as_deref())
-            .await?;
-        if let (Some(next), Some(&bad)) = (uidnext, uids.iter().find(|u| Some(**u) >= uidnext)) {
-            return Err(ServerError::failed(
-                imap.server(),
-                format!("the server listed UID {bad} in {}, but its UIDNEXT is {next}; refusing to move the checkpoint past mail that has not arrived", options.mailbox),
-            )
-            .into());
-        }
-        let mut summary = PollSummary {
-            last_uid: checkpoint.last_uid,
-            complete: true,
-            ..PollSummary::default()
-        };
-        if let Some(limit) = options.limit {
-            summary.complete = uids.len() <= limit;
-            uids.truncate(limit);
-        }
-        let sizes = imap.sizes(&uids).await?;
-        for uid in uids {
-            if stop() {
-                summary.complete = false;
-                break;
-            }
-            match self
-                .one(imap, checkpoint.uidvalidity, uid, sizes.get(&uid).copied())
-                .await?
-            {
-                Step::Gone => continue,
-                Step::Handled => summary.handled += 1,
-                Step::Quarantined(reason) => {
-                    self.sink.notice(&Notice::Quarantined {
-                        mailbox: options.mailbox.clone(),
-                        uid,
-                        reason: reason.clone(),
-                    });
-                    checkpoint.quarantine(uid, &reason, self.clock.now());
-                    summary.quarantined.push((uid, reason));
-                }
-            }
-            checkpoint.last_uid = uid;
-            self.files.save(checkpoint)?;
-            summary.last_uid = uid;
-        }
-        Ok(summary)
-    }
-
-    /// Fetches message `uid` (announced as `size` bytes) and hands it over: too large for
-    /// `max_message_size` means quarantined; not delivered means gone if the server confirms it,
-    /// an error (the checkpoint stays before it) if the server still lists it.
-    async fn one(
-        &self,
-        imap: &mut Imap,
-        uidvalidity: u32,
-        uid: u32,
-        size: Option<u64>,
-    ) -> Result<Step> {
-        let max = self.account.max_message_size;
-        let raw = match size {
-            Some(size) if size > max => {
-                return Ok(Step::Quarantined(format!(
-                    "it is {size} bytes, over max_message_size ({max} bytes)"
-                )))
-            }
-            Some(size) => imap.fetch(uid, size).await?,
-            None => None,
-        };
-        let Some(raw) = raw else {
-            return self.not_delivered(imap, uid).await;
-        };
-        let message = Fetched {
-            account: &self.account.name,
-            mailbox: &self.options.mailbox,
-            uidvalidity,
-            uid,
-            raw: &raw,
-            secret_env: match &self.account.client_secret {
-                Some(SecretSource::Env(var)) => Some(var),
-                _ => None,
-            },
-        };
-        handler::handle(&message, &self.options.handler, self.sink)
-            .await
-            .with_context(|| {
-                format!(
-                    "stopped at UID {uid} of {}; the next poll starts with it",
-                    self.options.mailbox
-                )
-            })?;
-        apply_actions(imap, uid, &self.options.actions).await?;
-        Ok(Step::Handled)
-    }
-
-    /// A message the server listed but did not deliver: gone (someone expunged it) if a search
-    /// confirms it, else the server is not answering for it and the pass stops before it.
-    async fn not_delivered(&self, imap: &mut Imap, uid: u32) -> Result<Step> {
-        if imap.has(uid).await? {
-            return Err(ServerError::failed(
-                imap.server(),
-                format!(
-                    "the server lists UID {uid} of {} but did not return it when asked; stopping before it (the next poll starts with it)",
-                    self.options.mailbox
-                ),
-            )
-            .into());
-        }
-        self.sink.notice(&Notice::Vanished {
-            mailbox: self.options.mailbox.clone(),
-            uid,
-        });
-        Ok(Step::Gone)
     }
 
     /// Tries the quarantined messages again: handled ones leave the list, gone ones too; the
@@ -540,21 +421,6 @@ fn imap_date(rfc3339: &str) -> String {
         MONTHS[month.clamp(1, 12) - 1],
         &rfc3339[0..4]
     )
-}
-
-async fn apply_actions(imap: &mut Imap, uid: u32, actions: &Actions) -> Result<()> {
-    if actions.mark_seen {
-        imap.add_flag(uid, "\\Seen").await?;
-    }
-    if let Some(flag) = &actions.flag {
-        imap.add_flag(uid, flag).await?;
-    }
-    if let Some(target) = &actions.move_to {
-        imap.move_to(uid, target).await?;
-    } else if actions.delete {
-        imap.delete(uid).await?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -116,7 +116,7 @@ impl<S: TokenStore> Poller<'_, S> {
         if summary.handled > 0 {
             w.backoff = FIRST_BACKOFF;
         }
-        let use_idle = w.settings.idle && imap.can_idle();
+        let use_idle = w.settings.idle && imap.can_idle().await?;
         if w.settings.idle && !use_idle {
             self.sink.notice(&Notice::NoIdle {
                 server: imap.server().to_string(),

@@ -234,24 +234,63 @@ fn uid_command(
             write!(out, "* SEARCH {}\r\n{tag} OK search\r\n", uids.join(" "))
         }
         "FETCH" if items.contains("BODY") => {
-            let body = st.messages.get(&from).cloned().unwrap_or_default();
+            let wanted: Vec<(u32, Vec<u8>)> = in_set(set, &st.messages)
+                .into_iter()
+                .map(|u| (u, st.messages.get(&u).cloned().unwrap_or_default()))
+                .collect();
             drop(st);
-            fetch(out, tag, from, &body, misbehaviour)
+            for (uid, body) in &wanted {
+                fetch(out, *uid, body, misbehaviour)?;
+                if matches!(
+                    misbehaviour,
+                    Misbehaviour::FloodFetch(_) | Misbehaviour::HugeLiteral(_)
+                ) {
+                    break;
+                }
+            }
+            write!(out, "{tag} OK fetch\r\n")
         }
         "FETCH" => {
-            let size = st.messages.get(&from).map_or(0, Vec::len);
-            write!(
-                out,
-                "* 1 FETCH (UID {from} RFC822.SIZE {size})\r\n{tag} OK fetch\r\n"
-            )
+            let mut answer = String::new();
+            for uid in in_set(set, &st.messages) {
+                let size = st.messages.get(&uid).map_or(0, Vec::len);
+                answer.push_str(&format!("* 1 FETCH (UID {uid} RFC822.SIZE {size})\r\n"));
+            }
+            if misbehaviour == Misbehaviour::UidAboveUidnext {
+                answer.push_str("* 2 FETCH (UID 4000000000 RFC822.SIZE 10)\r\n");
+            }
+            write!(out, "{answer}{tag} OK fetch\r\n")
         }
         _ => write!(out, "{tag} OK done\r\n"),
     }
 }
 
+/// The UIDs of `messages` in an IMAP UID set (`1:3,7,9:*`), ascending; `n:*` names the highest
+/// UID even when it is below n, as RFC 3501 says.
+fn in_set(set: &str, messages: &BTreeMap<u32, Vec<u8>>) -> Vec<u32> {
+    let highest = messages.keys().next_back().copied().unwrap_or(0);
+    let bound = |n: &str| {
+        if n == "*" {
+            highest
+        } else {
+            n.parse().unwrap_or(0)
+        }
+    };
+    let mut uids: Vec<u32> = Vec::new();
+    for part in set.split(',') {
+        let (a, b) = part.split_once(':').unwrap_or((part, part));
+        let (a, b) = (bound(a), bound(b));
+        let (lo, hi) = (a.min(b), a.max(b));
+        uids.extend(messages.keys().copied().filter(|u| (lo..=hi).contains(u)));
+    }
+    uids.sort_unstable();
+    uids.dedup();
+    uids
+}
+
+/// One message's untagged FETCH answer (misbehaving as told).
 fn fetch(
     out: &mut TcpStream,
-    tag: &str,
     uid: u32,
     body: &[u8],
     misbehaviour: Misbehaviour,
@@ -295,5 +334,5 @@ fn fetch(
             out.write_all(b")\r\n")?;
         }
     }
-    write!(out, "{tag} OK fetch\r\n")
+    Ok(())
 }

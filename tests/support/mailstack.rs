@@ -40,8 +40,9 @@ pub struct Ports {
     pub postfix_submissions: u16,
     /// Dovecot LMTP.
     lmtp: u16,
-    /// Postfix plain relay port for Dovecot's submission service (no AUTH).
-    relay: u16,
+    /// Postfix plain relay port for Dovecot's submission service (no AUTH; loopback may relay),
+    /// also the benchmarks' target for `smtp-source`.
+    pub relay: u16,
 }
 
 /// The running stack.
