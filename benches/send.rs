@@ -9,6 +9,8 @@
 //!
 //! Run with `scripts/bench.sh` (root; it installs and starts the test servers).
 
+#[path = "common.rs"]
+mod common;
 #[path = "sink.rs"]
 mod sink;
 #[path = "../tests/support/mod.rs"]
@@ -16,67 +18,14 @@ mod support;
 
 use std::path::Path;
 use std::process::Command;
-use std::time::Duration;
 
+use common::{keep_for_profiling, mailpilot, measure, median, MEASURE};
 use support::{MailStack, TestEnv};
 
 const ONE_RUNS: usize = 20;
 const MERGE_ROWS: usize = 1_000;
 const ROUNDS: usize = 3;
 const BODY_BYTES: usize = 4096;
-
-/// What one measured process cost.
-#[derive(Debug, Clone, Copy)]
-struct Sample {
-    wall_ms: f64,
-    cpu_ms: f64,
-    rss_kib: u64,
-}
-
-/// Runs `cmd` under `benches/measure.py` and returns its costs; panics (with its stderr) if it
-/// failed.
-fn measure(cmd: &mut Command) -> Sample {
-    let out = cmd.output().expect("run measure.py");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let line = stderr
-        .lines()
-        .rev()
-        .find(|l| l.starts_with("MEASURE "))
-        .unwrap_or_else(|| panic!("no MEASURE line:\n{stderr}"));
-    let f: Vec<f64> = line[8..]
-        .split_whitespace()
-        .map(|v| v.parse().expect("number"))
-        .collect();
-    assert!(f[3] == 0.0, "the measured command failed:\n{stderr}");
-    Sample {
-        wall_ms: f[0],
-        cpu_ms: f[1],
-        rss_kib: f[2] as u64,
-    }
-}
-
-const MEASURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/measure.py");
-
-/// `mailpilot args…` in `env`, measured.
-fn mailpilot(env: &TestEnv, args: &[&str], secret: &str) -> Command {
-    let cmd = env.cmd(&[]);
-    let program = cmd.get_program().to_os_string();
-    let mut measured = Command::new("python3");
-    measured.env_clear().arg(MEASURE).arg(program).args(args);
-    for (k, v) in cmd.get_envs() {
-        match v {
-            Some(v) => measured.env(k, v),
-            None => measured.env_remove(k),
-        };
-    }
-    measured.env("MP_TEST_SECRET", secret);
-    measured
-}
-
-fn median(v: &mut [f64]) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
-}
 
 fn main() {
     let stack = MailStack::get();
@@ -108,16 +57,6 @@ fn main() {
         merge_memory(stack, &user, &secret);
     }
     keep_for_profiling(&env);
-}
-
-/// With `MP_BENCH_KEEP=SECONDS`, the servers and the benchmark's environment stay up that long
-/// (its paths printed), for profiling a command by hand.
-fn keep_for_profiling(env: &TestEnv) {
-    if let Some(wait) = std::env::var_os("MP_BENCH_KEEP") {
-        eprintln!("environment in {}", env.root().display());
-        let secs = wait.to_str().and_then(|s| s.parse().ok()).unwrap_or(600);
-        std::thread::sleep(Duration::from_secs(secs));
-    }
 }
 
 /// Table 1: one message, mailpilot vs. smtplib, alternating runs.

@@ -55,8 +55,14 @@ impl Output {
     /// # Errors
     /// stdout is closed or the value cannot be encoded.
     pub fn json<T: Serialize>(&self, value: &T) -> Result<()> {
-        let text = serde_json::to_string(value).context("failed to encode JSON output")?;
-        self.data(&text)
+        // Written as it is encoded: a document holding a 20 MB message body is not built as a
+        // second 20 MB string first.
+        let mut out = io::BufWriter::with_capacity(64 * 1024, io::stdout().lock());
+        serde_json::to_writer(&mut out, value)
+            .map_err(io::Error::from)
+            .and_then(|()| out.write_all(b"\n"))
+            .and_then(|()| out.flush())
+            .context("failed to write to stdout")
     }
 
     /// An informational message on stderr (suppressed by `-q`).

@@ -144,7 +144,7 @@ fn search_criteria(text: &str) -> Result<String, String> {
 
 /// The poll's JSON documents go to stdout, its notices to stderr as warnings.
 impl Sink for Output {
-    fn message(&self, message: &MessageJson) -> Result<()> {
+    fn message(&self, message: &MessageJson<'_>) -> Result<()> {
         self.json(message)
     }
 

@@ -64,6 +64,20 @@ pub enum Access {
     ReadWrite,
 }
 
+/// A fetched message, left in the buffer its answer arrived in (not copied out of it).
+pub struct Raw(async_imap::types::Fetch);
+
+impl Raw {
+    fn of(fetch: async_imap::types::Fetch) -> Option<Raw> {
+        fetch.body().is_some().then_some(Raw(fetch))
+    }
+
+    /// The message as the server sent it.
+    pub fn bytes(&self) -> &[u8] {
+        self.0.body().unwrap_or_default()
+    }
+}
+
 /// The answer of [`Imap::bodies`], read message by message.
 pub struct Bodies<'a> {
     stream: std::pin::Pin<
@@ -81,7 +95,7 @@ impl Bodies<'_> {
     ///
     /// # Errors
     /// The network, a timeout, or an answer over its budget.
-    pub async fn next(&mut self) -> Result<Option<(u32, Vec<u8>)>, ServerError> {
+    pub async fn next(&mut self) -> Result<Option<(u32, Raw)>, ServerError> {
         loop {
             let item = timed(
                 FETCH_TIMEOUT,
@@ -93,8 +107,8 @@ impl Bodies<'_> {
             let Some(fetch) = item else {
                 return Ok(None);
             };
-            if let (Some(uid), Some(body)) = (fetch.uid, fetch.body()) {
-                return Ok(Some((uid, body.to_vec())));
+            if let (Some(uid), Some(raw)) = (fetch.uid, Raw::of(fetch)) {
+                return Ok(Some((uid, raw)));
             }
         }
     }
@@ -503,7 +517,7 @@ impl Imap {
     ///
     /// # Errors
     /// The network, or an answer over its budget (a server sending more than it announced).
-    pub async fn fetch(&mut self, uid: u32, size: u64) -> Result<Option<Vec<u8>>, ServerError> {
+    pub async fn fetch(&mut self, uid: u32, size: u64) -> Result<Option<Raw>, ServerError> {
         let server = self.server.clone();
         let what = format!("UID FETCH {uid}");
         self.budget.set(size.saturating_add(FETCH_SLACK));
@@ -515,7 +529,7 @@ impl Imap {
             let mut body = None;
             while let Some(f) = stream.try_next().await? {
                 if body.is_none() && f.uid == Some(uid) {
-                    body = f.body().map(<[u8]>::to_vec);
+                    body = Raw::of(f);
                 }
             }
             Ok::<_, async_imap::error::Error>(body)

@@ -2,6 +2,7 @@
 //! request), an `.eml` file, or a shell command with the raw message on stdin and its envelope in
 //! the environment. A handler that fails stops the poll before the checkpoint moves.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
 use std::path::Path;
 use std::process::Stdio;
@@ -36,9 +37,10 @@ pub struct Fetched<'m> {
 /// address list, far below the kernel's limit for one variable (128 KiB).
 const ENV_VALUE_MAX: usize = 4096;
 
-/// A message as `poll` prints it (schema version 1).
+/// A message as `poll` prints it (schema version 1). The bodies are borrowed from the message
+/// when they need no decoding, so a 20 MB text is not copied to be printed.
 #[derive(Debug, Serialize)]
-pub struct MessageJson {
+pub struct MessageJson<'a> {
     version: u32,
     account: String,
     mailbox: String,
@@ -50,8 +52,8 @@ pub struct MessageJson {
     to: Vec<String>,
     cc: Vec<String>,
     subject: Option<String>,
-    text: Option<String>,
-    html: Option<String>,
+    text: Option<Cow<'a, str>>,
+    html: Option<Cow<'a, str>>,
     attachments: Vec<AttachmentJson>,
     size: usize,
 }
@@ -112,12 +114,12 @@ fn addresses(list: Option<&mail_parser::Address<'_>>) -> Vec<String> {
 ///
 /// # Errors
 /// An attachment cannot be written.
-pub fn message_json(
+pub fn message_json<'a>(
     message: &Fetched<'_>,
-    parsed: Option<&mail_parser::Message<'_>>,
+    parsed: Option<&'a mail_parser::Message<'a>>,
     with_html: bool,
     save_attachments: Option<&Path>,
-) -> Result<MessageJson> {
+) -> Result<MessageJson<'a>> {
     let attachments = match parsed {
         Some(m) => attachments(message, m, save_attachments)?,
         None => Vec::new(),
@@ -136,13 +138,11 @@ pub fn message_json(
         subject: parsed.and_then(|m| m.subject()).map(str::to_string),
         text: parsed
             .filter(|m| !m.text_body.is_empty())
-            .and_then(|m| m.body_text(0))
-            .map(|t| t.into_owned()),
+            .and_then(|m| m.body_text(0)),
         html: if with_html {
             parsed
                 .filter(|m| !m.html_body.is_empty())
                 .and_then(|m| m.body_html(0))
-                .map(|t| t.into_owned())
         } else {
             None
         },

@@ -133,7 +133,7 @@ pub trait Sink {
     ///
     /// # Errors
     /// The document cannot be written (stdout closed).
-    fn message(&self, message: &MessageJson) -> Result<()>;
+    fn message(&self, message: &MessageJson<'_>) -> Result<()>;
 
     /// Something the user should know that does not stop the poll.
     fn notice(&self, notice: &Notice);

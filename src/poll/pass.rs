@@ -155,7 +155,8 @@ impl<S: TokenStore> Poller<'_, S> {
             }
             match bodies.next().await? {
                 Some((got, raw)) if got == uid => {
-                    self.handle(checkpoint.uidvalidity, uid, &raw).await?;
+                    self.handle(checkpoint.uidvalidity, uid, raw.bytes())
+                        .await?;
                     self.record(checkpoint, uid, Step::Handled, summary)?;
                 }
                 _ => {
@@ -216,7 +217,7 @@ impl<S: TokenStore> Poller<'_, S> {
         let Some(raw) = raw else {
             return self.not_delivered(imap, uid).await;
         };
-        self.handle(uidvalidity, uid, &raw).await?;
+        self.handle(uidvalidity, uid, raw.bytes()).await?;
         apply_actions(imap, uid, &self.options.actions).await?;
         Ok(Step::Handled)
     }

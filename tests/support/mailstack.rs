@@ -466,6 +466,35 @@ shlib_directory = /usr/lib/postfix
         self.doveadm(&["save", "-u", user, "-m", mailbox], Some(msg.as_bytes()));
     }
 
+    /// Creates `mailbox` for `user` holding `count` copies of `message` (LF line ends, no line
+    /// starting with "From "), imported by Dovecot itself from an mbox file (`doveadm import`):
+    /// 50,000 messages in about 30 s, where IMAP APPEND takes minutes, and a mailbox Dovecot
+    /// opens as fast as one it filled itself (Maildir files written by hand made every session's
+    /// first FETCH rescan the directory: ~1.4 s at 50,000). For benchmarks.
+    pub fn seed_mailbox(&self, user: &str, mailbox: &str, count: usize, message: &[u8]) {
+        let dir = self
+            .root
+            .join(format!("seed-{}", mailbox.to_ascii_lowercase()));
+        fs::create_dir_all(&dir).expect("seed dir");
+        let mut mbox = Vec::with_capacity(count * (message.len() + 64));
+        for _ in 0..count {
+            mbox.extend_from_slice(b"From seed@example.com Fri Nov 27 08:00:00 2026\n");
+            mbox.extend(message.iter().copied().filter(|b| *b != b'\r'));
+            mbox.push(b'\n');
+        }
+        fs::write(dir.join(mailbox), mbox).expect("write mbox");
+        run(
+            Command::new("chown").args(["-R", "mail:mail"]).arg(&dir),
+            "chown the seed mbox",
+        );
+        let source = format!("mbox:{}", dir.display());
+        self.doveadm(
+            &["import", "-u", user, &source, "", "mailbox", mailbox],
+            None,
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
     /// Creates `mailbox` for `user`.
     pub fn create_mailbox(&self, user: &str, mailbox: &str) {
         self.doveadm(&["mailbox", "create", "-u", user, mailbox], None);
