@@ -108,19 +108,45 @@ impl Journal {
         self.done.contains(&KeyDigest::of(key))
     }
 
-    /// Appends `entry` durably (write + fsync) before returning.
+    /// Appends `entry` and starts making it durable: the line is written now, its fsync runs on a
+    /// blocking thread, and the returned [`Syncing`] says when it is done. A batch overlaps it
+    /// with the next message's envelope and waits for it before that message's data, so no
+    /// message is accepted while the one before it is not yet journaled on disk.
     ///
     /// # Errors
-    /// The write or fsync failed.
-    pub fn record(&mut self, entry: Entry) -> Result<()> {
-        let mut line = serde_json::to_vec(&entry).context("failed to encode journal entry")?;
+    /// The write failed, or the file cannot be handed to the fsync thread.
+    pub fn append(&mut self, entry: &Entry) -> Result<Syncing> {
+        let mut line = serde_json::to_vec(entry).context("failed to encode journal entry")?;
         line.push(b'\n');
-        self.file
-            .write_all(&line)
-            .and_then(|()| self.file.sync_data())
-            .with_context(|| format!("failed to append to journal {}", self.path.display()))?;
+        let failed = || format!("failed to append to journal {}", self.path.display());
+        self.file.write_all(&line).with_context(failed)?;
+        let file = self.file.try_clone().with_context(failed)?;
         self.done.insert(KeyDigest::of(&entry.key));
-        Ok(())
+        Ok(Syncing {
+            fsync: tokio::task::spawn_blocking(move || file.sync_data()),
+            path: self.path.clone(),
+        })
+    }
+}
+
+/// A journal line on its way to disk ([`Journal::append`]).
+#[derive(Debug)]
+pub struct Syncing {
+    fsync: tokio::task::JoinHandle<std::io::Result<()>>,
+    path: PathBuf,
+}
+
+impl Syncing {
+    /// Waits until the line is on disk.
+    ///
+    /// # Errors
+    /// The fsync failed.
+    pub async fn wait(self) -> Result<()> {
+        let failed = || format!("failed to append to journal {}", self.path.display());
+        match self.fsync.await {
+            Ok(result) => result.with_context(failed),
+            Err(e) => Err(anyhow::Error::new(e)).with_context(failed),
+        }
     }
 }
 
@@ -171,12 +197,17 @@ mod tests {
     }
 
     /// Entries survive reopening; a torn last line is cut off; the lock is exclusive.
-    #[test]
-    fn reopen_torn_and_locked() {
+    #[tokio::test]
+    async fn reopen_torn_and_locked() {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut j = Journal::open(dir.path(), "b1").expect("open");
-        j.record(entry("k1")).expect("record");
-        j.record(entry("k2")).expect("record");
+        for key in ["k1", "k2"] {
+            j.append(&entry(key))
+                .expect("append")
+                .wait()
+                .await
+                .expect("sync");
+        }
         let busy = Journal::open(dir.path(), "b1").expect_err("locked");
         assert!(busy.downcast_ref::<Busy>().is_some());
         drop(j);
@@ -185,7 +216,11 @@ mod tests {
         f.write_all(b"{\"key\":\"k3\",\"ro").expect("torn write");
         let mut j = Journal::open(dir.path(), "b1").expect("reopen");
         assert!(j.contains("k1") && j.contains("k2") && !j.contains("k3"));
-        j.record(entry("k3")).expect("record after repair");
+        j.append(&entry("k3"))
+            .expect("append after repair")
+            .wait()
+            .await
+            .expect("sync");
         drop(j);
         let j = Journal::open(dir.path(), "b1").expect("reopen");
         assert!(j.contains("k3"));

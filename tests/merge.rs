@@ -394,14 +394,16 @@ fn killed_batches_lose_nothing() {
             })
             .unwrap_or(0)
     };
-    // Deterministic "random" kill points between 150 and 900 ms.
+    // Deterministic "random" kill points: after 10 to 80 more journaled messages (a moment in
+    // the middle of the batch however fast the machine sends), plus up to 3 ms.
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15 ^ u64::from(std::process::id());
     let mut kills = 0;
     for _ in 0..5 {
         seed ^= seed << 13;
         seed ^= seed >> 7;
         seed ^= seed << 17;
-        let delay = Duration::from_millis(150 + seed % 750);
+        let target = journal_lines() + 10 + (seed % 71) as usize;
+        let extra = Duration::from_micros(seed % 3000);
         let mut child = env
             .cmd(&[
                 "send",
@@ -415,7 +417,14 @@ fn killed_batches_lose_nothing() {
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn");
-        std::thread::sleep(delay);
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while journal_lines() < target
+            && std::time::Instant::now() < deadline
+            && child.try_wait().expect("try_wait").is_none()
+        {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        std::thread::sleep(extra);
         if child.try_wait().expect("try_wait").is_none() {
             child.kill().expect("SIGKILL");
             kills += 1;

@@ -64,16 +64,48 @@ impl Session {
         envelope: &Envelope,
         message: &[u8],
     ) -> Result<Reply, ServerError> {
-        self.conn.send(envelope, message).await.map_err(|e| {
-            let hint = match &e {
-                ServerError::Failed { reason, .. } => refusal_hint(reason),
-                _ => None,
-            };
-            match hint {
-                Some(hint) => e.with_hint(hint),
-                None => e,
-            }
-        })
+        self.conn
+            .send(envelope, message)
+            .await
+            .map_err(with_refusal_hint)
+    }
+
+    /// The first half of sending: MAIL, RCPT and DATA (see [`Conn::envelope`]); a batch overlaps
+    /// it with the previous message's journal fsync.
+    ///
+    /// # Errors
+    /// As [`Session::send`].
+    pub async fn envelope(
+        &mut self,
+        envelope: &Envelope,
+        message: &[u8],
+    ) -> Result<(), ServerError> {
+        self.conn
+            .envelope(envelope, message)
+            .await
+            .map_err(with_refusal_hint)
+    }
+
+    /// The message, written (see [`Conn::data_sent`]); [`Session::data_reply`] reads its fate.
+    ///
+    /// # Errors
+    /// As [`Session::send`].
+    pub async fn data_sent(&mut self, message: &[u8]) -> Result<(), ServerError> {
+        self.conn.data_sent(message).await
+    }
+
+    /// The server's final reply to the message written by [`Session::data_sent`].
+    ///
+    /// # Errors
+    /// As [`Session::send`].
+    pub async fn data_reply(&mut self) -> Result<Reply, ServerError> {
+        self.conn.data_reply().await.map_err(with_refusal_hint)
+    }
+
+    /// Drops the connection without a word: a transaction in progress is abandoned (the server
+    /// keeps nothing of it).
+    pub fn abandon(&mut self) {
+        self.conn.close();
     }
 
     /// Whether the connection can carry another message (a refusal after DATA closes it).
@@ -113,6 +145,18 @@ fn refused(
         error.with_hint("Microsoft: SMTP AUTH is disabled for this mailbox or tenant; an admin must enable \"Authenticated SMTP\" (Exchange admin center → the mailbox → Email apps, or Set-CASMailbox -SmtpClientAuthenticationDisabled $false)")
     } else {
         error
+    }
+}
+
+/// A permanent refusal with the fix its reply names, if it names one.
+fn with_refusal_hint(e: ServerError) -> ServerError {
+    let hint = match &e {
+        ServerError::Failed { reason, .. } => refusal_hint(reason),
+        _ => None,
+    };
+    match hint {
+        Some(hint) => e.with_hint(hint),
+        None => e,
     }
 }
 

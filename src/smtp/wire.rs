@@ -203,18 +203,31 @@ impl Conn {
         self.read_reply(COMMAND_TIMEOUT, what).await
     }
 
-    /// One mail transaction: MAIL, RCPT for each recipient, DATA and the dot-stuffed message, in
-    /// as few writes as the server allows. A refused recipient refuses the whole message (nothing
-    /// is delivered to the others).
+    /// One mail transaction: [`Conn::envelope`], then [`Conn::data`].
     ///
     /// # Errors
-    /// The refusing reply as [`ServerError`] (4xx transient, 5xx failed), or a connection failure.
-    /// After an error the connection may have been closed; [`Conn::is_usable`] says.
+    /// As those two.
     pub async fn send(
         &mut self,
         envelope: &Envelope,
         message: &[u8],
     ) -> Result<Reply, ServerError> {
+        self.envelope(envelope, message).await?;
+        self.data(message).await
+    }
+
+    /// A transaction's first half: MAIL, RCPT for each recipient and DATA, in one write when the
+    /// server offers PIPELINING. On success the server waits for the message ([`Conn::data`]); a
+    /// refused recipient refuses the whole message (nothing is delivered to the others).
+    ///
+    /// # Errors
+    /// The refusing reply as [`ServerError`] (4xx transient, 5xx failed), or a connection failure.
+    /// After an error the connection may have been closed; [`Conn::is_usable`] says.
+    pub async fn envelope(
+        &mut self,
+        envelope: &Envelope,
+        message: &[u8],
+    ) -> Result<(), ServerError> {
         let mail = self.mail_command(envelope, message)?;
         let rcpts: Vec<String> = envelope
             .to()
@@ -239,7 +252,39 @@ impl Conn {
         } else {
             self.one_by_one(&mail, &rcpts).await?
         };
-        self.finish(envelope, &replies, message).await
+        self.check_replies(envelope, &replies).await
+    }
+
+    /// A transaction's second half, after [`Conn::envelope`]: the dot-stuffed message and the
+    /// server's final reply.
+    ///
+    /// # Errors
+    /// The refusing reply as [`ServerError`] (4xx transient, 5xx failed), or a connection failure.
+    pub async fn data(&mut self, message: &[u8]) -> Result<Reply, ServerError> {
+        self.data_sent(message).await?;
+        self.data_reply().await
+    }
+
+    /// [`Conn::data`]'s first half: the message written, its reply not yet read (a batch builds
+    /// the next message meanwhile).
+    ///
+    /// # Errors
+    /// A connection failure.
+    pub async fn data_sent(&mut self, message: &[u8]) -> Result<(), ServerError> {
+        self.write_data(message).await
+    }
+
+    /// [`Conn::data`]'s second half: the server's final reply.
+    ///
+    /// # Errors
+    /// The refusing reply as [`ServerError`] (4xx transient, 5xx failed), or a connection failure.
+    pub async fn data_reply(&mut self) -> Result<Reply, ServerError> {
+        let reply = self.read_reply(DATA_TIMEOUT, "the message").await?;
+        if reply.is_ok() {
+            Ok(reply)
+        } else {
+            Err(reply.refused(&self.server, "the message"))
+        }
     }
 
     /// Without PIPELINING: each command waits for its reply, stopping at the first refusal.
@@ -263,43 +308,36 @@ impl Conn {
         Ok(replies)
     }
 
-    /// Reads the transaction's replies: all accepted → send the message; a refusal → reset (or,
-    /// when DATA was already accepted, drop the connection so nothing is delivered).
-    async fn finish(
+    /// Checks the envelope's replies: all accepted → the server waits for the message; a refusal
+    /// → reset (or, when DATA was already accepted, drop the connection so nothing is delivered).
+    async fn check_replies(
         &mut self,
         envelope: &Envelope,
         replies: &[Reply],
-        message: &[u8],
-    ) -> Result<Reply, ServerError> {
+    ) -> Result<(), ServerError> {
         let (data, commands) = replies.split_last().expect("at least MAIL's reply");
         let refused = commands.iter().enumerate().find(|(_, r)| !r.is_ok());
         let data_accepted = data.code == 354 && replies.len() == envelope.to().len() + 2;
-        if let Some((i, reply)) = refused.or(if data_accepted {
+        let Some((i, reply)) = refused.or(if data_accepted {
             None
         } else {
             Some((commands.len(), data))
-        }) {
-            let what = match i {
-                0 => "MAIL FROM".to_string(),
-                i if i <= envelope.to().len() => format!("recipient <{}>", envelope.to()[i - 1]),
-                _ => "DATA".to_string(),
-            };
-            let error = reply.refused(&self.server, &what);
-            if data_accepted {
-                // The server waits for the message: closing is the only way to send nothing.
-                self.close();
-            } else {
-                let _ = self.command("RSET\r\n", "RSET").await;
-            }
-            return Err(error);
-        }
-        self.write_data(message).await?;
-        let reply = self.read_reply(DATA_TIMEOUT, "the message").await?;
-        if reply.is_ok() {
-            Ok(reply)
+        }) else {
+            return Ok(());
+        };
+        let what = match i {
+            0 => "MAIL FROM".to_string(),
+            i if i <= envelope.to().len() => format!("recipient <{}>", envelope.to()[i - 1]),
+            _ => "DATA".to_string(),
+        };
+        let error = reply.refused(&self.server, &what);
+        if data_accepted {
+            // The server waits for the message: closing is the only way to send nothing.
+            self.close();
         } else {
-            Err(reply.refused(&self.server, "the message"))
+            let _ = self.command("RSET\r\n", "RSET").await;
         }
+        Err(error)
     }
 
     fn mail_command(&self, envelope: &Envelope, message: &[u8]) -> Result<String, ServerError> {

@@ -5,35 +5,28 @@
 //! data; the Message-ID is derived from it, so the one message that can repeat after a crash (the
 //! server said 250, the process died before the journal write) carries the same Message-ID twice
 //! and receivers can tell.
+//!
+//! `batch` sends the checked rows over one session.
+
+mod batch;
 
 use std::collections::hash_map::Entry;
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use lettre::Message;
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
-use crate::clock::Clock;
 use crate::compose::data::{list, row_label, Row};
 use crate::compose::template::Templates;
 use crate::compose::Draft;
-use crate::config::Account;
-use crate::error::ServerError;
-use crate::journal::{self, Journal, KeyDigest, Outcome};
-use crate::oauth::{TokenSource, TokenStore};
-use crate::smtp::Session;
+use crate::journal::KeyDigest;
 
-/// Attempts per message when the server answers 4xx or the connection drops.
-const MAX_ATTEMPTS: u32 = 3;
-/// First wait between attempts; doubles each time (1 s, then 2 s).
-const FIRST_BACKOFF: Duration = Duration::from_secs(1);
-
-/// A message ready to send: rendered and checked (it built once), kept as its draft and built
-/// again just before it is sent, so its `Date:` is when it was sent (not when the batch started,
-/// half an hour earlier with `--rate`) and a batch does not hold every attachment in memory.
+/// One row rendered and checked, as its draft: built into a message just before it is sent, so
+/// its `Date:` is when it was sent (not when the batch started, half an hour earlier with
+/// `--rate`).
 #[derive(Debug)]
 pub struct Prepared {
     /// `rows.csv:7`.
@@ -290,162 +283,7 @@ pub fn batch_name(account: &str, template: &str, data_file: &Path) -> String {
     hex(&h.finalize()[..8])
 }
 
-/// The outcome of a batch.
-#[derive(Debug, Default)]
-pub struct Summary {
-    /// Accepted by the server in this run.
-    pub sent: usize,
-    /// Skipped because the journal has them (sent or rejected before).
-    pub already_done: usize,
-    /// Refused permanently in this run (row, reply).
-    pub rejected: Vec<(String, String)>,
-    /// SMTP sessions opened (logins).
-    pub sessions: usize,
-}
-
-/// Batch settings.
-#[derive(Debug, Clone, Copy)]
-pub struct BatchOptions {
-    /// Pause between messages (`--rate N/min`).
-    pub interval: Option<Duration>,
-}
-
-/// Sends `messages` in order over one session (reconnecting when its token nears expiry or the
-/// connection fails), skipping and recording through `journal`. `progress` is called after each
-/// message with (done, total).
-///
-/// # Errors
-/// Login failures (as [`Session::open`]), a journal write failure, or [`ServerError::Transient`]
-/// after `MAX_ATTEMPTS` for one message; everything before it is journaled, so a rerun resumes.
-pub async fn run_batch<S: TokenStore>(
-    account: &Account,
-    tokens: &TokenSource<'_, S>,
-    clock: &dyn Clock,
-    journal: &mut Journal,
-    messages: (impl Iterator<Item = Result<Prepared>>, usize),
-    options: BatchOptions,
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<Summary> {
-    let (messages, total) = messages;
-    let mut sender = Sender {
-        account,
-        tokens,
-        clock,
-        journal,
-        session: None,
-        summary: Summary::default(),
-    };
-    for (i, p) in messages.enumerate() {
-        let p = match p {
-            Ok(p) => p,
-            Err(e) => {
-                sender.quit().await;
-                return Err(e);
-            }
-        };
-        if sender.journal.contains(&p.key) {
-            sender.summary.already_done += 1;
-            progress(i + 1, total);
-            continue;
-        }
-        if let (Some(pause), true) = (options.interval, sender.summary.sent > 0) {
-            tokio::time::sleep(pause).await;
-        }
-        sender.send(&p).await?;
-        progress(i + 1, total);
-    }
-    sender.quit().await;
-    Ok(sender.summary)
-}
-
-/// A batch in flight: where it sends, where it records, the session it reuses and its counts.
-struct Sender<'b, 't, S: TokenStore> {
-    account: &'b Account,
-    tokens: &'b TokenSource<'t, S>,
-    clock: &'b dyn Clock,
-    journal: &'b mut Journal,
-    session: Option<Session>,
-    summary: Summary,
-}
-
-impl<S: TokenStore> Sender<'_, '_, S> {
-    /// Sends one message, retrying transient failures, and journals the outcome.
-    async fn send(&mut self, p: &Prepared) -> Result<()> {
-        let message = p
-            .build()
-            .with_context(|| format!("{}: the message could not be built again", p.label))?;
-        let message_id = message
-            .headers()
-            .get_raw("Message-ID")
-            .unwrap_or_default()
-            .to_string();
-        let bytes = message.formatted();
-        let mut backoff = FIRST_BACKOFF;
-        for attempt in 1..=MAX_ATTEMPTS {
-            let session = self.session().await?;
-            let (outcome, reply) = match session.send(message.envelope(), &bytes).await {
-                Ok(reply) => (Outcome::Sent, reply.text()),
-                Err(ServerError::Failed { reason, .. }) => {
-                    // A refusal after DATA was accepted closes the connection; others reset it.
-                    if !session.is_usable() {
-                        self.session = None;
-                    }
-                    (Outcome::Rejected, reason)
-                }
-                Err(e) if attempt == MAX_ATTEMPTS => return Err(e.into()),
-                Err(e) => {
-                    tracing::warn!(row = %p.label, attempt, error = %e, "temporary failure; retrying");
-                    self.session = None;
-                    tokio::time::sleep(backoff).await;
-                    backoff *= 2;
-                    continue;
-                }
-            };
-            self.journal.record(journal::Entry {
-                key: p.key.clone(),
-                row: p.label.clone(),
-                message_id: message_id.clone(),
-                at: self.clock.now(),
-                outcome,
-                reply: reply.clone(),
-            })?;
-            match outcome {
-                Outcome::Sent => self.summary.sent += 1,
-                Outcome::Rejected => self.summary.rejected.push((p.label.clone(), reply)),
-            }
-            return Ok(());
-        }
-        Ok(())
-    }
-
-    /// Ends the session, if one is open.
-    async fn quit(&mut self) {
-        if let Some(s) = self.session.take() {
-            s.quit().await;
-        }
-    }
-
-    /// The open session, reconnecting first when its token nears expiry or it was dropped.
-    async fn session(&mut self) -> Result<&mut Session> {
-        if self
-            .session
-            .as_ref()
-            .is_some_and(|s| s.token_expiring(self.clock.now()))
-        {
-            tracing::info!(account = %self.account.name, "token nearly expired; reconnecting with a fresh one");
-            if let Some(old) = self.session.take() {
-                old.quit().await;
-            }
-        }
-        if self.session.is_none() {
-            self.session = Some(Session::open(self.account, self.tokens).await?);
-            self.summary.sessions += 1;
-        }
-        self.session
-            .as_mut()
-            .context("internal: no SMTP session after opening one")
-    }
-}
+pub use batch::{run_batch, BatchOptions, Summary};
 
 /// Where journals live.
 pub fn journal_dir(state_dir: &Path) -> PathBuf {
