@@ -65,9 +65,10 @@ fn one_message(stack: &MailStack, env: &TestEnv, secret: &str, token: &str, who:
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/benches/smtplib_send.py");
     let ca = stack.ca_file.display().to_string();
     let port = stack.ports.postfix_submission.to_string();
-    let (mut python, mut ours) = (Vec::new(), Vec::new());
+    let (mut python, mut ours, mut floor) = (Vec::new(), Vec::new(), Vec::new());
     let refreshes = stack.oauth.refresh_count_for(user);
     for _ in 0..ONE_RUNS {
+        floor.push(measure(Command::new("python3").args([MEASURE, "true"])));
         python.push(measure(
             Command::new("python3")
                 .args([
@@ -105,6 +106,7 @@ fn one_message(stack: &MailStack, env: &TestEnv, secret: &str, token: &str, who:
         "client", "median ms", "max ms", "max/median", "mean CPU ms"
     );
     for (name, runs) in [
+        ("floor: measuring /bin/true", &floor),
         ("peer: python3 smtplib", &python),
         ("mailpilot send", &ours),
     ] {

@@ -22,7 +22,8 @@
 //!      [`oauth::refresh`] (one refresh request; never files), [`oauth::source`] (when to refresh,
 //!      locking, adopting a peer's token), [`oauth::login`] (first grants).
 //!    - [`sasl`]: XOAUTH2 / OAUTHBEARER strings and server error challenges; pure.
-//!    - [`net`]: TCP (timeouts, `TCP_NODELAY`) and TLS (rustls with ring, `ca_file`); no protocol.
+//!    - [`net`]: TCP (timeouts, `TCP_NODELAY`, `TCP_QUICKACK`) and TLS (rustls with ring, `ca_file`);
+//!      no protocol.
 //!    - [`compose`]: drafts → RFC 5322 messages (lettre); templates; merge data; validates
 //!      addresses and header values.
 //!    - [`journal`]: the append-only send journal of a mail merge; never talks to the network.
@@ -31,11 +32,13 @@
 //! 3. [`mail_auth`]: what SMTP and IMAP logins share: the one refresh-and-retry on a rejected
 //!    token, and the error for a refused login.
 //! 4. The protocols; neither stores tokens (they ask a `TokenSource`):
-//!    - [`smtp`]: connect, TLS, AUTH, send (lettre's connection API).
-//!    - [`imap`]: connect, TLS/STARTTLS, AUTHENTICATE (async-imap), select, search, fetch with
-//!      `BODY.PEEK`, flag/move/delete, IDLE.
+//!    - [`smtp`]: connect, TLS/STARTTLS, AUTH, send; `smtp::wire` is the client protocol itself
+//!      (bounded replies, PIPELINING, dot-stuffing).
+//!    - [`imap`]: connect, TLS/STARTTLS, AUTHENTICATE (async-imap), STATUS, SELECT/EXAMINE, search,
+//!      fetch with `BODY.PEEK` (one message, or many streamed), flag/move/delete, IDLE.
 //! 5. The work:
-//!    - [`send`]: mail merge: prepare every row, then send over one session with the journal.
+//!    - [`send`]: mail merge: check every row, then render and send them one at a time over one
+//!      session with the journal (`send::batch`).
 //!    - [`poll`]: checkpointed polling and watching, handlers, actions; reports to a [`poll::Sink`].
 //! 6. [`cli`]: clap definitions, one file per subcommand; resolves flags into a [`cli::Ctx`] and
 //!    calls the library. Prints only through [`output`].

@@ -3,7 +3,7 @@
 //!
 //! `TCP_NODELAY` matters: SMTP clients write the message body and the final `.` separately, and
 //! with Nagle's algorithm the second write waits for the server's delayed ACK — 40 ms per message.
-//! `TCP_QUICKACK` is the same stall the other way round (see [`quick_ack`]).
+//! `TCP_QUICKACK` is the same stall the other way round (see `quick_ack`).
 
 use std::future::Future;
 use std::io;

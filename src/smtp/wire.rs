@@ -737,6 +737,26 @@ mod tests {
         assert!(!bursts.concat().contains("secret body"), "{bursts:?}");
     }
 
+    /// A message over the server's SIZE is refused before anything of it is sent, with the
+    /// limit in the error.
+    #[tokio::test]
+    async fn message_over_size_is_refused_locally() {
+        let (server, task) = scripted(vec![("\r\n", EHLO_PIPELINING)]).await;
+        let mut conn = Conn::open(&server).await.expect("open");
+        let e = conn
+            .send(&envelope(&["a@example.com"]), &[b'x'; 1001])
+            .await
+            .expect_err("too large");
+        assert!(
+            e.to_string()
+                .contains("the message is 1001 bytes and the server accepts at most 1000"),
+            "{e}"
+        );
+        drop(conn);
+        let bursts = task.await.expect("server");
+        assert!(!bursts.concat().contains("MAIL"), "{bursts:?}");
+    }
+
     /// A server that never ends its reply line, or sends garbage, fails the send; it cannot
     /// make mailpilot read without end.
     #[tokio::test]
