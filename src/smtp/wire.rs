@@ -381,29 +381,14 @@ impl Conn {
     /// the server could read differently), then `.`; written in chunks.
     async fn write_data(&mut self, message: &[u8]) -> Result<(), ServerError> {
         let mut rest = message;
-        let mut at_line_start = true;
+        let mut line_ended = true;
         while !rest.is_empty() {
-            if at_line_start && rest[0] == b'.' {
-                self.out.push(b'.');
-            }
-            // The line's text (up to a CR or LF, or the end), copied whole.
-            let end = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
-            self.out.extend_from_slice(&rest[..end]);
-            rest = &rest[end..];
-            at_line_start = !rest.is_empty();
-            match rest {
-                [b'\r', b'\n', ..] => rest = &rest[2..],
-                [] => {}
-                _ => rest = &rest[1..],
-            }
-            if at_line_start {
-                self.out.extend_from_slice(b"\r\n");
-            }
+            (rest, line_ended) = stuff_line(&mut self.out, rest);
             if self.out.len() >= CHUNK {
                 self.flush(DATA_TIMEOUT, "sending the message").await?;
             }
         }
-        if !at_line_start {
+        if !line_ended {
             self.out.extend_from_slice(b"\r\n");
         }
         self.out.extend_from_slice(b".\r\n");
@@ -510,6 +495,23 @@ impl Conn {
         }
         result
     }
+}
+
+/// The first line of `rest` into `out`, dot-stuffed (RFC 5321 §4.5.2), its line end — CRLF, or a
+/// bare CR or LF — written as CRLF; returns what follows it and whether it had a line end.
+fn stuff_line<'m>(out: &mut Vec<u8>, rest: &'m [u8]) -> (&'m [u8], bool) {
+    if rest.first() == Some(&b'.') {
+        out.push(b'.');
+    }
+    let end = memchr::memchr2(b'\r', b'\n', rest).unwrap_or(rest.len());
+    out.extend_from_slice(&rest[..end]);
+    let after = match &rest[end..] {
+        [] => return (&[], false),
+        [b'\r', b'\n', after @ ..] => after,
+        [_, after @ ..] => after,
+    };
+    out.extend_from_slice(b"\r\n");
+    (after, true)
 }
 
 enum ReadError {
@@ -735,6 +737,57 @@ mod tests {
         drop(conn);
         let bursts = task.await.expect("server");
         assert!(!bursts.concat().contains("secret body"), "{bursts:?}");
+    }
+
+    proptest::proptest! {
+        /// Whatever a message holds, the DATA stream has only CRLF line ends and one lone `.`
+        /// line, at its end; un-stuffed as a server does, it gives back the message (line ends as
+        /// CRLF, a final one added).
+        #[test]
+        fn dot_stuffing_round_trips(message in proptest::collection::vec(
+            proptest::sample::select(b".\r\nab ".to_vec()), 0..200)) {
+            let mut out = Vec::new();
+            let mut rest = &message[..];
+            let mut ended = true;
+            while !rest.is_empty() {
+                (rest, ended) = stuff_line(&mut out, rest);
+            }
+            if !ended {
+                out.extend_from_slice(b"\r\n");
+            }
+            out.extend_from_slice(b".\r\n");
+            let text = String::from_utf8(out).expect("ASCII");
+            let lines: Vec<&str> = text.strip_suffix("\r\n").expect("CRLF end").split("\r\n").collect();
+            proptest::prop_assert_eq!(lines.last().copied(), Some("."));
+            for line in &lines {
+                proptest::prop_assert!(!line.contains('\r') && !line.contains('\n'));
+            }
+            let body: Vec<&str> = lines[..lines.len() - 1]
+                .iter()
+                .map(|l| {
+                    proptest::prop_assert_ne!(*l, ".");
+                    Ok(l.strip_prefix('.').unwrap_or(l))
+                })
+                .collect::<Result<_, _>>()?;
+            let mut expected = String::from_utf8(message.clone())
+                .expect("ASCII")
+                .replace("\r\n", "\n")
+                .replace('\r', "\n")
+                .replace('\n', "\r\n");
+            if !expected.is_empty() && !expected.ends_with("\r\n") {
+                expected.push_str("\r\n");
+            }
+            let got: String = body.iter().map(|l| format!("{l}\r\n")).collect();
+            proptest::prop_assert_eq!(got, expected);
+        }
+
+        /// Any bytes as a reply line or EHLO keywords: parsed or refused, never a panic.
+        #[test]
+        fn any_reply_line_is_handled(line in proptest::collection::vec(proptest::num::u8::ANY, 0..40)) {
+            let _ = parse_line(&line);
+            let text = String::from_utf8_lossy(&line).into_owned();
+            let _ = Capabilities::parse(&Reply { code: 250, lines: vec!["x".into(), text] });
+        }
     }
 
     /// A message over the server's SIZE is refused before anything of it is sent, with the
