@@ -39,6 +39,8 @@
 //! 5. The work:
 //!    - [`send`]: mail merge: check every row, then render and send them one at a time over one
 //!      session with the journal (`send::batch`).
+//!    - [`outbox`]: the durable outbox local programs' mail waits in (`sendmail`), delivered
+//!      over one session per account; a message leaves it only after the server's 250.
 //!    - [`poll`]: checkpointed polling and watching, handlers, actions; reports to a [`poll::Sink`].
 //! 6. [`cli`]: clap definitions, one file per subcommand; resolves flags into a [`cli::Ctx`] and
 //!    calls the library. Prints only through [`output`].
@@ -55,6 +57,7 @@ pub mod journal;
 pub mod mail_auth;
 pub mod net;
 pub mod oauth;
+pub mod outbox;
 pub mod output;
 pub mod paths;
 pub mod poll;

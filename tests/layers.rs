@@ -13,7 +13,7 @@ const LAYERS: &[&[&str]] = &[
     &["oauth", "sasl", "net", "compose", "journal", "schedule"],
     &["mail_auth"],
     &["smtp", "imap"],
-    &["send", "poll"],
+    &["send", "poll", "outbox"],
     &["cli"],
 ];
 

@@ -14,5 +14,6 @@ mod merge;
 mod poll;
 mod secrets;
 mod send;
+mod sendmail;
 mod stack;
 mod watch;

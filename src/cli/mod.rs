@@ -6,9 +6,11 @@ mod config;
 mod daemon;
 mod jobs;
 mod poll;
+mod queue;
 pub(crate) mod run;
 mod schedule;
 mod send;
+pub mod sendmail;
 mod status;
 mod watch;
 
@@ -85,6 +87,32 @@ pub enum Command {
     /// Print crontab lines or systemd units that run the configured jobs
     #[command(subcommand)]
     Schedule(schedule::ScheduleCommand),
+    /// Take a message on stdin like /usr/sbin/sendmail (also: the binary run as `sendmail`)
+    Sendmail(sendmail::Args),
+    /// The outbox: list, flush, show, retry, drop
+    #[command(subcommand)]
+    Queue(queue::QueueCommand),
+}
+
+/// The command line of the binary run under the name `sendmail` (a symlink, as
+/// `/usr/sbin/sendmail`): every argument is sendmail's, none is mailpilot's.
+pub fn as_sendmail(argv: &[std::ffi::OsString]) -> Option<Cli> {
+    let program = std::path::Path::new(argv.first()?).file_name()?;
+    if program != "sendmail" {
+        return None;
+    }
+    Some(Cli {
+        config: None,
+        verbose: 0,
+        quiet: false,
+        json: false,
+        command: Command::Sendmail(sendmail::Args {
+            args: argv[1..]
+                .iter()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect(),
+        }),
+    })
 }
 
 /// What every command gets: resolved paths, output settings, the clock.
@@ -224,6 +252,8 @@ pub async fn run(cli: Cli, env: Env) -> Result<Exit> {
         Command::Jobs(args) => args.run(&ctx),
         Command::Status(args) => args.run(&ctx),
         Command::Schedule(cmd) => cmd.run(&ctx),
+        Command::Sendmail(args) => args.run(&ctx).await,
+        Command::Queue(cmd) => cmd.run(&ctx).await,
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod data;
 pub mod mime;
+pub mod submission;
 pub mod template;
 
 use std::path::PathBuf;

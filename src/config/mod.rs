@@ -18,7 +18,9 @@ use anyhow::{Context, Result};
 
 pub use provider::{Provider, ServerPreset};
 pub use secrets::{SecretSource, MAX_SECRET_BYTES};
-pub use spelled::{ClientAuth, Grant, JobKind, Mechanism, Protocol, ProviderKind, Spelled, Tls};
+pub use spelled::{
+    ClientAuth, Grant, JobKind, Mechanism, Protocol, ProviderKind, RewriteFrom, Spelled, Tls,
+};
 
 use crate::error::{ConfigError, Problem, UsageError};
 
@@ -33,6 +35,19 @@ pub struct Config {
     pub templates_dir: PathBuf,
     /// Named jobs (`[jobs.NAME]`), sorted.
     pub jobs: BTreeMap<String, Job>,
+    /// How `sendmail` maps what local programs hand it (`[sendmail]`).
+    pub sendmail: Sendmail,
+}
+
+/// `[sendmail]`: the account local programs' mail goes through and the addresses of local names.
+#[derive(Debug, Clone, Default)]
+pub struct Sendmail {
+    /// The account (default: the only one).
+    pub account: Option<String>,
+    /// Local name → address (`root = "ops@example.com"`); `default` for any other local name.
+    pub aliases: BTreeMap<String, String>,
+    /// When From becomes the account's.
+    pub rewrite_from: RewriteFrom,
 }
 
 /// A named job: a `send` or `poll` command line written as a table, with an optional schedule.

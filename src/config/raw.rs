@@ -81,6 +81,17 @@ pub struct RawServer {
     pub mechanism: Option<String>,
 }
 
+/// `[sendmail]` as written.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawSendmail {
+    /// The account local programs send through.
+    pub account: Option<String>,
+    /// Local name → address.
+    pub aliases: Option<std::collections::BTreeMap<String, String>>,
+    /// `auto`, `always` or `never`.
+    pub rewrite_from: Option<String>,
+}
+
 /// The scheduling keys of `[jobs.NAME]` as written. Every other key of the table is a long option
 /// of the job's command (`to = ["a@x"]` → `--to a@x`), checked by that command's own parser.
 #[derive(Debug, Default, Deserialize)]

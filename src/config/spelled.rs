@@ -41,7 +41,8 @@ display_as_name!(
     JobKind,
     Protocol,
     ProviderKind,
-    Grant
+    Grant,
+    RewriteFrom
 );
 
 /// How an account gets its tokens: a person's grant, or an identity made for programs.
@@ -242,5 +243,30 @@ mod tests {
         check::<ProviderKind>();
         check::<Grant>();
         assert_eq!(Tls::names(), ["implicit", "starttls", "none"]);
+    }
+}
+
+/// When `sendmail` replaces a message's From with the account's (`[sendmail] rewrite_from`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RewriteFrom {
+    /// A missing From, or one at a local host name (no dot in the domain, or none), becomes the
+    /// account's `from`: Gmail and Microsoft refuse the others.
+    #[default]
+    Auto,
+    /// Every From becomes the account's.
+    Always,
+    /// From is left as written (a missing one is still added).
+    Never,
+}
+
+impl Spelled for RewriteFrom {
+    const ALL: &'static [Self] = &[RewriteFrom::Auto, RewriteFrom::Always, RewriteFrom::Never];
+
+    fn name(self) -> &'static str {
+        match self {
+            RewriteFrom::Auto => "auto",
+            RewriteFrom::Always => "always",
+            RewriteFrom::Never => "never",
+        }
     }
 }

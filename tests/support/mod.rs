@@ -132,7 +132,23 @@ impl TestEnv {
 
     /// Runs the binary to completion with extra environment variables and optional stdin.
     pub fn run_full(&self, args: &[&str], vars: &[(&str, &str)], stdin: Option<&str>) -> Run {
-        let mut cmd = self.cmd(args);
+        Self::finish(self.cmd(args), vars, stdin)
+    }
+
+    /// Runs `program` (a link to the binary under another name, like `sendmail`) with this
+    /// environment, extra variables and optional stdin.
+    pub fn run_via(
+        &self,
+        program: &Path,
+        args: &[&str],
+        vars: &[(&str, &str)],
+        stdin: Option<&str>,
+    ) -> Run {
+        let program = program.to_str().expect("UTF-8 path");
+        Self::finish(self.cmd_via(program, args), vars, stdin)
+    }
+
+    fn finish(mut cmd: Command, vars: &[(&str, &str)], stdin: Option<&str>) -> Run {
         cmd.envs(vars.iter().copied());
         let Some(input) = stdin else {
             return Run::from(cmd.output().expect("run mailpilot"));

@@ -5,10 +5,12 @@
 //! - `account`: `[accounts.NAME]` (provider, secrets, scopes, endpoints);
 //! - `server`: `[accounts.NAME.smtp]` / `.imap`;
 //! - `job`: job tables (`jobs.NAME`);
+//! - `sendmail`: the `[sendmail]` table;
 //! - `suggest`: "did you mean" for unknown keys and values.
 
 mod account;
 mod job;
+mod sendmail;
 mod server;
 mod suggest;
 
@@ -22,7 +24,7 @@ use super::{Config, Problem, Spelled};
 use suggest::{choice_message, unknown_key_message};
 
 /// Top-level keys; later features add theirs here.
-const ROOT_KEYS: &[&str] = &["accounts", "templates_dir", "jobs"];
+const ROOT_KEYS: &[&str] = &["accounts", "templates_dir", "jobs", "sendmail"];
 
 /// Collects problems with their key paths.
 #[derive(Default)]
@@ -86,12 +88,14 @@ pub(super) fn parse(text: &str, path: &Path, world_readable: bool) -> Result<Con
         }
     };
     let jobs = job::jobs(table.get("jobs"), &accounts, &mut problems);
+    let sendmail = sendmail::sendmail(table.get("sendmail"), &accounts, &mut problems);
     if problems.0.is_empty() {
         Ok(Config {
             path: path.to_path_buf(),
             accounts,
             templates_dir,
             jobs,
+            sendmail,
         })
     } else {
         Err(problems.0)

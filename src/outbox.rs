@@ -1,0 +1,420 @@
+//! The durable outbox, `$XDG_STATE_HOME/mailpilot/outbox/`: the one place where a message waits
+//! (for `sendmail` today; the relay and the daemon use the same). A message is accepted only once it
+//! is on disk, and leaves only after the server's 250 (or, refused for good, into `failed/`).
+//!
+//! - `ID.mail`: one JSON line (account, recipients, when queued), then the message as given. It
+//!   appears whole or not at all (`fsutil::write_atomic`: temp file, fsync, rename, fsync dir).
+//! - `ID.state.json`: attempts, the last error and when to try next (absent before the first try).
+//! - `failed/ID.mail` and `failed/ID.reason.json`: refused permanently, with the server's reply.
+//! - `locks/ID.lock`: whoever holds it is delivering that message; the others pass it by.
+//!
+//! A crash between the server's 250 and the removal of `ID.mail` sends that one message again, with
+//! the same Message-ID.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use crate::config::Account;
+use crate::error::{error_text, ServerError};
+use crate::fsutil;
+use crate::oauth::{TokenSource, TokenStore};
+use crate::smtp::Session;
+
+/// The largest message the outbox takes.
+pub const MAX_MESSAGE_BYTES: u64 = 64 * 1024 * 1024;
+/// First wait after a failed attempt; doubles each time up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: u64 = 60;
+/// Longest wait between attempts.
+const MAX_BACKOFF: u64 = 3600;
+
+/// Who a queued message goes to, through which account (the first line of `ID.mail`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    /// Format version (1).
+    pub version: u32,
+    /// The account that sends it.
+    pub account: String,
+    /// Envelope recipients.
+    pub to: Vec<String>,
+    /// When it was queued (unix seconds).
+    pub queued_at: u64,
+}
+
+/// How delivering a message went so far (`ID.state.json`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attempts {
+    /// Attempts made.
+    pub attempts: u32,
+    /// The last failure, as text.
+    pub last_error: Option<String>,
+    /// Not before this (unix seconds).
+    pub next_try: u64,
+}
+
+/// Where a message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Waiting to be delivered.
+    Queued,
+    /// Refused for good; `queue retry ID` queues it again.
+    Failed,
+}
+
+/// A message in the outbox, as `queue list` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Queued {
+    /// Its id.
+    pub id: String,
+    /// Queued or failed.
+    pub status: Status,
+    /// Account and recipients.
+    #[serde(flatten)]
+    pub head: Head,
+    /// The message's size in bytes.
+    pub size: u64,
+    /// Attempts so far.
+    #[serde(flatten)]
+    pub attempts: Attempts,
+}
+
+/// What one delivery run did.
+#[derive(Debug, Default)]
+pub struct Delivered {
+    /// Accepted by the server and removed.
+    pub sent: Vec<String>,
+    /// Refused for good and moved to `failed/` (id, reason).
+    pub failed: Vec<(String, String)>,
+    /// Still queued (id, reason).
+    pub deferred: Vec<(String, String)>,
+    /// The error that stopped the run for this account (login refused, server unreachable).
+    pub stopped: Option<anyhow::Error>,
+}
+
+/// The outbox directory.
+#[derive(Debug, Clone)]
+pub struct Outbox {
+    dir: PathBuf,
+}
+
+impl Outbox {
+    /// The outbox under `state_dir`.
+    pub fn new(state_dir: &Path) -> Outbox {
+        Outbox {
+            dir: state_dir.join("outbox"),
+        }
+    }
+
+    /// Its directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    fn mail(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.mail"))
+    }
+
+    fn state(&self, id: &str) -> PathBuf {
+        self.dir.join(format!("{id}.state.json"))
+    }
+
+    fn failed_mail(&self, id: &str) -> PathBuf {
+        self.dir.join("failed").join(format!("{id}.mail"))
+    }
+
+    /// Puts a message in the outbox; when this returns, it is on disk.
+    ///
+    /// # Errors
+    /// The directory or file cannot be written.
+    pub fn put(&self, head: &Head, message: &[u8], now_nanos: u128) -> Result<String> {
+        fsutil::private_dir(&self.dir)?;
+        let id = format!("{now_nanos:024}-{}", std::process::id());
+        let mut bytes = serde_json::to_vec(head).context("failed to encode the outbox entry")?;
+        bytes.push(b'\n');
+        bytes.extend_from_slice(message);
+        fsutil::write_atomic(&self.mail(&id), &bytes)
+            .with_context(|| format!("failed to queue the message in {}", self.dir.display()))?;
+        Ok(id)
+    }
+
+    /// Every message, queued first then failed, oldest first.
+    ///
+    /// # Errors
+    /// The directory cannot be read.
+    pub fn list(&self) -> Result<Vec<Queued>> {
+        let mut all = Vec::new();
+        for (dir, status) in [
+            (self.dir.clone(), Status::Queued),
+            (self.dir.join("failed"), Status::Failed),
+        ] {
+            for id in ids(&dir)? {
+                let path = dir.join(format!("{id}.mail"));
+                let Ok((head, size)) = read_head(&path) else {
+                    continue;
+                };
+                let state = match status {
+                    Status::Queued => self.state(&id),
+                    Status::Failed => dir.join(format!("{id}.reason.json")),
+                };
+                let attempts = fsutil::read_optional(&state)?
+                    .and_then(|b| serde_json::from_slice(&b).ok())
+                    .unwrap_or_default();
+                all.push(Queued {
+                    id,
+                    status,
+                    head,
+                    size,
+                    attempts,
+                });
+            }
+        }
+        Ok(all)
+    }
+
+    /// The message `id` (queued or failed) with its head.
+    ///
+    /// # Errors
+    /// No such message, or it cannot be read.
+    pub fn load(&self, id: &str) -> Result<(Head, Vec<u8>)> {
+        check_id(id)?;
+        for path in [self.mail(id), self.failed_mail(id)] {
+            if path.exists() {
+                return read_mail(&path);
+            }
+        }
+        bail!("no message {id} in {}", self.dir.display())
+    }
+
+    /// Queues the failed message `id` again (attempts start over).
+    ///
+    /// # Errors
+    /// It is not in `failed/`, or the move fails.
+    pub fn retry(&self, id: &str) -> Result<()> {
+        check_id(id)?;
+        let from = self.failed_mail(id);
+        if !from.exists() {
+            bail!("no failed message {id} (see `mailpilot queue list`)");
+        }
+        fs::rename(&from, self.mail(id))
+            .with_context(|| format!("failed to move {} back", from.display()))?;
+        let _ = fs::remove_file(self.dir.join("failed").join(format!("{id}.reason.json")));
+        let _ = fs::remove_file(self.state(id));
+        sync_dir(&self.dir)
+    }
+
+    /// Deletes message `id`, queued or failed.
+    ///
+    /// # Errors
+    /// No such message, or it is being delivered right now.
+    pub fn drop_message(&self, id: &str) -> Result<()> {
+        check_id(id)?;
+        let Some(_lock) = fsutil::try_lock(&self.dir.join("locks").join(format!("{id}.lock")))?
+        else {
+            bail!("message {id} is being delivered right now");
+        };
+        let mut found = false;
+        for path in [
+            self.mail(id),
+            self.state(id),
+            self.failed_mail(id),
+            self.dir.join("failed").join(format!("{id}.reason.json")),
+        ] {
+            found |= fs::remove_file(&path).is_ok();
+        }
+        if !found {
+            bail!("no message {id} in {}", self.dir.display());
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// Delivers the queued messages of `account` that are due (all of them with `force`), over one
+    /// session; `only` limits it to one message. Each leaves the outbox only after the server's
+    /// 250; a permanent refusal moves it to `failed/`; anything else leaves it queued with its
+    /// error and the time of the next try.
+    ///
+    /// # Errors
+    /// The outbox cannot be read or written (delivery problems are in [`Delivered`]).
+    pub async fn deliver<S: TokenStore>(
+        &self,
+        account: &Account,
+        tokens: &TokenSource<'_, S>,
+        now: u64,
+        (force, only): (bool, Option<&str>),
+    ) -> Result<Delivered> {
+        let mut done = Delivered::default();
+        let mut session: Option<Session> = None;
+        for id in ids(&self.dir)? {
+            if only.is_some_and(|o| o != id) {
+                continue;
+            }
+            let Some(_lock) = fsutil::try_lock(&self.dir.join("locks").join(format!("{id}.lock")))?
+            else {
+                continue;
+            };
+            let path = self.mail(&id);
+            let Ok((head, message)) = read_mail(&path) else {
+                continue;
+            };
+            let state: Attempts = fsutil::read_optional(&self.state(&id))?
+                .and_then(|b| serde_json::from_slice(&b).ok())
+                .unwrap_or_default();
+            if head.account != account.name || (!force && state.next_try > now) {
+                continue;
+            }
+            if session.is_none() {
+                match Session::open(account, tokens).await {
+                    Ok(s) => session = Some(s),
+                    Err(e) => {
+                        self.defer(&id, state, &error_text(e.as_ref()), now)?;
+                        done.deferred.push((id, error_text(e.as_ref())));
+                        done.stopped = Some(e);
+                        break;
+                    }
+                }
+            }
+            let Some(s) = session.as_mut() else { break };
+            let envelope = lettre::address::Envelope::new(
+                Some(account.email.parse().context("the account's address")?),
+                head.to
+                    .iter()
+                    .map(|t| t.parse())
+                    .collect::<Result<_, _>>()
+                    .context("a recipient address")?,
+            )
+            .context("the message's envelope")?;
+            match s.send(&envelope, &message).await {
+                Ok(_) => {
+                    fs::remove_file(&path)
+                        .with_context(|| format!("failed to remove {}", path.display()))?;
+                    let _ = fs::remove_file(self.state(&id));
+                    sync_dir(&self.dir)?;
+                    done.sent.push(id);
+                }
+                Err(e @ ServerError::Failed { .. }) => {
+                    let reason = error_text(&e);
+                    self.fail(&id, &state, &reason)?;
+                    done.failed.push((id, reason));
+                    if !s.is_usable() {
+                        session = None;
+                    }
+                }
+                Err(e) => {
+                    let reason = error_text(&e);
+                    self.defer(&id, state, &reason, now)?;
+                    done.deferred.push((id, reason));
+                    session = None;
+                }
+            }
+        }
+        if let Some(s) = session {
+            s.quit().await;
+        }
+        Ok(done)
+    }
+
+    /// Records a failed attempt; the next one waits 1, 2, 4… minutes (at most an hour).
+    fn defer(&self, id: &str, mut state: Attempts, reason: &str, now: u64) -> Result<()> {
+        state.attempts += 1;
+        state.last_error = Some(reason.to_string());
+        let wait = FIRST_BACKOFF
+            .saturating_mul(1 << (state.attempts - 1).min(10))
+            .min(MAX_BACKOFF);
+        state.next_try = now + wait;
+        fsutil::write_atomic(&self.state(id), &serde_json::to_vec(&state)?)
+    }
+
+    /// Moves a refused message to `failed/` with the reason.
+    fn fail(&self, id: &str, state: &Attempts, reason: &str) -> Result<()> {
+        let failed = self.dir.join("failed");
+        fsutil::private_dir(&failed)?;
+        let record = Attempts {
+            attempts: state.attempts + 1,
+            last_error: Some(reason.to_string()),
+            next_try: 0,
+        };
+        fsutil::write_atomic(
+            &failed.join(format!("{id}.reason.json")),
+            &serde_json::to_vec(&record)?,
+        )?;
+        fs::rename(self.mail(id), self.failed_mail(id))
+            .with_context(|| format!("failed to move message {id} to {}", failed.display()))?;
+        let _ = fs::remove_file(self.state(id));
+        sync_dir(&self.dir)?;
+        sync_dir(&failed)
+    }
+}
+
+/// The ids of the `*.mail` files in `dir`, oldest first.
+fn ids(dir: &Path) -> Result<Vec<String>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("failed to read {}", dir.display())),
+    };
+    let mut ids: Vec<String> = entries
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_suffix(".mail").map(str::to_string)
+        })
+        .filter(|id| check_id(id).is_ok())
+        .collect();
+    ids.sort();
+    Ok(ids)
+}
+
+/// Ids are digits and dashes: nothing else reaches a path.
+fn check_id(id: &str) -> Result<()> {
+    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
+        bail!(
+            "\"{}\" is not a message id (see `mailpilot queue list`)",
+            crate::error::clean(id, 80)
+        );
+    }
+    Ok(())
+}
+
+fn read_mail(path: &Path) -> Result<(Head, Vec<u8>)> {
+    let bytes = fsutil::read_limited(path, MAX_MESSAGE_BYTES + 64 * 1024)?;
+    let newline = bytes
+        .iter()
+        .position(|b| *b == b'\n')
+        .with_context(|| format!("{} has no head line", path.display()))?;
+    let head: Head = serde_json::from_slice(&bytes[..newline])
+        .with_context(|| format!("{} has an unreadable head line", path.display()))?;
+    Ok((head, bytes[newline + 1..].to_vec()))
+}
+
+/// The head and the message size, reading only the first line.
+fn read_head(path: &Path) -> Result<(Head, u64)> {
+    use std::io::{BufRead, Read};
+    let file = fs::File::open(path)?;
+    let total = file.metadata()?.len();
+    let mut line = Vec::new();
+    std::io::BufReader::new(file)
+        .take(64 * 1024)
+        .read_until(b'\n', &mut line)?;
+    let head: Head = serde_json::from_slice(line.trim_ascii_end())?;
+    Ok((head, total.saturating_sub(line.len() as u64)))
+}
+
+fn sync_dir(dir: &Path) -> Result<()> {
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .with_context(|| format!("failed to fsync directory {}", dir.display()))
+}
+
+/// Messages per account, for [`Outbox::deliver`] callers that drain everything.
+pub fn accounts_with_mail(outbox: &Outbox) -> Result<BTreeMap<String, usize>> {
+    let mut counts = BTreeMap::new();
+    for q in outbox.list()? {
+        if q.status == Status::Queued {
+            *counts.entry(q.head.account).or_insert(0) += 1;
+        }
+    }
+    Ok(counts)
+}

@@ -1,0 +1,161 @@
+//! `mailpilot sendmail` and `mailpilot queue` against the real Postfix and Dovecot: the argument
+//! lists real programs pass, local names through aliases, From rewritten, and the outbox keeping a
+//! message through a server outage and a permanent refusal.
+
+use std::fs;
+
+use mail_parser::MessageParser;
+
+use crate::support::mailstack::REJECT_DOMAIN;
+use crate::support::{MailStack, Run, TestEnv};
+
+/// An environment whose one account sends through Postfix submission, with `[sendmail]` mapping
+/// `root` to a fresh recipient; returns (env, user, recipient).
+fn setup(stack: &MailStack, test: &str, port: u16) -> (TestEnv, String, String) {
+    let (user, rcpt) = (stack.user(test), stack.user(&format!("{test}-rcpt")));
+    let env = TestEnv::new();
+    env.config_for_stack(stack, &user, (port, "starttls", "xoauth2"), &stack.ca_file);
+    let mut text = fs::read_to_string(env.config_path()).expect("config");
+    text.push_str(&format!("\n[sendmail.aliases]\nroot = \"{rcpt}\"\n"));
+    env.write_config(&text);
+    env.import_for(&stack.oauth, &user);
+    (env, user, rcpt)
+}
+
+fn sendmail(env: &TestEnv, stack: &MailStack, args: &[&str], message: &str) -> Run {
+    let mut all = vec!["sendmail"];
+    all.extend_from_slice(args);
+    env.run_full(
+        &all,
+        &[("MP_TEST_SECRET", &stack.oauth.client_secret())],
+        Some(message),
+    )
+}
+
+fn queue(env: &TestEnv, stack: &MailStack, args: &[&str]) -> Run {
+    let mut all = vec!["queue"];
+    all.extend_from_slice(args);
+    env.run_full(
+        &all,
+        &[("MP_TEST_SECRET", &stack.oauth.client_secret())],
+        None,
+    )
+}
+
+fn queued(env: &TestEnv, stack: &MailStack) -> Vec<serde_json::Value> {
+    let run = queue(env, stack, &["list", "--json"]);
+    run.expect_code(0);
+    let doc: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON");
+    doc["messages"].as_array().cloned().unwrap_or_default()
+}
+
+/// Debian cron's exact argument list delivers cron's message to the alias of `root`, From
+/// rewritten to the account with cron's name kept; cronie's (-t) does too, through a binary run
+/// under the name `sendmail`.
+#[test]
+fn cron_and_cronie_deliver() {
+    let stack = MailStack::get();
+    let (env, user, rcpt) = setup(stack, "smcron", stack.ports.postfix_submission);
+    let message = "From: root (Cron Daemon)\nTo: root\nSubject: Cron <root@vm> run-parts /etc/cron.daily\n\nall fine\n";
+    sendmail(
+        &env,
+        stack,
+        &["-FCronDaemon", "-i", "-B8BITMIME", "-oem", "root"],
+        message,
+    )
+    .expect_code(0);
+    let link = env.root().join("sendmail");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_mailpilot"), &link).expect("symlink");
+    let run = env.run_via(
+        &link,
+        &[
+            "-FCronDaemon",
+            "-i",
+            "-odi",
+            "-oem",
+            "-oi",
+            "-t",
+            "-f",
+            "root",
+        ],
+        &[("MP_TEST_SECRET", &stack.oauth.client_secret())],
+        Some("To: root\nSubject: cronie\n\nfrom cronie\n"),
+    );
+    run.expect_code(0);
+    let delivered = stack.wait_delivered(&rcpt, 2);
+    let parsed: Vec<_> = delivered
+        .iter()
+        .map(|raw| MessageParser::default().parse(raw).expect("parse"))
+        .collect();
+    let first = parsed
+        .iter()
+        .find(|m| m.subject().is_some_and(|s| s.starts_with("Cron")))
+        .expect("cron's message");
+    let from = first.from().and_then(|f| f.first()).expect("From");
+    assert_eq!(from.address(), Some(user.as_str()));
+    assert_eq!(from.name(), Some("CronDaemon"));
+    assert!(first.date().is_some() && first.message_id().is_some());
+    assert!(parsed.iter().any(|m| m.subject() == Some("cronie")));
+    assert!(queued(&env, stack).is_empty(), "nothing left in the outbox");
+}
+
+/// With the SMTP server unreachable, sendmail still exits 0 and says the message is queued; after
+/// the server is back, `queue flush` delivers it exactly once.
+#[test]
+fn outage_queues_then_flush_delivers_once() {
+    let stack = MailStack::get();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port();
+    let (env, _user, rcpt) = setup(stack, "smdown", closed);
+    let run = sendmail(&env, stack, &["root"], "Subject: while down\n\nqueued\n");
+    run.expect_code(0);
+    assert!(run.stderr.contains("not sent yet"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("mailpilot queue flush"),
+        "{}",
+        run.stderr
+    );
+    let waiting = queued(&env, stack);
+    assert_eq!(waiting.len(), 1);
+    assert_eq!(waiting[0]["status"], "queued");
+    assert_eq!(waiting[0]["attempts"], 1);
+    let text = fs::read_to_string(env.config_path()).expect("config");
+    env.write_config(&text.replace(
+        &format!("port = {closed}"),
+        &format!("port = {}", stack.ports.postfix_submission),
+    ));
+    queue(&env, stack, &["flush"]).expect_code(0);
+    queue(&env, stack, &["flush"]).expect_code(0);
+    assert_eq!(stack.wait_delivered(&rcpt, 1).len(), 1);
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    assert_eq!(stack.delivered(&rcpt).len(), 1, "delivered once");
+    assert!(queued(&env, stack).is_empty());
+}
+
+/// A permanent refusal: exit 1 with the server's reply, the message in failed/ (listed as
+/// failed); `retry` queues it again and `drop` removes it.
+#[test]
+fn permanent_refusal_fails_and_can_be_retried() {
+    let stack = MailStack::get();
+    let (env, _user, _rcpt) = setup(stack, "smfail", stack.ports.postfix_submission);
+    let bad = format!("nobody@{REJECT_DOMAIN}");
+    let run = sendmail(&env, stack, &[&bad], "Subject: refused\n\nx\n");
+    run.expect_code(1);
+    assert!(run.stderr.contains("550 5.1.1"), "{}", run.stderr);
+    assert!(run.stderr.contains("queue retry"), "{}", run.stderr);
+    let failed = queued(&env, stack);
+    assert_eq!(failed.len(), 1);
+    assert_eq!(failed[0]["status"], "failed");
+    let id = failed[0]["id"].as_str().expect("id").to_string();
+    let shown = queue(&env, stack, &["show", &id]);
+    shown.expect_code(0);
+    assert!(shown.stdout.contains("Subject: refused"));
+    queue(&env, stack, &["retry", &id]).expect_code(0);
+    assert_eq!(queued(&env, stack)[0]["status"], "queued");
+    queue(&env, stack, &["drop", &id]).expect_code(0);
+    assert!(queued(&env, stack).is_empty());
+    queue(&env, stack, &["drop", "../../etc"]).expect_code(1);
+}
