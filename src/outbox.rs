@@ -95,6 +95,32 @@ pub struct Delivered {
     pub stopped: Option<anyhow::Error>,
 }
 
+/// Which messages one delivery run takes.
+#[derive(Debug, Clone, Copy)]
+pub struct Drain<'a> {
+    /// Now (unix seconds).
+    pub now: u64,
+    /// Also messages whose next try is later (`queue flush`, `sendmail` itself).
+    pub force: bool,
+    /// Only this message.
+    pub only: Option<&'a str>,
+    /// Messages queued longer than this (seconds) move to `failed/`.
+    pub max_age: u64,
+}
+
+/// The SMTP envelope of a queued message: from the account's mailbox to its recipients.
+fn envelope(account: &Account, head: &Head) -> Result<lettre::address::Envelope> {
+    let to = head
+        .to
+        .iter()
+        .map(|t| t.parse())
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(lettre::address::Envelope::new(
+        Some(account.email.parse()?),
+        to,
+    )?)
+}
+
 /// The outbox directory.
 #[derive(Debug, Clone)]
 pub struct Outbox {
@@ -231,10 +257,11 @@ impl Outbox {
         sync_dir(&self.dir)
     }
 
-    /// Delivers the queued messages of `account` that are due (all of them with `force`), over one
-    /// session; `only` limits it to one message. Each leaves the outbox only after the server's
-    /// 250; a permanent refusal moves it to `failed/`; anything else leaves it queued with its
-    /// error and the time of the next try.
+    /// Delivers the queued messages of `account` that are due (all of them with `drain.force`),
+    /// over one session. Each leaves the outbox only after the server's 250; a permanent refusal
+    /// (or an unusable message, or one older than `max_age`) moves it to `failed/`; anything else
+    /// leaves it queued with its error and the time of the next try. When the session cannot be
+    /// opened, every due message of the account is deferred with that reason (no retry storm).
     ///
     /// # Errors
     /// The outbox cannot be read or written (delivery problems are in [`Delivered`]).
@@ -242,52 +269,49 @@ impl Outbox {
         &self,
         account: &Account,
         tokens: &TokenSource<'_, S>,
-        now: u64,
-        (force, only): (bool, Option<&str>),
+        drain: Drain<'_>,
     ) -> Result<Delivered> {
         let mut done = Delivered::default();
         let mut session: Option<Session> = None;
         for id in ids(&self.dir)? {
-            if only.is_some_and(|o| o != id) {
+            if drain.only.is_some_and(|o| o != id) {
                 continue;
             }
             let Some(_lock) = fsutil::try_lock(&self.dir.join("locks").join(format!("{id}.lock")))?
             else {
                 continue;
             };
-            let path = self.mail(&id);
-            let Ok((head, message)) = read_mail(&path) else {
+            let Some((head, message, state)) = self.due(&id, account, &drain)? else {
                 continue;
             };
-            let state: Attempts = fsutil::read_optional(&self.state(&id))?
-                .and_then(|b| serde_json::from_slice(&b).ok())
-                .unwrap_or_default();
-            if head.account != account.name || (!force && state.next_try > now) {
+            if let Some(e) = &done.stopped {
+                let reason = error_text(e.as_ref());
+                self.defer(&id, state, &reason, drain.now)?;
+                done.deferred.push((id, reason));
                 continue;
             }
+            let Ok(envelope) = envelope(account, &head) else {
+                let reason = "a recipient address is unusable".to_string();
+                self.fail(&id, &state, &reason)?;
+                done.failed.push((id, reason));
+                continue;
+            };
             if session.is_none() {
                 match Session::open(account, tokens).await {
                     Ok(s) => session = Some(s),
                     Err(e) => {
-                        self.defer(&id, state, &error_text(e.as_ref()), now)?;
-                        done.deferred.push((id, error_text(e.as_ref())));
+                        let reason = error_text(e.as_ref());
+                        self.defer(&id, state, &reason, drain.now)?;
+                        done.deferred.push((id, reason));
                         done.stopped = Some(e);
-                        break;
+                        continue;
                     }
                 }
             }
             let Some(s) = session.as_mut() else { break };
-            let envelope = lettre::address::Envelope::new(
-                Some(account.email.parse().context("the account's address")?),
-                head.to
-                    .iter()
-                    .map(|t| t.parse())
-                    .collect::<Result<_, _>>()
-                    .context("a recipient address")?,
-            )
-            .context("the message's envelope")?;
             match s.send(&envelope, &message).await {
                 Ok(_) => {
+                    let path = self.mail(&id);
                     fs::remove_file(&path)
                         .with_context(|| format!("failed to remove {}", path.display()))?;
                     let _ = fs::remove_file(self.state(&id));
@@ -304,7 +328,7 @@ impl Outbox {
                 }
                 Err(e) => {
                     let reason = error_text(&e);
-                    self.defer(&id, state, &reason, now)?;
+                    self.defer(&id, state, &reason, drain.now)?;
                     done.deferred.push((id, reason));
                     session = None;
                 }
@@ -314,6 +338,52 @@ impl Outbox {
             s.quit().await;
         }
         Ok(done)
+    }
+
+    /// Message `id` if it is `account`'s and due now: its head, text and attempts. A message that
+    /// cannot be read, or is older than `max_age`, is moved to `failed/` instead.
+    fn due(
+        &self,
+        id: &str,
+        account: &Account,
+        drain: &Drain<'_>,
+    ) -> Result<Option<(Head, Vec<u8>, Attempts)>> {
+        let path = self.mail(id);
+        if !path.exists() {
+            return Ok(None);
+        }
+        let state: Attempts = fsutil::read_optional(&self.state(id))?
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        if !drain.force && state.next_try > drain.now {
+            return Ok(None);
+        }
+        // The head line first: the daemon looks every second, the message is read only to send.
+        match read_head(&path) {
+            Ok((head, _)) if head.account != account.name => return Ok(None),
+            _ => {}
+        }
+        let (head, message) = match read_mail(&path) {
+            Ok(m) => m,
+            Err(e) => {
+                self.fail(
+                    id,
+                    &state,
+                    &format!("unreadable: {}", error_text(e.as_ref())),
+                )?;
+                return Ok(None);
+            }
+        };
+        if drain.now.saturating_sub(head.queued_at) > drain.max_age {
+            let last = state.last_error.clone().unwrap_or_else(|| "none".into());
+            let reason = format!(
+                "not delivered within {} (last error: {last})",
+                humantime::format_duration(std::time::Duration::from_secs(drain.max_age))
+            );
+            self.fail(id, &state, &reason)?;
+            return Ok(None);
+        }
+        Ok(Some((head, message, state)))
     }
 
     /// Records a failed attempt; the next one waits 1, 2, 4… minutes (at most an hour).

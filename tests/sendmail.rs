@@ -22,6 +22,21 @@ fn setup(stack: &MailStack, test: &str, port: u16) -> (TestEnv, String, String) 
     (env, user, rcpt)
 }
 
+/// A loopback port nothing listens on.
+fn closed_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+/// Points the account's SMTP server from the closed port back at the real one.
+fn server_back(env: &TestEnv, closed: u16, real: u16) {
+    let text = fs::read_to_string(env.config_path()).expect("config");
+    env.write_config(&text.replace(&format!("port = {closed}"), &format!("port = {real}")));
+}
+
 fn sendmail(env: &TestEnv, stack: &MailStack, args: &[&str], message: &str) -> Run {
     let mut all = vec!["sendmail"];
     all.extend_from_slice(args);
@@ -104,11 +119,7 @@ fn cron_and_cronie_deliver() {
 #[test]
 fn outage_queues_then_flush_delivers_once() {
     let stack = MailStack::get();
-    let closed = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port();
+    let closed = closed_port();
     let (env, _user, rcpt) = setup(stack, "smdown", closed);
     let run = sendmail(&env, stack, &["root"], "Subject: while down\n\nqueued\n");
     run.expect_code(0);
@@ -122,16 +133,62 @@ fn outage_queues_then_flush_delivers_once() {
     assert_eq!(waiting.len(), 1);
     assert_eq!(waiting[0]["status"], "queued");
     assert_eq!(waiting[0]["attempts"], 1);
-    let text = fs::read_to_string(env.config_path()).expect("config");
-    env.write_config(&text.replace(
-        &format!("port = {closed}"),
-        &format!("port = {}", stack.ports.postfix_submission),
-    ));
+    server_back(&env, closed, stack.ports.postfix_submission);
     queue(&env, stack, &["flush"]).expect_code(0);
     queue(&env, stack, &["flush"]).expect_code(0);
     assert_eq!(stack.wait_delivered(&rcpt, 1).len(), 1);
     std::thread::sleep(std::time::Duration::from_millis(500));
     assert_eq!(stack.delivered(&rcpt).len(), 1, "delivered once");
+    assert!(queued(&env, stack).is_empty());
+}
+
+/// A message queued while the server is unreachable is delivered by a running daemon once the
+/// server is back (the daemon tries the whole outbox when it starts), exactly once; a message
+/// handed to sendmail while the daemon runs goes out too. `status` reports the waiting message.
+#[test]
+fn daemon_drains_the_outbox() {
+    use std::process::{Command, Stdio};
+    let stack = MailStack::get();
+    let closed = closed_port();
+    let (env, _user, rcpt) = setup(stack, "smdaemon", closed);
+    sendmail(&env, stack, &["root"], "Subject: first\n\nqueued\n").expect_code(0);
+    let status = env.run_full(
+        &["status", "--json"],
+        &[("MP_TEST_SECRET", &stack.oauth.client_secret())],
+        None,
+    );
+    let doc: serde_json::Value = serde_json::from_str(&status.stdout).expect("status JSON");
+    assert_eq!(doc["outbox"]["queued"], 1, "{}", status.stdout);
+    server_back(&env, closed, stack.ports.postfix_submission);
+    let daemon = env
+        .cmd(&["daemon"])
+        .env("MP_TEST_SECRET", stack.oauth.client_secret())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn daemon");
+    stack.wait_delivered(&rcpt, 1);
+    sendmail(
+        &env,
+        stack,
+        &["root"],
+        "Subject: second\n\nwhile the daemon runs\n",
+    )
+    .expect_code(0);
+    stack.wait_delivered(&rcpt, 2);
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .expect("kill");
+    let out = daemon.wait_with_output().expect("wait");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(stack.delivered(&rcpt).len(), 2, "each once");
     assert!(queued(&env, stack).is_empty());
 }
 
@@ -149,6 +206,17 @@ fn permanent_refusal_fails_and_can_be_retried() {
     let failed = queued(&env, stack);
     assert_eq!(failed.len(), 1);
     assert_eq!(failed[0]["status"], "failed");
+    let status = env.run_full(
+        &["status"],
+        &[("MP_TEST_SECRET", &stack.oauth.client_secret())],
+        None,
+    );
+    status.expect_code(1);
+    assert!(
+        status.stdout.contains("outbox queue: failed 1 failed"),
+        "{}",
+        status.stdout
+    );
     let id = failed[0]["id"].as_str().expect("id").to_string();
     let shown = queue(&env, stack, &["show", &id]);
     shown.expect_code(0);

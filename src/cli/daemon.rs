@@ -13,6 +13,9 @@ use crate::exit::{classify, Exit};
 use crate::oauth::{Fetch, TokenSource, TokenStore};
 use crate::schedule::{local_time, next_run};
 
+/// How often the outbox is looked at: a message `sendmail` could not deliver goes out within a
+/// second of being due.
+const OUTBOX_CHECK: Duration = Duration::from_secs(1);
 /// How often idle grants are checked for the keep-alive refresh.
 const KEEPALIVE_CHECK: Duration = Duration::from_secs(3600);
 /// A grant not refreshed for this long is refreshed by the daemon (Microsoft expires refresh tokens
@@ -20,7 +23,7 @@ const KEEPALIVE_CHECK: Duration = Duration::from_secs(3600);
 const KEEPALIVE_AGE: Duration = Duration::from_secs(7 * 86_400);
 
 /// Runs every job that has a schedule (`schedule` or `every`), never two runs of one job at once,
-/// and keeps rarely used grants alive. SIGHUP reloads the configuration; SIGTERM or SIGINT stop
+/// delivers the outbox (what `sendmail` queued), and keeps rarely used grants alive. SIGHUP reloads the configuration; SIGTERM or SIGINT stop
 /// it after the running job finishes (bounded by the job's timeout).
 #[derive(Debug, clap::Args)]
 pub struct Args {}
@@ -49,12 +52,14 @@ impl Args {
             config,
             next,
             next_keepalive: ctx.clock.now(),
+            outbox_checked: false,
         };
         loop {
             if daemon.run_due(&mut signals).await == Flow::Stop {
                 break;
             }
-            let sleep = daemon.time_to_next();
+            daemon.drain_outbox().await;
+            let sleep = daemon.time_to_next().min(OUTBOX_CHECK);
             tokio::select! {
                 () = tokio::time::sleep(sleep) => {}
                 sig = signals.recv() => match sig {
@@ -104,6 +109,9 @@ struct Daemon<'a> {
     config: Config,
     next: BTreeMap<String, u64>,
     next_keepalive: u64,
+    /// Whether the outbox was tried since start (the first time, every queued message is tried,
+    /// whatever its backoff: the daemon may start because the server is back).
+    outbox_checked: bool,
 }
 
 impl Daemon<'_> {
@@ -150,6 +158,20 @@ impl Daemon<'_> {
         Flow::Continue
     }
 
+    /// Delivers what is due in the outbox (retries back off per message: 1, 2, 4… minutes).
+    async fn drain_outbox(&mut self) {
+        let Ok(state_dir) = self.ctx.state_dir() else {
+            return;
+        };
+        let outbox = crate::outbox::Outbox::new(&state_dir);
+        let force = !std::mem::replace(&mut self.outbox_checked, true);
+        if let Err(e) = super::queue::drain(self.ctx, &self.config, &outbox, force).await {
+            self.ctx
+                .out
+                .warn(&format!("outbox: {}", error_text(e.as_ref())));
+        }
+    }
+
     /// How long to sleep until the next job or keep-alive (at most [`KEEPALIVE_CHECK`]).
     fn time_to_next(&self) -> Duration {
         let wake = self
@@ -168,6 +190,7 @@ impl Daemon<'_> {
         match load(ctx) {
             Ok(c) => {
                 self.config = c;
+                self.outbox_checked = false;
                 self.next = plan(&self.config, ctx.clock.now());
                 ctx.out.info(&format!(
                     "configuration reloaded: {} scheduled jobs",

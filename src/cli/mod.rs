@@ -6,7 +6,7 @@ mod config;
 mod daemon;
 mod jobs;
 mod poll;
-mod queue;
+pub(crate) mod queue;
 pub(crate) mod run;
 mod schedule;
 mod send;

@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::Ctx;
 use crate::exit::Exit;
 use crate::oauth::TokenSource;
-use crate::outbox::{Outbox, Queued, Status};
+use crate::outbox::{Drain, Outbox, Queued, Status};
 use crate::output::JSON_SCHEMA_VERSION;
 
 /// The outbox of `sendmail`: list, deliver now, show, retry a failed message, drop one.
@@ -108,29 +108,56 @@ fn list(ctx: &Ctx, outbox: &Outbox) -> Result<Exit> {
 
 async fn flush(ctx: &Ctx, outbox: &Outbox) -> Result<Exit> {
     let config = ctx.config()?;
+    let worst = drain(ctx, &config, outbox, true).await?;
+    if crate::outbox::accounts_with_mail(outbox)?.is_empty() {
+        ctx.out.info("the outbox is empty");
+    }
+    Ok(worst)
+}
+
+/// Delivers what is queued, account by account (one session each): everything with `force`
+/// (`queue flush`), else only what is due (the daemon). Reports what happened; returns the worst
+/// outcome (75 while something waits, 77 when an account needs a person, 1 when something failed).
+///
+/// # Errors
+/// The outbox cannot be read or written.
+pub async fn drain(
+    ctx: &Ctx,
+    config: &crate::config::Config,
+    outbox: &Outbox,
+    force: bool,
+) -> Result<Exit> {
     let store = ctx.store()?;
     let mut worst = Exit::Success;
     for (name, waiting) in crate::outbox::accounts_with_mail(outbox)? {
         let account = match config.account(&name) {
             Ok(a) => a,
+            Err(_) if !force => continue,
             Err(e) => {
                 ctx.out.warn(&format!(
-                    "{waiting} message(s) for account \"{name}\", which is not configured: {e}"
+                    "{waiting} queued message(s) for account \"{name}\", which is not configured: {}",
+                    crate::error::error_text(e.as_ref())
                 ));
                 worst = Exit::worst(worst, Exit::Failure);
                 continue;
             }
         };
         let tokens = TokenSource::new(account, &store, ctx.clock.as_ref());
-        let done = outbox
-            .deliver(account, &tokens, ctx.clock.now(), (true, None))
-            .await?;
-        ctx.out.info(&format!(
-            "account \"{name}\": {} sent, {} failed, {} still queued",
-            done.sent.len(),
-            done.failed.len(),
-            done.deferred.len()
-        ));
+        let plan = Drain {
+            now: ctx.clock.now(),
+            force,
+            only: None,
+            max_age: config.sendmail.max_age.as_secs(),
+        };
+        let done = outbox.deliver(account, &tokens, plan).await?;
+        if force || !done.sent.is_empty() || !done.failed.is_empty() || !done.deferred.is_empty() {
+            ctx.out.info(&format!(
+                "outbox, account \"{name}\": {} sent, {} failed, {} still queued",
+                done.sent.len(),
+                done.failed.len(),
+                done.deferred.len()
+            ));
+        }
         for (id, reason) in &done.failed {
             ctx.out.warn(&format!("{id}: refused for good: {reason}"));
         }

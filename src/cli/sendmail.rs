@@ -14,7 +14,7 @@ use crate::compose::submission::{self, Submission};
 use crate::error::UsageError;
 use crate::exit::{classify, Exit};
 use crate::oauth::TokenSource;
-use crate::outbox::{Head, Outbox, MAX_MESSAGE_BYTES};
+use crate::outbox::{Drain, Head, Outbox, MAX_MESSAGE_BYTES};
 
 /// Reads a message on stdin like /usr/sbin/sendmail and sends it through the `[sendmail]` account,
 /// queueing it when it cannot go now. Takes the options cron, mail(1), PHP and others pass (-t, -f,
@@ -81,9 +81,13 @@ impl Args {
         tracing::info!(id = %id, "queued");
         let store = ctx.store()?;
         let tokens = TokenSource::new(account, &store, ctx.clock.as_ref());
-        let done = outbox
-            .deliver(account, &tokens, ctx.clock.now(), (true, Some(&id)))
-            .await?;
+        let drain = Drain {
+            now: ctx.clock.now(),
+            force: true,
+            only: Some(&id),
+            max_age: config.sendmail.max_age.as_secs(),
+        };
+        let done = outbox.deliver(account, &tokens, drain).await?;
         report(ctx, &outbox, account, &id, &done)
     }
 }

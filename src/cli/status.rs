@@ -22,6 +22,59 @@ struct StatusJson {
     ok: bool,
     accounts: Vec<Item<AccountState>>,
     jobs: Vec<Item<JobState>>,
+    outbox: OutboxJson,
+}
+
+/// What waits in the outbox.
+#[derive(Debug, Default, Serialize)]
+struct OutboxJson {
+    queued: usize,
+    failed: usize,
+    /// Seconds the oldest queued message has waited.
+    oldest_queued_secs: u64,
+}
+
+/// The outbox's counts, and the status they call for: failed messages or one waiting longer than
+/// `warn_after` need a look (exit 1).
+fn outbox_state(
+    state_dir: &std::path::Path,
+    warn_after: std::time::Duration,
+    now: u64,
+) -> Result<(OutboxJson, Exit, String)> {
+    let mut summary = OutboxJson::default();
+    for q in crate::outbox::Outbox::new(state_dir).list()? {
+        match q.status {
+            crate::outbox::Status::Queued => {
+                summary.queued += 1;
+                summary.oldest_queued_secs = summary
+                    .oldest_queued_secs
+                    .max(now.saturating_sub(q.head.queued_at));
+            }
+            crate::outbox::Status::Failed => summary.failed += 1,
+        }
+    }
+    let age =
+        humantime::format_duration(std::time::Duration::from_secs(summary.oldest_queued_secs));
+    let (exit, detail) = if summary.failed > 0 {
+        (
+            Exit::Failure,
+            format!(
+                "{} failed (see `mailpilot queue list`), {} queued",
+                summary.failed, summary.queued
+            ),
+        )
+    } else if summary.oldest_queued_secs > warn_after.as_secs() {
+        (
+            Exit::Failure,
+            format!(
+                "{} queued, the oldest for {age} (is `mailpilot daemon` or a `queue flush` running?)",
+                summary.queued
+            ),
+        )
+    } else {
+        (Exit::Success, format!("{} queued", summary.queued))
+    };
+    Ok((summary, exit, detail))
 }
 
 #[derive(Serialize)]
@@ -165,12 +218,16 @@ impl Args {
                 detail,
             });
         }
+        let (outbox, outbox_exit, outbox_detail) =
+            outbox_state(&state_dir, config.sendmail.warn_after, ctx.clock.now())?;
+        worst = worst.worst(outbox_exit);
         if ctx.out.is_json() {
             ctx.out.json(&StatusJson {
                 version: JSON_SCHEMA_VERSION,
                 ok: worst == Exit::Success,
                 accounts,
                 jobs,
+                outbox,
             })?;
         } else {
             for a in &accounts {
@@ -178,6 +235,9 @@ impl Args {
             }
             for j in &jobs {
                 line(ctx, "job", &j.name, j.state.word(), &j.detail)?;
+            }
+            if outbox.queued + outbox.failed > 0 {
+                line(ctx, "outbox", "queue", outbox_exit.word(), &outbox_detail)?;
             }
         }
         Ok(worst)

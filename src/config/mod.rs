@@ -39,8 +39,9 @@ pub struct Config {
     pub sendmail: Sendmail,
 }
 
-/// `[sendmail]`: the account local programs' mail goes through and the addresses of local names.
-#[derive(Debug, Clone, Default)]
+/// `[sendmail]`: the account local programs' mail goes through, the addresses of local names, and
+/// how long the outbox keeps trying.
+#[derive(Debug, Clone)]
 pub struct Sendmail {
     /// The account (default: the only one).
     pub account: Option<String>,
@@ -48,6 +49,22 @@ pub struct Sendmail {
     pub aliases: BTreeMap<String, String>,
     /// When From becomes the account's.
     pub rewrite_from: RewriteFrom,
+    /// A message not delivered within this moves to `failed/` (default 5 days, as Postfix).
+    pub max_age: Duration,
+    /// `status` fails when a message has waited longer than this (default 1 hour).
+    pub warn_after: Duration,
+}
+
+impl Default for Sendmail {
+    fn default() -> Sendmail {
+        Sendmail {
+            account: None,
+            aliases: BTreeMap::new(),
+            rewrite_from: RewriteFrom::default(),
+            max_age: Duration::from_secs(5 * 86_400),
+            warn_after: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// A named job: a `send` or `poll` command line written as a table, with an optional schedule.

@@ -90,6 +90,10 @@ pub struct RawSendmail {
     pub aliases: Option<std::collections::BTreeMap<String, String>>,
     /// `auto`, `always` or `never`.
     pub rewrite_from: Option<String>,
+    /// Give up on a message after this long (`5d`).
+    pub max_age: Option<String>,
+    /// `status` fails when a message waited longer (`1h`).
+    pub warn_after: Option<String>,
 }
 
 /// The scheduling keys of `[jobs.NAME]` as written. Every other key of the table is a long option

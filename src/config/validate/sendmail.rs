@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use super::super::raw::{field_names, RawSendmail};
 use super::super::{Account, RewriteFrom, Sendmail};
-use super::{choice, deserialize_collecting, Problems};
+use std::time::Duration;
+
+use super::{choice, deserialize_collecting, duration, Problems};
 
 /// The `[sendmail]` table (all defaults when it is absent).
 pub(super) fn sendmail(
@@ -48,9 +50,26 @@ pub(super) fn sendmail(
         None => RewriteFrom::default(),
         Some(word) => choice(word, "sendmail.rewrite_from", problems).unwrap_or_default(),
     };
+    let defaults = Sendmail::default();
+    let max_age = duration(
+        raw.max_age.as_deref(),
+        defaults.max_age,
+        (Duration::from_secs(60), Duration::from_secs(90 * 86_400)),
+        "sendmail.max_age",
+        problems,
+    );
+    let warn_after = duration(
+        raw.warn_after.as_deref(),
+        defaults.warn_after,
+        (Duration::from_secs(60), Duration::from_secs(90 * 86_400)),
+        "sendmail.warn_after",
+        problems,
+    );
     Sendmail {
         account: raw.account,
         aliases,
         rewrite_from,
+        max_age,
+        warn_after,
     }
 }
