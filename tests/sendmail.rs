@@ -114,6 +114,66 @@ fn cron_and_cronie_deliver() {
     assert!(queued(&env, stack).is_empty(), "nothing left in the outbox");
 }
 
+/// mail(1) (s-nail, which runs its MTA as `-i -- root` with no From) and PHP's `mail()` (`-t -i`,
+/// its own From) deliver: the first From becomes the account's, the second is kept.
+#[test]
+fn mail_and_php_deliver() {
+    use std::process::{Command, Stdio};
+    let stack = MailStack::get();
+    let (env, user, rcpt) = setup(stack, "smmailx", stack.ports.postfix_submission);
+    let link = env.root().join("sendmail");
+    std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_mailpilot"), &link).expect("symlink");
+    // s-nail with the test environment (HOME, XDG dirs) that its MTA, mailpilot, needs.
+    let base = env.cmd(&[]);
+    let mut child = Command::new("s-nail")
+        .env_clear()
+        .envs(base.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .env("MP_TEST_SECRET", stack.oauth.client_secret())
+        .args([
+            "-:/",
+            "-S",
+            &format!("mta={}", link.display()),
+            "-S",
+            "sendwait",
+        ])
+        .args(["-s", "from mailx", "root"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("s-nail (installed by scripts/install-test-deps.sh)");
+    use std::io::Write as _;
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(b"sent by mail(1)\n")
+        .expect("write");
+    let out = child.wait_with_output().expect("s-nail");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let php = format!("To: {rcpt}\nFrom: Shop <shop@example.com>\nSubject: from php\n\norder 17\n");
+    sendmail(&env, stack, &["-t", "-i"], &php).expect_code(0);
+    let delivered = stack.wait_delivered(&rcpt, 2);
+    let from_of = |subject: &str| {
+        delivered
+            .iter()
+            .map(|raw| MessageParser::default().parse(raw).expect("parse"))
+            .find(|m| m.subject() == Some(subject))
+            .and_then(|m| {
+                m.from()
+                    .and_then(|f| f.first())
+                    .and_then(|a| a.address().map(str::to_string))
+            })
+            .unwrap_or_else(|| panic!("no message {subject:?}"))
+    };
+    assert_eq!(from_of("from mailx"), user);
+    assert_eq!(from_of("from php"), "shop@example.com");
+}
+
 /// With the SMTP server unreachable, sendmail still exits 0 and says the message is queued; after
 /// the server is back, `queue flush` delivers it exactly once.
 #[test]
@@ -226,4 +286,88 @@ fn permanent_refusal_fails_and_can_be_retried() {
     queue(&env, stack, &["drop", &id]).expect_code(0);
     assert!(queued(&env, stack).is_empty());
     queue(&env, stack, &["drop", "../../etc"]).expect_code(1);
+}
+
+/// `kill -9` of sendmail at ten moments of its run: every message that got exit 0 is delivered
+/// exactly once after a flush; a killed one at most twice with one Message-ID (killed between the
+/// server's 250 and the removal); nothing half-written is left in the outbox.
+#[test]
+fn killed_sendmail_loses_nothing() {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    use std::time::Duration;
+    let stack = MailStack::get();
+    let (env, _user, rcpt) = setup(stack, "smkill", stack.ports.postfix_submission);
+    let mut seed: u64 = 0x2545_f491_4f6c_dd1d ^ u64::from(std::process::id());
+    let mut accepted = Vec::new();
+    let mut killed = Vec::new();
+    for n in 0..10 {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        let mut child = env
+            .cmd(&["sendmail", "root"])
+            .env("MP_TEST_SECRET", stack.oauth.client_secret())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(format!("Subject: kill-{n}\n\nbody {n}\n").as_bytes())
+            .expect("write");
+        std::thread::sleep(Duration::from_micros(seed % 25_000));
+        let _ = child.kill();
+        let status = child.wait().expect("wait");
+        if status.code() == Some(0) {
+            accepted.push(format!("kill-{n}"));
+        } else {
+            killed.push(format!("kill-{n}"));
+        }
+    }
+    assert!(
+        !killed.is_empty(),
+        "some runs were killed ({} accepted)",
+        accepted.len()
+    );
+    for entry in fs::read_dir(env.state_dir().join("outbox"))
+        .expect("outbox")
+        .flatten()
+    {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.ends_with(".mail") {
+            let bytes = fs::read(entry.path()).expect("read");
+            let head = bytes.split(|b| *b == b'\n').next().expect("head");
+            serde_json::from_slice::<serde_json::Value>(head).expect("a whole head line");
+            assert!(bytes.ends_with(b"\n"), "a whole message: {name}");
+        }
+    }
+    queue(&env, stack, &["flush"]).expect_code(0);
+    std::thread::sleep(Duration::from_millis(1000));
+    let got: Vec<(String, String)> = stack
+        .delivered(&rcpt)
+        .iter()
+        .filter_map(|raw| {
+            let m = MessageParser::default().parse(raw)?;
+            Some((m.subject()?.to_string(), m.message_id()?.to_string()))
+        })
+        .collect();
+    let copies = |s: &str| got.iter().filter(|(d, _)| d == s).collect::<Vec<_>>();
+    for s in &accepted {
+        assert_eq!(copies(s).len(), 1, "{s} exactly once: {got:?}");
+    }
+    for s in &killed {
+        // Killed after the server's 250 but before the outbox entry was removed: sent again by
+        // the flush, with the same Message-ID.
+        let c = copies(s);
+        assert!(c.len() <= 2, "{s} at most twice: {got:?}");
+        assert!(
+            c.windows(2).all(|w| w[0].1 == w[1].1),
+            "the same Message-ID: {c:?}"
+        );
+    }
+    assert!(queued(&env, stack).is_empty());
 }
