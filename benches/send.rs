@@ -56,6 +56,9 @@ fn main() {
     if wants("memory") {
         merge_memory(stack, &user, &secret);
     }
+    if wants("sendmail") {
+        sendmail_parallel(stack, &secret);
+    }
     keep_for_profiling(&env);
 }
 
@@ -237,5 +240,105 @@ fn merge_memory(stack: &MailStack, user: &str, secret: &str) {
         );
     }
     keep_for_profiling(&env);
+    println!();
+}
+
+/// Table 4: 1,000 messages handed to `sendmail` by 8 parallel callers while the daemon runs: all
+/// delivered, none twice; wall time and the daemon's peak memory.
+fn sendmail_parallel(stack: &MailStack, secret: &str) {
+    use std::io::Write as _;
+    use std::process::Stdio;
+    const CALLERS: usize = 8;
+    const EACH: usize = 125;
+    let (user, rcpt) = (stack.user("bench-sm"), stack.user("bench-sm-rcpt"));
+    let env = TestEnv::new();
+    env.config_for_stack(
+        stack,
+        &user,
+        (stack.ports.postfix_submission, "starttls", "xoauth2"),
+        &stack.ca_file,
+    );
+    let mut text = std::fs::read_to_string(env.config_path()).expect("config");
+    text.push_str(&format!("\n[sendmail.aliases]\nroot = \"{rcpt}\"\n"));
+    env.write_config(&text);
+    env.import_for(&stack.oauth, &user);
+    let mut daemon = env
+        .cmd(&["daemon"])
+        .env("MP_TEST_SECRET", secret)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("daemon");
+    let started = std::time::Instant::now();
+    std::thread::scope(|scope| {
+        for caller in 0..CALLERS {
+            let env = &env;
+            scope.spawn(move || {
+                for n in 0..EACH {
+                    let mut child = env
+                        .cmd(&["sendmail", "-i", "root"])
+                        .env("MP_TEST_SECRET", secret)
+                        .stdin(Stdio::piped())
+                        .stdout(Stdio::null())
+                        .stderr(Stdio::null())
+                        .spawn()
+                        .expect("sendmail");
+                    let message = format!("Subject: sm {caller}-{n}\n\nfrom caller {caller}\n");
+                    child
+                        .stdin
+                        .take()
+                        .expect("stdin")
+                        .write_all(message.as_bytes())
+                        .expect("write");
+                    assert!(
+                        child.wait().expect("wait").success(),
+                        "sendmail accepted it"
+                    );
+                }
+            });
+        }
+    });
+    let accepted = started.elapsed();
+    let total = CALLERS * EACH;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    let mut count = 0;
+    while std::time::Instant::now() < deadline {
+        count = stack.delivered(&rcpt).len();
+        if count >= total {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let delivered = started.elapsed();
+    let peak = std::fs::read_to_string(format!("/proc/{}/status", daemon.id()))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0;
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status();
+    let _ = daemon.wait();
+    let subjects: std::collections::HashSet<String> = stack
+        .delivered(&rcpt)
+        .iter()
+        .filter_map(|raw| {
+            mail_parser::MessageParser::default()
+                .parse(raw)?
+                .subject()
+                .map(str::to_string)
+        })
+        .collect();
+    assert_eq!(count, total, "every message delivered");
+    assert_eq!(subjects.len(), total, "none twice");
+    println!("sendmail: {total} messages from {CALLERS} parallel callers (one process each), daemon running");
+    println!(
+        "all accepted (exit 0) after {:.1} s ({:.0} msgs/s); all in the mailbox after {:.1} s; none twice; daemon peak RSS {peak:.1} MB",
+        accepted.as_secs_f64(),
+        total as f64 / accepted.as_secs_f64(),
+        delivered.as_secs_f64()
+    );
     println!();
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks, each printing its figures side by side with its peers run in the same process and
 # rounds: token handling, sending (one message, a 1,000-message merge vs. smtp-source, merge memory
-# at 1,000 and 100,000 rows) and reading (polls of a 50,000-message mailbox vs. imaplib, memory for
+# at 1,000 and 100,000 rows, 1,000 messages through sendmail from 8 callers) and reading (polls of a 50,000-message mailbox vs. imaplib, memory for
 # a 20 MB message). Installs and starts what it needs (run as root, like scripts/test.sh).
 # Usage: scripts/bench.sh [auth_token|send|poll]...
 set -euo pipefail

@@ -239,3 +239,32 @@ fn google_device_url() {
         &["accounts.work.device_url: Google does not allow Gmail scopes in the device flow; use `mailpilot auth login` (browser) or `--paste`"],
     );
 }
+
+/// `[sendmail]`: an unknown account, an alias that is no address, a misspelt word, a duration out
+/// of range and an unknown key are each reported; a good table is shown by `config check`.
+#[test]
+fn sendmail_table() {
+    assert_report(
+        &format!(
+            "{BASE}[sendmail]\naccount = \"wrok\"\nrewrite_from = \"alway\"\nmax_age = \"1s\"\nalias = 1\n[sendmail.aliases]\nroot = \"root\"\n"
+        ),
+        &[
+            "sendmail.alias: unknown key (expected one of: account, aliases, rewrite_from, max_age, warn_after)",
+            "sendmail.account: no account named \"wrok\" (accounts: work)",
+            "sendmail.aliases.root: \"root\" is not a mail address (user@example.com)",
+            "sendmail.rewrite_from: unknown value \"alway\" (expected one of \"auto\", \"always\", \"never\"; did you mean \"always\"?)",
+            "sendmail.max_age: \"1s\" is out of range (1m to 30days)",
+        ],
+    );
+    let env = TestEnv::new();
+    env.write_config(&format!(
+        "{BASE}[sendmail]\nrewrite_from = \"always\"\n[sendmail.aliases]\ndefault = \"ops@example.com\"\n"
+    ));
+    let run = env.run(&["config", "check"]);
+    run.expect_code(0);
+    assert!(
+        run.stdout.contains("sendmail: account work, aliases [default → ops@example.com], rewrite_from always, max_age 5days, warn_after 1h"),
+        "{}",
+        run.stdout
+    );
+}

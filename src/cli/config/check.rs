@@ -19,6 +19,17 @@ struct ConfigJson {
     config: String,
     state_dir: String,
     accounts: Vec<AccountJson>,
+    sendmail: SendmailJson,
+}
+
+#[derive(Serialize)]
+struct SendmailJson {
+    /// The account `sendmail` uses (`null` when it cannot choose: several and none named).
+    account: Option<String>,
+    aliases: std::collections::BTreeMap<String, String>,
+    rewrite_from: &'static str,
+    max_age_secs: u64,
+    warn_after_secs: u64,
 }
 
 #[derive(Serialize)]
@@ -83,12 +94,24 @@ impl Args {
         }
         let state_dir = ctx.state_dir()?;
         let accounts: Vec<AccountJson> = config.accounts.values().map(account_json).collect();
+        let only = match config.accounts.keys().collect::<Vec<_>>().as_slice() {
+            [only] => Some((*only).clone()),
+            _ => None,
+        };
+        let sendmail = SendmailJson {
+            account: config.sendmail.account.clone().or(only),
+            aliases: config.sendmail.aliases.clone(),
+            rewrite_from: config.sendmail.rewrite_from.name(),
+            max_age_secs: config.sendmail.max_age.as_secs(),
+            warn_after_secs: config.sendmail.warn_after.as_secs(),
+        };
         if ctx.out.is_json() {
             ctx.out.json(&ConfigJson {
                 version: JSON_SCHEMA_VERSION,
                 config: config.path.display().to_string(),
                 state_dir: state_dir.display().to_string(),
                 accounts,
+                sendmail,
             })?;
             return Ok(Exit::Success);
         }
@@ -101,6 +124,23 @@ impl Args {
                 ctx.out.data(&line)?;
             }
         }
+        ctx.out.data("")?;
+        let aliases: Vec<String> = sendmail
+            .aliases
+            .iter()
+            .map(|(k, v)| format!("{k} → {v}"))
+            .collect();
+        ctx.out.data(&format!(
+            "sendmail: account {}, aliases [{}], rewrite_from {}, max_age {}, warn_after {}",
+            sendmail
+                .account
+                .as_deref()
+                .unwrap_or("(none: set [sendmail] account)"),
+            aliases.join(", "),
+            sendmail.rewrite_from,
+            humantime::format_duration(config.sendmail.max_age),
+            humantime::format_duration(config.sendmail.warn_after)
+        ))?;
         ctx.out.info(&format!(
             "configuration OK ({} account{})",
             accounts.len(),

@@ -54,14 +54,14 @@ pub(super) fn sendmail(
     let max_age = duration(
         raw.max_age.as_deref(),
         defaults.max_age,
-        (Duration::from_secs(60), Duration::from_secs(90 * 86_400)),
+        (Duration::from_secs(60), Duration::from_secs(30 * 86_400)),
         "sendmail.max_age",
         problems,
     );
     let warn_after = duration(
         raw.warn_after.as_deref(),
         defaults.warn_after,
-        (Duration::from_secs(60), Duration::from_secs(90 * 86_400)),
+        (Duration::from_secs(60), Duration::from_secs(30 * 86_400)),
         "sendmail.warn_after",
         problems,
     );
