@@ -95,6 +95,24 @@ pub struct Delivered {
     pub stopped: Option<anyhow::Error>,
 }
 
+/// A message's delivery lock, held while it is delivered; its file is removed once the message has
+/// left the outbox (sent or failed), so `locks/` does not grow with every message ever queued.
+struct EntryLock {
+    _file: fs::File,
+    lock: PathBuf,
+    mail: PathBuf,
+}
+
+impl Drop for EntryLock {
+    fn drop(&mut self) {
+        // Still locked here (the file closes after this): a process that opened the old file
+        // finds the message gone and passes it by.
+        if !self.mail.exists() {
+            let _ = fs::remove_file(&self.lock);
+        }
+    }
+}
+
 /// Which messages one delivery run takes.
 #[derive(Debug, Clone, Copy)]
 pub struct Drain<'a> {
@@ -277,8 +295,7 @@ impl Outbox {
             if drain.only.is_some_and(|o| o != id) {
                 continue;
             }
-            let Some(_lock) = fsutil::try_lock(&self.dir.join("locks").join(format!("{id}.lock")))?
-            else {
+            let Some(_lock) = self.lock(&id)? else {
                 continue;
             };
             let Some((head, message, state)) = self.due(&id, account, &drain)? else {
@@ -338,6 +355,16 @@ impl Outbox {
             s.quit().await;
         }
         Ok(done)
+    }
+
+    /// The delivery lock of message `id`, unless another process holds it.
+    fn lock(&self, id: &str) -> Result<Option<EntryLock>> {
+        let lock = self.dir.join("locks").join(format!("{id}.lock"));
+        Ok(fsutil::try_lock(&lock)?.map(|file| EntryLock {
+            _file: file,
+            lock,
+            mail: self.mail(id),
+        }))
     }
 
     /// Message `id` if it is `account`'s and due now: its head, text and attempts. A message that

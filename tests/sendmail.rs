@@ -112,6 +112,10 @@ fn cron_and_cronie_deliver() {
     assert!(first.date().is_some() && first.message_id().is_some());
     assert!(parsed.iter().any(|m| m.subject() == Some("cronie")));
     assert!(queued(&env, stack).is_empty(), "nothing left in the outbox");
+    let locks = fs::read_dir(env.state_dir().join("outbox/locks"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(locks, 0, "no lock file outlives its message");
 }
 
 /// mail(1) (s-nail, which runs its MTA as `-i -- root` with no From) and PHP's `mail()` (`-t -i`,
