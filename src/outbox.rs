@@ -53,6 +53,9 @@ pub struct Attempts {
     pub last_error: Option<String>,
     /// Not before this (unix seconds).
     pub next_try: u64,
+    /// When `queue retry` queued it again: `max_age` counts from then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retried_at: Option<u64>,
 }
 
 /// Where a message is.
@@ -176,7 +179,11 @@ impl Outbox {
     /// The directory or file cannot be written.
     pub fn put(&self, head: &Head, message: &[u8], now_nanos: u128) -> Result<String> {
         fsutil::private_dir(&self.dir)?;
-        let id = format!("{now_nanos:024}-{}", std::process::id());
+        // Time, process and a counter: unique on this host even for two messages put by one
+        // process in the same nanosecond.
+        static PUT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = PUT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("{now_nanos:024}-{}-{n}", std::process::id());
         let mut bytes = serde_json::to_vec(head).context("failed to encode the outbox entry")?;
         bytes.push(b'\n');
         bytes.extend_from_slice(message);
@@ -237,16 +244,20 @@ impl Outbox {
     ///
     /// # Errors
     /// It is not in `failed/`, or the move fails.
-    pub fn retry(&self, id: &str) -> Result<()> {
+    pub fn retry(&self, id: &str, now: u64) -> Result<()> {
         check_id(id)?;
         let from = self.failed_mail(id);
         if !from.exists() {
             bail!("no failed message {id} (see `mailpilot queue list`)");
         }
+        let fresh = Attempts {
+            retried_at: Some(now),
+            ..Attempts::default()
+        };
+        fsutil::write_atomic(&self.state(id), &serde_json::to_vec(&fresh)?)?;
         fs::rename(&from, self.mail(id))
             .with_context(|| format!("failed to move {} back", from.display()))?;
         let _ = fs::remove_file(self.dir.join("failed").join(format!("{id}.reason.json")));
-        let _ = fs::remove_file(self.state(id));
         sync_dir(&self.dir)
     }
 
@@ -401,7 +412,11 @@ impl Outbox {
                 return Ok(None);
             }
         };
-        if drain.now.saturating_sub(head.queued_at) > drain.max_age {
+        let since = state
+            .retried_at
+            .unwrap_or(head.queued_at)
+            .max(head.queued_at);
+        if drain.now.saturating_sub(since) > drain.max_age {
             let last = state.last_error.clone().unwrap_or_else(|| "none".into());
             let reason = format!(
                 "not delivered within {} (last error: {last})",
@@ -432,6 +447,7 @@ impl Outbox {
             attempts: state.attempts + 1,
             last_error: Some(reason.to_string()),
             next_try: 0,
+            retried_at: None,
         };
         fsutil::write_atomic(
             &failed.join(format!("{id}.reason.json")),
@@ -514,4 +530,55 @@ pub fn accounts_with_mail(outbox: &Outbox) -> Result<BTreeMap<String, usize>> {
         }
     }
     Ok(counts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head() -> Head {
+        Head {
+            version: 1,
+            account: "work".into(),
+            to: vec!["a@example.com".into()],
+            queued_at: 100,
+        }
+    }
+
+    /// Two puts in the same nanosecond get two ids; list shows them oldest first with their
+    /// sizes; drop removes one; ids that could name a path are refused.
+    #[test]
+    fn put_list_drop() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let outbox = Outbox::new(dir.path());
+        let a = outbox
+            .put(&head(), b"Subject: a\r\n\r\nx\r\n", 7)
+            .expect("put");
+        let b = outbox
+            .put(&head(), b"Subject: b\r\n\r\nyy\r\n", 7)
+            .expect("put");
+        assert_ne!(a, b);
+        let listed = outbox.list().expect("list");
+        assert_eq!(
+            listed
+                .iter()
+                .map(|q| (q.id.as_str(), q.size))
+                .collect::<Vec<_>>(),
+            [(a.as_str(), 17), (b.as_str(), 18)]
+        );
+        assert_eq!(
+            outbox.load(&b).expect("load").1,
+            b"Subject: b\r\n\r\nyy\r\n"
+        );
+        outbox.drop_message(&a).expect("drop");
+        assert_eq!(outbox.list().expect("list").len(), 1);
+        for bad in ["../x", "", "a.mail", "1/2"] {
+            assert!(outbox.load(bad).is_err(), "{bad:?}");
+            assert!(outbox.drop_message(bad).is_err(), "{bad:?}");
+        }
+        assert!(
+            outbox.retry(&b, 200).is_err(),
+            "only failed messages are retried"
+        );
+    }
 }

@@ -55,7 +55,7 @@ impl QueueCommand {
                 Ok(Exit::Success)
             }
             QueueCommand::Retry { id } => {
-                outbox.retry(&id)?;
+                outbox.retry(&id, ctx.clock.now())?;
                 ctx.out.info(&format!("message {id} is queued again"));
                 Ok(Exit::Success)
             }
