@@ -17,7 +17,13 @@ pub struct Env {
     pub xdg_state_home: Option<OsString>,
     /// `$MAILPILOT_CONFIG`.
     pub mailpilot_config: Option<OsString>,
+    /// The system-wide config, used when the user has none ([`SYSTEM_CONFIG`]).
+    pub system_config: Option<PathBuf>,
 }
+
+/// The system-wide configuration: what every user's `sendmail` (and the service user) reads when
+/// they have no config of their own.
+pub const SYSTEM_CONFIG: &str = "/etc/mailpilot/config.toml";
 
 impl Env {
     /// Reads the variables from this process (empty values count as unset, as XDG says).
@@ -28,21 +34,29 @@ impl Env {
             xdg_config_home: var("XDG_CONFIG_HOME"),
             xdg_state_home: var("XDG_STATE_HOME"),
             mailpilot_config: var("MAILPILOT_CONFIG"),
+            system_config: Some(PathBuf::from(SYSTEM_CONFIG)),
         }
     }
 
     /// The config file: `--config`, else `$MAILPILOT_CONFIG`, else
-    /// `$XDG_CONFIG_HOME/mailpilot/config.toml` (default `~/.config`).
+    /// `$XDG_CONFIG_HOME/mailpilot/config.toml` (default `~/.config`) if it exists, else
+    /// [`SYSTEM_CONFIG`] if that exists (else the user's path, to report as missing).
     ///
     /// # Errors
-    /// Neither an XDG variable nor `$HOME` is set.
+    /// Neither an XDG variable nor `$HOME` is set, and there is no system config.
     pub fn config_path(&self, flag: Option<PathBuf>) -> Result<PathBuf> {
         if let Some(path) = flag.or_else(|| self.mailpilot_config.clone().map(PathBuf::from)) {
             return Ok(path);
         }
-        Ok(self
-            .xdg_dir(&self.xdg_config_home, ".config", "XDG_CONFIG_HOME")?
-            .join("mailpilot/config.toml"))
+        let system = self.system_config.clone().filter(|p| p.is_file());
+        let user = match self.xdg_dir(&self.xdg_config_home, ".config", "XDG_CONFIG_HOME") {
+            Ok(dir) => dir.join("mailpilot/config.toml"),
+            Err(e) => return system.ok_or(e),
+        };
+        Ok(match system {
+            Some(system) if !user.exists() => system,
+            _ => user,
+        })
     }
 
     /// The state directory: `$XDG_STATE_HOME/mailpilot` (default `~/.local/state`).
@@ -97,5 +111,32 @@ mod tests {
             env.state_dir().expect("state"),
             PathBuf::from("/home/u/.local/state/mailpilot")
         );
+    }
+
+    /// The system config serves a user without a config of their own (or without a home), and
+    /// never hides one the user has.
+    #[test]
+    fn system_config_fallback() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let system = dir.path().join("system.toml");
+        let home = dir.path().join("home");
+        let mut env = Env {
+            home: Some(home.clone().into()),
+            system_config: Some(system.clone()),
+            ..Env::default()
+        };
+        let user = home.join(".config/mailpilot/config.toml");
+        assert_eq!(env.config_path(None).expect("path"), user, "no system file");
+        std::fs::write(&system, "").expect("system config");
+        assert_eq!(env.config_path(None).expect("path"), system);
+        std::fs::create_dir_all(user.parent().expect("dir")).expect("mkdir");
+        std::fs::write(&user, "").expect("user config");
+        assert_eq!(
+            env.config_path(None).expect("path"),
+            user,
+            "the user's own wins"
+        );
+        env.home = None;
+        assert_eq!(env.config_path(None).expect("path"), system, "no home");
     }
 }

@@ -249,7 +249,7 @@ fn sendmail_table() {
             "{BASE}[sendmail]\naccount = \"wrok\"\nrewrite_from = \"alway\"\nmax_age = \"1s\"\nalias = 1\n[sendmail.aliases]\nroot = \"root\"\n"
         ),
         &[
-            "sendmail.alias: unknown key (expected one of: account, aliases, rewrite_from, max_age, warn_after)",
+            "sendmail.alias: unknown key (expected one of: account, aliases, rewrite_from, max_age, warn_after, drop_dir)",
             "sendmail.account: no account named \"wrok\" (accounts: work)",
             "sendmail.aliases.root: \"root\" is not a mail address (user@example.com)",
             "sendmail.rewrite_from: unknown value \"alway\" (expected one of \"auto\", \"always\", \"never\"; did you mean \"always\"?)",

@@ -37,6 +37,31 @@ fn server_back(env: &TestEnv, closed: u16, real: u16) {
     env.write_config(&text.replace(&format!("port = {closed}"), &format!("port = {real}")));
 }
 
+/// Starts `mailpilot ARGS` (the daemon) in `env`.
+fn start_daemon(env: &TestEnv, stack: &MailStack, args: &[&str]) -> std::process::Child {
+    env.cmd(args)
+        .env("MP_TEST_SECRET", stack.oauth.client_secret())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn the daemon")
+}
+
+/// SIGTERM; the daemon must stop with 0.
+fn stop_daemon(daemon: std::process::Child) {
+    std::process::Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .expect("kill");
+    let out = daemon.wait_with_output().expect("wait");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn sendmail(env: &TestEnv, stack: &MailStack, args: &[&str], message: &str) -> Run {
     let mut all = vec!["sendmail"];
     all.extend_from_slice(args);
@@ -211,7 +236,6 @@ fn outage_queues_then_flush_delivers_once() {
 /// handed to sendmail while the daemon runs goes out too. `status` reports the waiting message.
 #[test]
 fn daemon_drains_the_outbox() {
-    use std::process::{Command, Stdio};
     let stack = MailStack::get();
     let closed = closed_port();
     let (env, _user, rcpt) = setup(stack, "smdaemon", closed);
@@ -224,13 +248,7 @@ fn daemon_drains_the_outbox() {
     let doc: serde_json::Value = serde_json::from_str(&status.stdout).expect("status JSON");
     assert_eq!(doc["outbox"]["queued"], 1, "{}", status.stdout);
     server_back(&env, closed, stack.ports.postfix_submission);
-    let daemon = env
-        .cmd(&["daemon"])
-        .env("MP_TEST_SECRET", stack.oauth.client_secret())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn daemon");
+    let daemon = start_daemon(&env, stack, &["daemon"]);
     stack.wait_delivered(&rcpt, 1);
     sendmail(
         &env,
@@ -241,17 +259,7 @@ fn daemon_drains_the_outbox() {
     .expect_code(0);
     stack.wait_delivered(&rcpt, 2);
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
-        .status()
-        .expect("kill");
-    let out = daemon.wait_with_output().expect("wait");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    stop_daemon(daemon);
     assert_eq!(stack.delivered(&rcpt).len(), 2, "each once");
     assert!(queued(&env, stack).is_empty());
 }
@@ -374,4 +382,121 @@ fn killed_sendmail_loses_nothing() {
         );
     }
     assert!(queued(&env, stack).is_empty());
+}
+
+/// Two other Unix users' `sendmail` leave their messages in the service user's drop directory
+/// (sticky, writable, not listable by them); the service user's daemon moves them into its outbox
+/// and delivers both. The users never read the service user's tokens.
+#[test]
+fn other_users_drop_for_the_daemon() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::process::{Command, Stdio};
+    let stack = MailStack::get();
+    let (env, _user, rcpt) = setup(stack, "smdrop", stack.ports.postfix_submission);
+    let shared = tempfile::Builder::new()
+        .prefix("mailpilot-drop-test")
+        .tempdir_in("/tmp")
+        .expect("shared dir");
+    let mode = |path: &std::path::Path, m: u32| {
+        fs::set_permissions(path, fs::Permissions::from_mode(m)).expect("chmod")
+    };
+    mode(shared.path(), 0o755);
+    let drop_dir = shared.path().join("drop");
+    fs::create_dir(&drop_dir).expect("drop dir");
+    mode(&drop_dir, 0o1733);
+    let config = shared.path().join("config.toml");
+    let mut text = fs::read_to_string(env.config_path()).expect("config");
+    text = text.replace(
+        "[sendmail.aliases]",
+        &format!(
+            "[sendmail]\ndrop_dir = \"{}\"\n\n[sendmail.aliases]",
+            drop_dir.display()
+        ),
+    );
+    fs::write(&config, text).expect("write config");
+    mode(&config, 0o644);
+    let binary = shared.path().join("mailpilot");
+    fs::copy(env!("CARGO_BIN_EXE_mailpilot"), &binary).expect("copy binary");
+    mode(&binary, 0o755);
+    for user in ["mpdrop1", "mpdrop2"] {
+        // Exit 9: the user exists from an earlier run.
+        let made = Command::new("useradd")
+            .args([
+                "--system",
+                "--no-create-home",
+                "--shell",
+                "/usr/sbin/nologin",
+                user,
+            ])
+            .status()
+            .expect("useradd (passwd package)");
+        assert!(
+            made.success() || made.code() == Some(9),
+            "useradd {user}: {made}"
+        );
+        let as_user = |program: &std::path::Path, args: &[&str]| {
+            let mut cmd = Command::new("setpriv");
+            cmd.args([
+                &format!("--reuid={user}"),
+                &format!("--regid={user}"),
+                "--clear-groups",
+                "--",
+            ])
+            .arg(program)
+            .args(args)
+            .env_clear()
+            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+            .env("HOME", shared.path())
+            .env("MAILPILOT_CONFIG", &config);
+            cmd
+        };
+        let mut child = as_user(&binary, &["sendmail", "root"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("setpriv");
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(format!("Subject: from {user}\n\ndropped\n").as_bytes())
+            .expect("write");
+        let out = child.wait_with_output().expect("sendmail");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{user}: {stderr}");
+        assert!(stderr.contains("left for the mailpilot daemon"), "{stderr}");
+        let listing = as_user(
+            std::path::Path::new("/bin/ls"),
+            &[drop_dir.to_str().expect("utf8")],
+        )
+        .output()
+        .expect("ls");
+        assert!(
+            !listing.status.success(),
+            "{user} cannot list the drop directory"
+        );
+    }
+    let daemon = start_daemon(
+        &env,
+        stack,
+        &["--config", config.to_str().expect("utf8"), "daemon"],
+    );
+    let delivered = stack.wait_delivered(&rcpt, 2);
+    stop_daemon(daemon);
+    let subjects: Vec<String> = delivered
+        .iter()
+        .filter_map(|raw| {
+            MessageParser::default()
+                .parse(raw)?
+                .subject()
+                .map(str::to_string)
+        })
+        .collect();
+    for user in ["mpdrop1", "mpdrop2"] {
+        assert!(subjects.contains(&format!("from {user}")), "{subjects:?}");
+    }
+    let left = fs::read_dir(&drop_dir).expect("drop dir").count();
+    assert_eq!(left, 0, "every dropped message moved to the outbox");
 }

@@ -164,11 +164,49 @@ impl Daemon<'_> {
             return;
         };
         let outbox = crate::outbox::Outbox::new(&state_dir);
+        self.pick_up(&outbox);
         let force = !std::mem::replace(&mut self.outbox_checked, true);
         if let Err(e) = super::queue::drain(self.ctx, &self.config, &outbox, force).await {
             self.ctx
                 .out
                 .warn(&format!("outbox: {}", error_text(e.as_ref())));
+        }
+    }
+
+    /// Moves what other users' `sendmail` left in the drop directory into the outbox, when this
+    /// daemon's user owns that directory.
+    fn pick_up(&self, outbox: &crate::outbox::Outbox) {
+        let Some(dir) = &self.config.sendmail.drop_dir else {
+            return;
+        };
+        let drop = crate::outbox::MailDrop::new(dir);
+        if !dir.is_dir() || drop.is_for_this_user() {
+            return;
+        }
+        let account = match &self.config.sendmail.account {
+            Some(a) => a.clone(),
+            None => match self.config.accounts.keys().collect::<Vec<_>>().as_slice() {
+                [only] => (*only).clone(),
+                _ => return,
+            },
+        };
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        match drop.pick_up(outbox, &account, now) {
+            Ok(picked) => {
+                for (name, why) in picked.bad {
+                    self.ctx.out.warn(&format!(
+                        "{}: {name}.drop is not a message ({why}); renamed {name}.bad",
+                        dir.display()
+                    ));
+                }
+            }
+            Err(e) => self
+                .ctx
+                .out
+                .warn(&format!("drop directory: {}", error_text(e.as_ref()))),
         }
     }
 

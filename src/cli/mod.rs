@@ -35,7 +35,8 @@ Exit status:
   77  the account needs authorization: run the `mailpilot auth ...` command printed in the hint
 
 Files:
-  config  --config, else $MAILPILOT_CONFIG, else $XDG_CONFIG_HOME/mailpilot/config.toml
+  config  --config, else $MAILPILOT_CONFIG, else $XDG_CONFIG_HOME/mailpilot/config.toml,
+          else /etc/mailpilot/config.toml
   state   $XDG_STATE_HOME/mailpilot/ (default ~/.local/state/mailpilot/): tokens/ (mode 0700)";
 
 /// Send and read mail from unattended jobs over SMTP and IMAP with OAuth2 (Gmail, Microsoft 365,

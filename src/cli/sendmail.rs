@@ -14,7 +14,7 @@ use crate::compose::submission::{self, Submission};
 use crate::error::UsageError;
 use crate::exit::{classify, Exit};
 use crate::oauth::TokenSource;
-use crate::outbox::{Drain, Head, Outbox, MAX_MESSAGE_BYTES};
+use crate::outbox::{Drain, Head, MailDrop, Outbox, MAX_MESSAGE_BYTES};
 
 /// Reads a message on stdin like /usr/sbin/sendmail and sends it through the `[sendmail]` account,
 /// queueing it when it cannot go now. Takes the options cron, mail(1), PHP and others pass (-t, -f,
@@ -76,6 +76,19 @@ impl Args {
             to: recipients,
             queued_at: now.as_secs(),
         };
+        if let Some(drop) = config
+            .sendmail
+            .drop_dir
+            .as_deref()
+            .map(MailDrop::new)
+            .filter(MailDrop::is_for_this_user)
+        {
+            let name = drop.leave(&head, &message)?;
+            ctx.out.info(&format!(
+                "left for the mailpilot daemon as {name} (the service user's outbox delivers it)"
+            ));
+            return Ok(Exit::Success);
+        }
         let outbox = Outbox::new(&ctx.state_dir()?);
         let id = outbox.put(&head, &message, now.as_nanos())?;
         tracing::info!(id = %id, "queued");

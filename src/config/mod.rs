@@ -53,6 +53,9 @@ pub struct Sendmail {
     pub max_age: Duration,
     /// `status` fails when a message has waited longer than this (default 1 hour).
     pub warn_after: Duration,
+    /// A directory other local users' `sendmail` drops messages into (sticky, writable but not
+    /// readable by them), picked up by the daemon of the user who owns it.
+    pub drop_dir: Option<PathBuf>,
 }
 
 impl Default for Sendmail {
@@ -63,6 +66,7 @@ impl Default for Sendmail {
             rewrite_from: RewriteFrom::default(),
             max_age: Duration::from_secs(5 * 86_400),
             warn_after: Duration::from_secs(3600),
+            drop_dir: None,
         }
     }
 }

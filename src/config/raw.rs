@@ -94,6 +94,8 @@ pub struct RawSendmail {
     pub max_age: Option<String>,
     /// `status` fails when a message waited longer (`1h`).
     pub warn_after: Option<String>,
+    /// The drop directory for other local users (absolute).
+    pub drop_dir: Option<PathBuf>,
 }
 
 /// The scheduling keys of `[jobs.NAME]` as written. Every other key of the table is a long option

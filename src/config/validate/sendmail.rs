@@ -65,11 +65,21 @@ pub(super) fn sendmail(
         "sendmail.warn_after",
         problems,
     );
+    if let Some(dir) = raw.drop_dir.as_ref().filter(|d| !d.is_absolute()) {
+        problems.push(
+            "sendmail.drop_dir",
+            format!(
+                "\"{}\" must be an absolute path (every user's sendmail reads it)",
+                dir.display()
+            ),
+        );
+    }
     Sendmail {
         account: raw.account,
         aliases,
         rewrite_from,
         max_age,
         warn_after,
+        drop_dir: raw.drop_dir,
     }
 }

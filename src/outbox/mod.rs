@@ -11,6 +11,8 @@
 //! A crash between the server's 250 and the removal of `ID.mail` sends that one message again, with
 //! the same Message-ID.
 
+mod maildrop;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -30,6 +32,8 @@ pub const MAX_MESSAGE_BYTES: u64 = 64 * 1024 * 1024;
 const FIRST_BACKOFF: u64 = 60;
 /// Longest wait between attempts.
 const MAX_BACKOFF: u64 = 3600;
+
+pub use maildrop::{MailDrop, PickedUp};
 
 /// Who a queued message goes to, through which account (the first line of `ID.mail`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
