@@ -231,6 +231,40 @@ fn outage_queues_then_flush_delivers_once() {
     assert!(queued(&env, stack).is_empty());
 }
 
+/// With the token endpoint down (the cached token has expired, the refresh cannot reach it),
+/// sendmail exits 0 and keeps the message; once the endpoint is back, `queue flush` refreshes and
+/// delivers it once, and the grant is intact.
+#[test]
+fn token_endpoint_down_queues() {
+    let stack = MailStack::get();
+    let (env, _user, rcpt) = setup(stack, "smtoken", stack.ports.postfix_submission);
+    let token_file = env.token_file("work");
+    let mut token = env.token_json("work");
+    token["expires_at"] = serde_json::json!(1);
+    fs::write(
+        &token_file,
+        serde_json::to_vec_pretty(&token).expect("json"),
+    )
+    .expect("expire");
+    let real = stack.oauth.token_url();
+    let down = format!("http://127.0.0.1:{}/token", closed_port());
+    let text = fs::read_to_string(env.config_path()).expect("config");
+    env.write_config(&text.replace(&real, &down));
+    let run = sendmail(&env, stack, &["root"], "Subject: no token yet\n\nkept\n");
+    run.expect_code(0);
+    assert!(run.stderr.contains("not sent yet"), "{}", run.stderr);
+    assert_eq!(queued(&env, stack).len(), 1);
+    let text = fs::read_to_string(env.config_path()).expect("config");
+    env.write_config(&text.replace(&down, &real));
+    queue(&env, stack, &["flush"]).expect_code(0);
+    assert_eq!(stack.wait_delivered(&rcpt, 1).len(), 1);
+    assert!(queued(&env, stack).is_empty());
+    assert!(
+        env.token_json("work")["expires_at"].as_u64().unwrap_or(0) > 1,
+        "refreshed"
+    );
+}
+
 /// A message queued while the server is unreachable is delivered by a running daemon once the
 /// server is back (the daemon tries the whole outbox when it starts), exactly once; a message
 /// handed to sendmail while the daemon runs goes out too. `status` reports the waiting message.
