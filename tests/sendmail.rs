@@ -62,6 +62,14 @@ fn stop_daemon(daemon: std::process::Child) {
     );
 }
 
+/// Makes the cached access token expired, so the next send must refresh.
+fn expire_token(env: &TestEnv) {
+    let mut token = env.token_json("work");
+    token["expires_at"] = serde_json::json!(1);
+    let bytes = serde_json::to_vec_pretty(&token).expect("json");
+    fs::write(env.token_file("work"), bytes).expect("expire the token");
+}
+
 fn sendmail(env: &TestEnv, stack: &MailStack, args: &[&str], message: &str) -> Run {
     let mut all = vec!["sendmail"];
     all.extend_from_slice(args);
@@ -209,7 +217,7 @@ fn mail_and_php_deliver() {
 fn outage_queues_then_flush_delivers_once() {
     let stack = MailStack::get();
     let closed = closed_port();
-    let (env, _user, rcpt) = setup(stack, "smdown", closed);
+    let (env, user, rcpt) = setup(stack, "smdown", closed);
     let run = sendmail(&env, stack, &["root"], "Subject: while down\n\nqueued\n");
     run.expect_code(0);
     assert!(run.stderr.contains("not sent yet"), "{}", run.stderr);
@@ -222,6 +230,7 @@ fn outage_queues_then_flush_delivers_once() {
     assert_eq!(waiting.len(), 1);
     assert_eq!(waiting[0]["status"], "queued");
     assert_eq!(waiting[0]["attempts"], 1);
+    assert_eq!(waiting[0]["from"], user.as_str());
     server_back(&env, closed, stack.ports.postfix_submission);
     queue(&env, stack, &["flush"]).expect_code(0);
     queue(&env, stack, &["flush"]).expect_code(0);
@@ -238,14 +247,7 @@ fn outage_queues_then_flush_delivers_once() {
 fn token_endpoint_down_queues() {
     let stack = MailStack::get();
     let (env, _user, rcpt) = setup(stack, "smtoken", stack.ports.postfix_submission);
-    let token_file = env.token_file("work");
-    let mut token = env.token_json("work");
-    token["expires_at"] = serde_json::json!(1);
-    fs::write(
-        &token_file,
-        serde_json::to_vec_pretty(&token).expect("json"),
-    )
-    .expect("expire");
+    expire_token(&env);
     let real = stack.oauth.token_url();
     let down = format!("http://127.0.0.1:{}/token", closed_port());
     let text = fs::read_to_string(env.config_path()).expect("config");
@@ -263,6 +265,33 @@ fn token_endpoint_down_queues() {
         env.token_json("work")["expires_at"].as_u64().unwrap_or(0) > 1,
         "refreshed"
     );
+}
+
+/// A revoked grant (exit 77 for other commands) keeps the message queued and sendmail says which
+/// login fixes it; after the person signs in again, `queue flush` delivers it.
+#[test]
+fn revoked_grant_keeps_the_message() {
+    let stack = MailStack::get();
+    let (env, user, rcpt) = setup(stack, "smrevoked", stack.ports.postfix_submission);
+    expire_token(&env);
+    stack.oauth.revoke_user(&user);
+    let run = sendmail(
+        &env,
+        stack,
+        &["root"],
+        "Subject: after revocation\n\nkept\n",
+    );
+    run.expect_code(0);
+    assert!(
+        run.stderr.contains("mailpilot auth login work"),
+        "{}",
+        run.stderr
+    );
+    assert_eq!(queued(&env, stack).len(), 1);
+    queue(&env, stack, &["flush"]).expect_code(77);
+    env.import_for(&stack.oauth, &user);
+    queue(&env, stack, &["flush"]).expect_code(0);
+    assert_eq!(stack.wait_delivered(&rcpt, 1).len(), 1);
 }
 
 /// A message queued while the server is unreachable is delivered by a running daemon once the

@@ -93,9 +93,10 @@ fn list(ctx: &Ctx, outbox: &Outbox) -> Result<Exit> {
             .map(|e| format!("  last error: {e}"))
             .unwrap_or_default();
         ctx.out.data(&format!(
-            "{}  {status}  age {age}  account {}  to {}  attempts {}{error}",
+            "{}  {status}  age {age}  account {}  from {}  to {}  attempts {}{error}",
             q.id,
             q.head.account,
+            q.head.from,
             q.head.to.join(", "),
             q.attempts.attempts
         ))?;

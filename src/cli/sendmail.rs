@@ -67,12 +67,14 @@ impl Args {
             unique,
         };
         let Submission {
+            from,
             recipients,
             message,
         } = submission::prepare(&raw, &args, &sub_ctx)?;
         let head = Head {
             version: 1,
             account: account.name.clone(),
+            from,
             to: recipients,
             queued_at: now.as_secs(),
         };

@@ -117,6 +117,8 @@ fn option(parsed: &mut SendmailArgs, letter: char, value: String) -> Result<(), 
 /// A message ready for the outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Submission {
+    /// The From address the message carries (the account's when it was rewritten).
+    pub from: String,
     /// Envelope recipients, mapped and de-duplicated.
     pub recipients: Vec<String>,
     /// The message with its header changes.
@@ -206,7 +208,12 @@ pub fn prepare(
     }
     out.extend_from_slice(eol);
     out.extend_from_slice(body);
+    let from = match from {
+        Some(f) if !rewrite => address_of(&f.value()).to_string(),
+        _ => ctx.account_from.to_string(),
+    };
     Ok(Submission {
+        from,
         recipients,
         message: out,
     })
@@ -381,13 +388,17 @@ fn map_local(recipient: &str, settings: &Sendmail) -> Result<String, UsageError>
         })
 }
 
-/// Whether a From value names a local sender: no address, or a domain without a dot.
-fn is_local(from: &str) -> bool {
-    let address = match (from.rfind('<'), from.rfind('>')) {
+/// The address in a From value: inside `<…>`, else its first word.
+fn address_of(from: &str) -> &str {
+    match (from.rfind('<'), from.rfind('>')) {
         (Some(a), Some(b)) if a < b => &from[a + 1..b],
         _ => from.split_whitespace().next().unwrap_or(""),
-    };
-    match address.rsplit_once('@') {
+    }
+}
+
+/// Whether a From value names a local sender: no address, or a domain without a dot.
+fn is_local(from: &str) -> bool {
+    match address_of(from).rsplit_once('@') {
         Some((_, domain)) => !domain.contains('.'),
         None => true,
     }
@@ -453,6 +464,7 @@ mod tests {
         )
         .expect("prepare");
         assert_eq!(s.recipients, ["admin@example.com"]);
+        assert_eq!(s.from, "ops@example.com");
         let text = String::from_utf8(s.message).expect("utf8");
         assert_eq!(
             text,
@@ -470,6 +482,7 @@ mod tests {
             s.recipients,
             ["a@example.com", "b@example.com", "hidden@example.com"]
         );
+        assert_eq!(s.from, "app@example.com");
         let text = String::from_utf8(s.message).expect("utf8");
         assert!(!text.contains("hidden"), "{text}");
         assert!(text.starts_with("From: App <app@example.com>\r\nTo: A <a@example.com>,\r\n b@example.com\r\nDate: x"), "{text}");

@@ -42,6 +42,9 @@ pub struct Head {
     pub version: u32,
     /// The account that sends it.
     pub account: String,
+    /// The message's From address.
+    #[serde(default)]
+    pub from: String,
     /// Envelope recipients.
     pub to: Vec<String>,
     /// When it was queued (unix seconds).
@@ -544,6 +547,7 @@ mod tests {
         Head {
             version: 1,
             account: "work".into(),
+            from: "ops@example.com".into(),
             to: vec!["a@example.com".into()],
             queued_at: 100,
         }
