@@ -563,3 +563,30 @@ fn other_users_drop_for_the_daemon() {
     let left = fs::read_dir(&drop_dir).expect("drop dir").count();
     assert_eq!(left, 0, "every dropped message moved to the outbox");
 }
+
+/// A message for a local name without an alias cannot be sent, but is not lost: exit 2 with the
+/// line to add, and the message kept in failed/ for `queue show`.
+#[test]
+fn unroutable_message_is_kept() {
+    let stack = MailStack::get();
+    let (env, _user, _rcpt) = setup(stack, "smnoalias", stack.ports.postfix_submission);
+    let run = sendmail(
+        &env,
+        stack,
+        &["www-data"],
+        "Subject: to nobody known\n\nkeep me\n",
+    );
+    run.expect_code(2);
+    assert!(run.stderr.contains("[sendmail.aliases]"), "{}", run.stderr);
+    assert!(
+        run.stderr.contains("the message is kept as"),
+        "{}",
+        run.stderr
+    );
+    let kept = queued(&env, stack);
+    assert_eq!(kept.len(), 1);
+    assert_eq!(kept[0]["status"], "failed");
+    let id = kept[0]["id"].as_str().expect("id");
+    let shown = queue(&env, stack, &["show", id]);
+    assert!(shown.stdout.contains("keep me"), "{}", shown.stdout);
+}

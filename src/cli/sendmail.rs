@@ -70,7 +70,10 @@ impl Args {
             from,
             recipients,
             message,
-        } = submission::prepare(&raw, &args, &sub_ctx)?;
+        } = match submission::prepare(&raw, &args, &sub_ctx) {
+            Ok(s) => s,
+            Err(e) => return keep_unsendable(ctx, account, &raw, e, now),
+        };
         let head = Head {
             version: 1,
             account: account.name.clone(),
@@ -104,6 +107,38 @@ impl Args {
         };
         let done = outbox.deliver(account, &tokens, drain).await?;
         report(ctx, &outbox, account, &id, &done)
+    }
+}
+
+/// A message that cannot be sent as given (no recipient, a local name without an alias) is kept
+/// in `outbox/failed/` — cron cannot hand it over twice — and the problem reported (exit 2).
+fn keep_unsendable(
+    ctx: &Ctx,
+    account: &crate::config::Account,
+    raw: &[u8],
+    problem: UsageError,
+    now: std::time::Duration,
+) -> Result<Exit> {
+    let head = Head {
+        version: 1,
+        account: account.name.clone(),
+        from: String::new(),
+        to: Vec::new(),
+        queued_at: now.as_secs(),
+    };
+    let kept = ctx
+        .state_dir()
+        .and_then(|dir| Outbox::new(&dir).put_failed(&head, raw, &problem.0, now.as_nanos()));
+    match kept {
+        Ok(id) => Err(UsageError(format!(
+            "{}; the message is kept as {id} (`mailpilot queue show {id}`)",
+            problem.0
+        ))
+        .into()),
+        Err(e) => Err(anyhow::Error::new(problem).context(format!(
+            "the message could not be kept either: {}",
+            crate::error::error_text(e.as_ref())
+        ))),
     }
 }
 

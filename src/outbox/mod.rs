@@ -199,6 +199,23 @@ impl Outbox {
         Ok(id)
     }
 
+    /// Keeps a message that cannot be sent as it is (no recipient, a local name without an alias)
+    /// in `failed/` with `reason`, so nothing handed over is lost: `queue show ID` gives it back.
+    ///
+    /// # Errors
+    /// As [`Outbox::put`].
+    pub fn put_failed(
+        &self,
+        head: &Head,
+        message: &[u8],
+        reason: &str,
+        now_nanos: u128,
+    ) -> Result<String> {
+        let id = self.put(head, message, now_nanos)?;
+        self.fail(&id, &Attempts::default(), reason)?;
+        Ok(id)
+    }
+
     /// Every message, queued first then failed, oldest first.
     ///
     /// # Errors
