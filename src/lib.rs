@@ -25,7 +25,8 @@
 //!    - [`net`]: TCP (timeouts, `TCP_NODELAY`, `TCP_QUICKACK`) and TLS (rustls with ring, `ca_file`);
 //!      no protocol.
 //!    - [`compose`]: drafts → RFC 5322 messages (lettre); templates; merge data; validates
-//!      addresses and header values.
+//!      addresses and header values; `compose::submission` makes what a `sendmail` caller hands
+//!      over sendable.
 //!    - [`journal`]: the append-only send journal of a mail merge; never talks to the network.
 //!    - [`schedule`]: job timing (cron, intervals), job locks and last outcomes, on_failure hooks,
 //!      crontab/systemd text; never runs a job's command itself.
