@@ -190,11 +190,7 @@ impl Daemon<'_> {
                 _ => return,
             },
         };
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        match drop.pick_up(outbox, &account, now) {
+        match drop.pick_up(outbox, &account) {
             Ok(picked) => {
                 for (name, why) in picked.bad {
                     self.ctx.out.warn(&format!(

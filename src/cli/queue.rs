@@ -109,11 +109,7 @@ fn list(ctx: &Ctx, outbox: &Outbox) -> Result<Exit> {
 
 async fn flush(ctx: &Ctx, outbox: &Outbox) -> Result<Exit> {
     let config = ctx.config()?;
-    let worst = drain(ctx, &config, outbox, true).await?;
-    if crate::outbox::accounts_with_mail(outbox)?.is_empty() {
-        ctx.out.info("the outbox is empty");
-    }
-    Ok(worst)
+    drain(ctx, &config, outbox, true).await
 }
 
 /// Delivers what is queued, account by account (one session each): everything with `force`
@@ -130,13 +126,23 @@ pub async fn drain(
 ) -> Result<Exit> {
     let store = ctx.store()?;
     let mut worst = Exit::Success;
-    for (name, waiting) in crate::outbox::accounts_with_mail(outbox)? {
+    let plan = Drain {
+        now: ctx.clock.now(),
+        force,
+        max_age: config.sendmail.max_age.as_secs(),
+    };
+    let due = outbox.due_by_account(plan)?;
+    if force && due.is_empty() {
+        ctx.out.info("nothing is queued");
+    }
+    for (name, ids) in due {
         let account = match config.account(&name) {
             Ok(a) => a,
             Err(_) if !force => continue,
             Err(e) => {
                 ctx.out.warn(&format!(
-                    "{waiting} queued message(s) for account \"{name}\", which is not configured: {}",
+                    "{} queued message(s) for account \"{name}\", which is not configured: {}",
+                    ids.len(),
                     crate::error::error_text(e.as_ref())
                 ));
                 worst = Exit::worst(worst, Exit::Failure);
@@ -144,13 +150,7 @@ pub async fn drain(
             }
         };
         let tokens = TokenSource::new(account, &store, ctx.clock.as_ref());
-        let plan = Drain {
-            now: ctx.clock.now(),
-            force,
-            only: None,
-            max_age: config.sendmail.max_age.as_secs(),
-        };
-        let done = outbox.deliver(account, &tokens, plan).await?;
+        let done = outbox.deliver(account, &tokens, &ids, plan).await?;
         if force || !done.sent.is_empty() || !done.failed.is_empty() || !done.deferred.is_empty() {
             ctx.out.info(&format!(
                 "outbox, account \"{name}\": {} sent, {} failed, {} still queued",

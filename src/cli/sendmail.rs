@@ -51,18 +51,11 @@ impl Args {
         let now = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
-        let from = account
-            .from
-            .clone()
-            .unwrap_or_else(|| account.email.clone());
-        let from_address = match (from.rfind('<'), from.rfind('>')) {
-            (Some(a), Some(b)) if a < b => from[a + 1..b].to_string(),
-            _ => from.clone(),
-        };
+        let from = account.from.as_deref().unwrap_or(&account.email);
         let unique = format!("{}.{}.mailpilot", now.as_nanos(), std::process::id());
         let sub_ctx = submission::Context {
             settings: &config.sendmail,
-            account_from: &from_address,
+            account_from: submission::address_of(from),
             date: chrono::Local::now().to_rfc2822(),
             unique,
         };
@@ -95,17 +88,18 @@ impl Args {
             return Ok(Exit::Success);
         }
         let outbox = Outbox::new(&ctx.state_dir()?);
-        let id = outbox.put(&head, &message, now.as_nanos())?;
+        let id = outbox.put(&head, &message)?;
         tracing::info!(id = %id, "queued");
         let store = ctx.store()?;
         let tokens = TokenSource::new(account, &store, ctx.clock.as_ref());
         let drain = Drain {
             now: ctx.clock.now(),
             force: true,
-            only: Some(&id),
             max_age: config.sendmail.max_age.as_secs(),
         };
-        let done = outbox.deliver(account, &tokens, drain).await?;
+        let done = outbox
+            .deliver(account, &tokens, std::slice::from_ref(&id), drain)
+            .await?;
         report(ctx, &outbox, account, &id, &done)
     }
 }
@@ -128,7 +122,7 @@ fn keep_unsendable(
     };
     let kept = ctx
         .state_dir()
-        .and_then(|dir| Outbox::new(&dir).put_failed(&head, raw, &problem.0, now.as_nanos()));
+        .and_then(|dir| Outbox::new(&dir).put_failed(&head, raw, &problem.0));
     match kept {
         Ok(id) => Err(UsageError(format!(
             "{}; the message is kept as {id} (`mailpilot queue show {id}`)",

@@ -388,8 +388,8 @@ fn map_local(recipient: &str, settings: &Sendmail) -> Result<String, UsageError>
         })
 }
 
-/// The address in a From value: inside `<…>`, else its first word.
-fn address_of(from: &str) -> &str {
+/// The address in a From value (`Name <a@x>`, `a@x`): inside `<…>`, else its first word.
+pub fn address_of(from: &str) -> &str {
     match (from.rfind('<'), from.rfind('>')) {
         (Some(a), Some(b)) if a < b => &from[a + 1..b],
         _ => from.split_whitespace().next().unwrap_or(""),

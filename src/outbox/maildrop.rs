@@ -83,7 +83,7 @@ impl MailDrop {
     ///
     /// # Errors
     /// The directory cannot be read, or the outbox cannot be written.
-    pub fn pick_up(&self, outbox: &Outbox, account: &str, now_nanos: u128) -> Result<PickedUp> {
+    pub fn pick_up(&self, outbox: &Outbox, account: &str) -> Result<PickedUp> {
         let mut picked = PickedUp::default();
         let entries = match fs::read_dir(&self.dir) {
             Ok(e) => e,
@@ -101,7 +101,7 @@ impl MailDrop {
             match read_dropped(&path) {
                 Ok((mut head, message)) => {
                     head.account = account.to_string();
-                    picked.queued.push(outbox.put(&head, &message, now_nanos)?);
+                    picked.queued.push(outbox.put(&head, &message)?);
                     fs::remove_file(&path)
                         .with_context(|| format!("failed to remove {}", path.display()))?;
                 }

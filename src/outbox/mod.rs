@@ -123,15 +123,13 @@ impl Drop for EntryLock {
     }
 }
 
-/// Which messages one delivery run takes.
+/// Which of the given messages one delivery run takes.
 #[derive(Debug, Clone, Copy)]
-pub struct Drain<'a> {
+pub struct Drain {
     /// Now (unix seconds).
     pub now: u64,
     /// Also messages whose next try is later (`queue flush`, `sendmail` itself).
     pub force: bool,
-    /// Only this message.
-    pub only: Option<&'a str>,
     /// Messages queued longer than this (seconds) move to `failed/`.
     pub max_age: u64,
 }
@@ -184,13 +182,17 @@ impl Outbox {
     ///
     /// # Errors
     /// The directory or file cannot be written.
-    pub fn put(&self, head: &Head, message: &[u8], now_nanos: u128) -> Result<String> {
+    pub fn put(&self, head: &Head, message: &[u8]) -> Result<String> {
         fsutil::private_dir(&self.dir)?;
-        // Time, process and a counter: unique on this host even for two messages put by one
-        // process in the same nanosecond.
+        // Time (so ids sort oldest first), process and a counter: unique on this host even for
+        // two messages put by one process in the same nanosecond.
         static PUT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let n = PUT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let id = format!("{now_nanos:024}-{}-{n}", std::process::id());
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos();
+        let id = format!("{nanos:024}-{}-{n}", std::process::id());
         let mut bytes = serde_json::to_vec(head).context("failed to encode the outbox entry")?;
         bytes.push(b'\n');
         bytes.extend_from_slice(message);
@@ -204,14 +206,8 @@ impl Outbox {
     ///
     /// # Errors
     /// As [`Outbox::put`].
-    pub fn put_failed(
-        &self,
-        head: &Head,
-        message: &[u8],
-        reason: &str,
-        now_nanos: u128,
-    ) -> Result<String> {
-        let id = self.put(head, message, now_nanos)?;
+    pub fn put_failed(&self, head: &Head, message: &[u8], reason: &str) -> Result<String> {
+        let id = self.put(head, message)?;
         self.fail(&id, &Attempts::default(), reason)?;
         Ok(id)
     }
@@ -322,14 +318,13 @@ impl Outbox {
         &self,
         account: &Account,
         tokens: &TokenSource<'_, S>,
-        drain: Drain<'_>,
+        ids: &[String],
+        drain: Drain,
     ) -> Result<Delivered> {
         let mut done = Delivered::default();
         let mut session: Option<Session> = None;
-        for id in ids(&self.dir)? {
-            if drain.only.is_some_and(|o| o != id) {
-                continue;
-            }
+        for id in ids {
+            let id = id.clone();
             let Some(_lock) = self.lock(&id)? else {
                 continue;
             };
@@ -408,7 +403,7 @@ impl Outbox {
         &self,
         id: &str,
         account: &Account,
-        drain: &Drain<'_>,
+        drain: &Drain,
     ) -> Result<Option<(Head, Vec<u8>, Attempts)>> {
         let path = self.mail(id);
         if !path.exists() {
@@ -545,15 +540,21 @@ fn sync_dir(dir: &Path) -> Result<()> {
         .with_context(|| format!("failed to fsync directory {}", dir.display()))
 }
 
-/// Messages per account, for [`Outbox::deliver`] callers that drain everything.
-pub fn accounts_with_mail(outbox: &Outbox) -> Result<BTreeMap<String, usize>> {
-    let mut counts = BTreeMap::new();
-    for q in outbox.list()? {
-        if q.status == Status::Queued {
-            *counts.entry(q.head.account).or_insert(0) += 1;
+impl Outbox {
+    /// The queued messages due now (all of them with `drain.force`), by account, oldest first:
+    /// one listing for a whole drain, each message then re-read under its lock.
+    ///
+    /// # Errors
+    /// The outbox cannot be read.
+    pub fn due_by_account(&self, drain: Drain) -> Result<BTreeMap<String, Vec<String>>> {
+        let mut due: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for q in self.list()? {
+            if q.status == Status::Queued && (drain.force || q.attempts.next_try <= drain.now) {
+                due.entry(q.head.account).or_default().push(q.id);
+            }
         }
+        Ok(due)
     }
-    Ok(counts)
 }
 
 #[cfg(test)]
@@ -570,17 +571,17 @@ mod tests {
         }
     }
 
-    /// Two puts in the same nanosecond get two ids; list shows them oldest first with their
+    /// Two puts in a row get two ids; list shows them oldest first with their
     /// sizes; drop removes one; ids that could name a path are refused.
     #[test]
     fn put_list_drop() {
         let dir = tempfile::tempdir().expect("tempdir");
         let outbox = Outbox::new(dir.path());
         let a = outbox
-            .put(&head(), b"Subject: a\r\n\r\nx\r\n", 7)
+            .put(&head(), b"Subject: a\r\n\r\nx\r\n")
             .expect("put");
         let b = outbox
-            .put(&head(), b"Subject: b\r\n\r\nyy\r\n", 7)
+            .put(&head(), b"Subject: b\r\n\r\nyy\r\n")
             .expect("put");
         assert_ne!(a, b);
         let listed = outbox.list().expect("list");
