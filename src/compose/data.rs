@@ -48,28 +48,15 @@ fn kind(path: &Path) -> Kind {
 /// The largest data file read: 100,000 rows of a wide CSV are well under this.
 pub const MAX_DATA_BYTES: u64 = 512 * 1024 * 1024;
 
-/// A data file as text: a regular file (a FIFO or device is refused) of at most
-/// [`MAX_DATA_BYTES`].
-fn read_text(path: &Path) -> Result<String> {
+/// A data file as text, for [`rows`] (read once, walked row by row as often as needed): a regular
+/// file (a FIFO or device is refused) of at most [`MAX_DATA_BYTES`].
+///
+/// # Errors
+/// The file is unreadable, too large or not UTF-8.
+pub fn load_text(path: &Path) -> Result<String> {
     let bytes = crate::fsutil::read_limited(path, MAX_DATA_BYTES)
         .with_context(|| format!("failed to read data file {}", path.display()))?;
     String::from_utf8(bytes).with_context(|| format!("data file {} is not UTF-8", path.display()))
-}
-
-/// Reads all rows of `path` (by extension: `.csv`, `.jsonl`/`.ndjson`, else JSON).
-///
-/// # Errors
-/// The file is unreadable or malformed (the message names file and line).
-pub fn load(path: &Path) -> Result<Vec<Row>> {
-    parse_rows(&read_text(path)?, path)
-}
-
-/// A data file's text, for [`rows`]: read once, walked row by row as often as needed.
-///
-/// # Errors
-/// As [`load`].
-pub fn load_text(path: &Path) -> Result<String> {
-    read_text(path)
 }
 
 /// The rows in `text`, read as the kind of file `path` names (`.csv`, `.jsonl`/`.ndjson`, else
@@ -86,7 +73,7 @@ pub fn parse_rows(text: &str, path: &Path) -> Result<Vec<Row>> {
 /// # Errors
 /// The file is unreadable or not a JSON object.
 pub fn load_object(path: &Path) -> Result<Map<String, Value>> {
-    let text = read_text(path)?;
+    let text = load_text(path)?;
     match serde_json::from_str(&text)
         .with_context(|| format!("data file {} is not valid JSON", path.display()))?
     {
@@ -321,6 +308,10 @@ pub fn list(value: Option<&Value>, key: &str) -> Result<Vec<String>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn load(path: &Path) -> Result<Vec<Row>> {
+        parse_rows(&load_text(path)?, path)
+    }
 
     fn write(name: &str, text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
         let dir = tempfile::tempdir().expect("tempdir");

@@ -199,10 +199,7 @@ impl<S: TokenStore> Sender<'_, '_, S> {
 
     /// Waits for the last journal line to be on disk.
     async fn settle(&mut self) -> Result<()> {
-        match self.syncing.take() {
-            Some(s) => s.wait().await,
-            None => Ok(()),
-        }
+        wait(self.syncing.take()).await
     }
 
     /// Sends one message, retrying transient failures, and journals the outcome.
