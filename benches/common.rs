@@ -73,3 +73,13 @@ pub fn keep_for_profiling(env: &TestEnv) {
         std::thread::sleep(Duration::from_secs(secs));
     }
 }
+
+/// Which tables the command line asks for (`cargo bench --bench NAME -- TABLE…`): all when none
+/// is named.
+pub fn tables_wanted() -> impl Fn(&str) -> bool {
+    let picked: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    move |t: &str| picked.is_empty() || picked.iter().any(|p| p == t)
+}

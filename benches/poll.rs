@@ -83,11 +83,7 @@ fn main() {
         r.poll(&secret, &["--from-now"]);
     }
     // `cargo bench --bench poll -- none new huge` picks tables (all by default).
-    let picked: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let wants = |t: &str| picked.is_empty() || picked.iter().any(|p| p == t);
+    let wants = common::tables_wanted();
     if wants("none") {
         no_news(&big, &small, &secret);
     }

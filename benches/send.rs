@@ -41,12 +41,8 @@ fn main() {
         .to_string();
     let secret = stack.oauth.client_secret();
 
-    // `cargo bench --bench send -- one merge memory` picks tables (all by default).
-    let picked: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let wants = |t: &str| picked.is_empty() || picked.iter().any(|p| p == t);
+    // `cargo bench --bench send -- one merge memory sendmail` picks tables (all by default).
+    let wants = common::tables_wanted();
     if wants("one") {
         one_message(stack, &env, &secret, &token, (&user, &rcpt));
     }
@@ -250,18 +246,8 @@ fn sendmail_parallel(stack: &MailStack, secret: &str) {
     use std::process::Stdio;
     const CALLERS: usize = 8;
     const EACH: usize = 125;
-    let (user, rcpt) = (stack.user("bench-sm"), stack.user("bench-sm-rcpt"));
-    let env = TestEnv::new();
-    env.config_for_stack(
-        stack,
-        &user,
-        (stack.ports.postfix_submission, "starttls", "xoauth2"),
-        &stack.ca_file,
-    );
-    let mut text = std::fs::read_to_string(env.config_path()).expect("config");
-    text.push_str(&format!("\n[sendmail.aliases]\nroot = \"{rcpt}\"\n"));
-    env.write_config(&text);
-    env.import_for(&stack.oauth, &user);
+    let (env, _user, rcpt) =
+        TestEnv::for_sendmail(stack, "bench-sm", stack.ports.postfix_submission);
     let mut daemon = env
         .cmd(&["daemon"])
         .env("MP_TEST_SECRET", secret)

@@ -9,19 +9,6 @@ use mail_parser::MessageParser;
 use crate::support::mailstack::REJECT_DOMAIN;
 use crate::support::{MailStack, Run, TestEnv};
 
-/// An environment whose one account sends through Postfix submission, with `[sendmail]` mapping
-/// `root` to a fresh recipient; returns (env, user, recipient).
-fn setup(stack: &MailStack, test: &str, port: u16) -> (TestEnv, String, String) {
-    let (user, rcpt) = (stack.user(test), stack.user(&format!("{test}-rcpt")));
-    let env = TestEnv::new();
-    env.config_for_stack(stack, &user, (port, "starttls", "xoauth2"), &stack.ca_file);
-    let mut text = fs::read_to_string(env.config_path()).expect("config");
-    text.push_str(&format!("\n[sendmail.aliases]\nroot = \"{rcpt}\"\n"));
-    env.write_config(&text);
-    env.import_for(&stack.oauth, &user);
-    (env, user, rcpt)
-}
-
 /// A loopback port nothing listens on.
 fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
@@ -103,7 +90,7 @@ fn queued(env: &TestEnv, stack: &MailStack) -> Vec<serde_json::Value> {
 #[test]
 fn cron_and_cronie_deliver() {
     let stack = MailStack::get();
-    let (env, user, rcpt) = setup(stack, "smcron", stack.ports.postfix_submission);
+    let (env, user, rcpt) = TestEnv::for_sendmail(stack, "smcron", stack.ports.postfix_submission);
     let message = "From: root (Cron Daemon)\nTo: root\nSubject: Cron <root@vm> run-parts /etc/cron.daily\n\nall fine\n";
     sendmail(
         &env,
@@ -157,7 +144,7 @@ fn cron_and_cronie_deliver() {
 fn mail_and_php_deliver() {
     use std::process::{Command, Stdio};
     let stack = MailStack::get();
-    let (env, user, rcpt) = setup(stack, "smmailx", stack.ports.postfix_submission);
+    let (env, user, rcpt) = TestEnv::for_sendmail(stack, "smmailx", stack.ports.postfix_submission);
     let link = env.root().join("sendmail");
     std::os::unix::fs::symlink(env!("CARGO_BIN_EXE_mailpilot"), &link).expect("symlink");
     // s-nail with the test environment (HOME, XDG dirs) that its MTA, mailpilot, needs.
@@ -217,7 +204,7 @@ fn mail_and_php_deliver() {
 fn outage_queues_then_flush_delivers_once() {
     let stack = MailStack::get();
     let closed = closed_port();
-    let (env, user, rcpt) = setup(stack, "smdown", closed);
+    let (env, user, rcpt) = TestEnv::for_sendmail(stack, "smdown", closed);
     let run = sendmail(&env, stack, &["root"], "Subject: while down\n\nqueued\n");
     run.expect_code(0);
     assert!(run.stderr.contains("not sent yet"), "{}", run.stderr);
@@ -246,7 +233,8 @@ fn outage_queues_then_flush_delivers_once() {
 #[test]
 fn token_endpoint_down_queues() {
     let stack = MailStack::get();
-    let (env, _user, rcpt) = setup(stack, "smtoken", stack.ports.postfix_submission);
+    let (env, _user, rcpt) =
+        TestEnv::for_sendmail(stack, "smtoken", stack.ports.postfix_submission);
     expire_token(&env);
     let real = stack.oauth.token_url();
     let down = format!("http://127.0.0.1:{}/token", closed_port());
@@ -272,7 +260,8 @@ fn token_endpoint_down_queues() {
 #[test]
 fn revoked_grant_keeps_the_message() {
     let stack = MailStack::get();
-    let (env, user, rcpt) = setup(stack, "smrevoked", stack.ports.postfix_submission);
+    let (env, user, rcpt) =
+        TestEnv::for_sendmail(stack, "smrevoked", stack.ports.postfix_submission);
     expire_token(&env);
     stack.oauth.revoke_user(&user);
     let run = sendmail(
@@ -301,7 +290,7 @@ fn revoked_grant_keeps_the_message() {
 fn daemon_drains_the_outbox() {
     let stack = MailStack::get();
     let closed = closed_port();
-    let (env, _user, rcpt) = setup(stack, "smdaemon", closed);
+    let (env, _user, rcpt) = TestEnv::for_sendmail(stack, "smdaemon", closed);
     sendmail(&env, stack, &["root"], "Subject: first\n\nqueued\n").expect_code(0);
     let status = env.run_full(
         &["status", "--json"],
@@ -332,7 +321,8 @@ fn daemon_drains_the_outbox() {
 #[test]
 fn permanent_refusal_fails_and_can_be_retried() {
     let stack = MailStack::get();
-    let (env, _user, _rcpt) = setup(stack, "smfail", stack.ports.postfix_submission);
+    let (env, _user, _rcpt) =
+        TestEnv::for_sendmail(stack, "smfail", stack.ports.postfix_submission);
     let bad = format!("nobody@{REJECT_DOMAIN}");
     let run = sendmail(&env, stack, &[&bad], "Subject: refused\n\nx\n");
     run.expect_code(1);
@@ -372,7 +362,7 @@ fn killed_sendmail_loses_nothing() {
     use std::process::Stdio;
     use std::time::Duration;
     let stack = MailStack::get();
-    let (env, _user, rcpt) = setup(stack, "smkill", stack.ports.postfix_submission);
+    let (env, _user, rcpt) = TestEnv::for_sendmail(stack, "smkill", stack.ports.postfix_submission);
     let mut seed: u64 = 0x2545_f491_4f6c_dd1d ^ u64::from(std::process::id());
     let mut accepted = Vec::new();
     let mut killed = Vec::new();
@@ -455,7 +445,7 @@ fn other_users_drop_for_the_daemon() {
     use std::os::unix::fs::PermissionsExt;
     use std::process::{Command, Stdio};
     let stack = MailStack::get();
-    let (env, _user, rcpt) = setup(stack, "smdrop", stack.ports.postfix_submission);
+    let (env, _user, rcpt) = TestEnv::for_sendmail(stack, "smdrop", stack.ports.postfix_submission);
     let shared = tempfile::Builder::new()
         .prefix("mailpilot-drop-test")
         .tempdir_in("/tmp")
@@ -569,7 +559,8 @@ fn other_users_drop_for_the_daemon() {
 #[test]
 fn unroutable_message_is_kept() {
     let stack = MailStack::get();
-    let (env, _user, _rcpt) = setup(stack, "smnoalias", stack.ports.postfix_submission);
+    let (env, _user, _rcpt) =
+        TestEnv::for_sendmail(stack, "smnoalias", stack.ports.postfix_submission);
     let run = sendmail(
         &env,
         stack,

@@ -287,6 +287,20 @@ ca_file = "{ca}"
         ));
     }
 
+    /// A fresh environment whose one account (a new stack user of `test`, with a stored grant)
+    /// sends through `port` with STARTTLS and XOAUTH2, and whose `[sendmail]` maps `root` to a new
+    /// recipient; returns (env, user, recipient).
+    pub fn for_sendmail(stack: &MailStack, test: &str, port: u16) -> (TestEnv, String, String) {
+        let (user, rcpt) = (stack.user(test), stack.user(&format!("{test}-rcpt")));
+        let env = TestEnv::new();
+        env.config_for_stack(stack, &user, (port, "starttls", "xoauth2"), &stack.ca_file);
+        let mut text = fs::read_to_string(env.config_path()).expect("config");
+        text.push_str(&format!("\n[sendmail.aliases]\nroot = \"{rcpt}\"\n"));
+        env.write_config(&text);
+        env.import_for(&stack.oauth, &user);
+        (env, user, rcpt)
+    }
+
     /// A fresh environment for a new stack user of `test` (config sending via Postfix, reading via
     /// Dovecot IMAPS) whose INBOX exists, as a real account's always does. No grant yet.
     pub fn for_mailbox(stack: &MailStack, test: &str) -> (TestEnv, String) {
