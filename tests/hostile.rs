@@ -581,6 +581,37 @@ fn fetch_without_the_uid_stops_before_it() {
     assert!(checkpoint.contains("\"last_uid\":0"), "{checkpoint}");
 }
 
+/// A message expunged between the size query and the one streamed body FETCH is not an error:
+/// it is reported as deleted, the messages around it are handed over in order, and the
+/// checkpoint moves past all of them.
+#[test]
+fn message_expunged_mid_poll_is_passed_over() {
+    let server = OAuthServer::start();
+    let imap = FakeImap::start(Misbehaviour::ExpungedAfterSize(2));
+    for subject in ["one", "two", "three"] {
+        imap.add(format!("From: x@example.com\r\nSubject: {subject}\r\n\r\nbody\r\n").as_bytes());
+    }
+    let env = TestEnv::new();
+    env.write_config(&imap.config(&server.token_url()));
+    env.import(&server);
+    let run = env.run_with_secret(&server, &["poll", "--all"]);
+    run.expect_code(0);
+    let subjects: Vec<String> = run
+        .stdout
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON")["subject"].to_string())
+        .collect();
+    assert_eq!(subjects, ["\"one\"", "\"three\""]);
+    assert!(
+        run.stderr
+            .contains("UID 2 of INBOX was deleted before it could be fetched"),
+        "{}",
+        run.stderr
+    );
+    let checkpoint = fs::read_to_string(env.state_dir().join("poll/work/INBOX.json")).expect("cp");
+    assert!(checkpoint.contains("\"last_uid\":3"), "{checkpoint}");
+}
+
 /// A token endpoint that keeps answering with something that is not a token response (a 200 HTML
 /// page) is retried at first (75), and after an hour of it the refresh fails for good (exit 1,
 /// saying why), so cron stops retrying in silence. The grant is never touched.

@@ -29,6 +29,9 @@ pub enum Misbehaviour {
     GarbageSelect,
     /// List a UID far above UIDNEXT in `UID SEARCH` (and deliver it when asked).
     UidAboveUidnext,
+    /// Report this UID's size, then behave as if it had been expunged: no body, not found by
+    /// `UID SEARCH` (someone deleted it between the two).
+    ExpungedAfterSize(u32),
 }
 
 /// The running server; its threads end with the test process.
@@ -225,6 +228,7 @@ fn uid_command(
                 .messages
                 .keys()
                 .filter(|u| **u >= from)
+                .filter(|u| misbehaviour != Misbehaviour::ExpungedAfterSize(**u))
                 .map(ToString::to_string)
                 .collect();
             let mut uids = uids;
@@ -236,6 +240,7 @@ fn uid_command(
         "FETCH" if items.contains("BODY") => {
             let wanted: Vec<(u32, Vec<u8>)> = in_set(set, &st.messages)
                 .into_iter()
+                .filter(|u| misbehaviour != Misbehaviour::ExpungedAfterSize(*u))
                 .map(|u| (u, st.messages.get(&u).cloned().unwrap_or_default()))
                 .collect();
             drop(st);
