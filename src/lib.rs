@@ -43,7 +43,11 @@
 //!    - [`outbox`]: the durable outbox local programs' mail waits in (`sendmail`), delivered
 //!      over one session per account; a message leaves it only after the server's 250.
 //!    - [`poll`]: checkpointed polling and watching, handlers, actions; reports to a [`poll::Sink`].
-//! 6. [`cli`]: clap definitions, one file per subcommand; resolves flags into a [`cli::Ctx`] and
+//! 6. [`relay`]: the SMTP submission listener for programs that only know a password: the protocol
+//!    without I/O (`relay::proto`), argon2 passwords and the login throttle (`relay::auth`), and
+//!    the hand-off into the outbox (250 only once the message is on disk); reports to a
+//!    [`relay::Report`].
+//! 7. [`cli`]: clap definitions, one file per subcommand; resolves flags into a [`cli::Ctx`] and
 //!    calls the library. Prints only through [`output`].
 
 pub mod cli;
@@ -62,6 +66,7 @@ pub mod outbox;
 pub mod output;
 pub mod paths;
 pub mod poll;
+pub mod relay;
 pub mod sasl;
 pub mod schedule;
 pub mod secret;

@@ -41,6 +41,8 @@ pub enum Stream {
     Plain(TcpStream),
     /// TLS over TCP.
     Tls(Box<TlsStream<TcpStream>>),
+    /// TLS over TCP, our end the server (the relay).
+    ServerTls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     /// Closed on purpose (or given up after an error): reads end, writes fail.
     Closed,
 }
@@ -48,13 +50,14 @@ pub enum Stream {
 impl Stream {
     /// Whether the connection is encrypted.
     pub fn is_tls(&self) -> bool {
-        matches!(self, Stream::Tls(_))
+        matches!(self, Stream::Tls(_) | Stream::ServerTls(_))
     }
 
     fn tcp(&self) -> io::Result<&TcpStream> {
         match self {
             Stream::Plain(s) => Ok(s),
             Stream::Tls(s) => Ok(s.get_ref().0),
+            Stream::ServerTls(s) => Ok(s.get_ref().0),
             Stream::Closed => Err(closed()),
         }
     }
@@ -94,6 +97,7 @@ impl AsyncRead for Stream {
         match this {
             Stream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             Stream::Closed => Poll::Ready(Ok(())),
         }
     }
@@ -108,6 +112,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             Stream::Closed => Poll::Ready(Err(closed())),
         }
     }
@@ -116,6 +121,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_flush(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             Stream::Closed => Poll::Ready(Ok(())),
         }
     }
@@ -124,6 +130,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            Stream::ServerTls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Stream::Closed => Poll::Ready(Ok(())),
         }
     }
@@ -252,4 +259,52 @@ fn client_config(server: &Server) -> Result<Arc<ClientConfig>, ServerError> {
             .with_root_certificates(roots)
             .with_no_client_auth();
     Ok(Arc::new(config))
+}
+
+/// The TLS setup of a server (the relay): its certificate chain and private key, read from PEM
+/// files, with the same provider and protocol versions as the client side.
+///
+/// # Errors
+/// A file is unreadable, holds no certificate or key, or the key does not fit the certificate.
+pub fn server_tls(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> anyhow::Result<tokio_rustls::TlsAcceptor> {
+    use anyhow::Context;
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+        .with_context(|| format!("failed to read the certificate file {}", cert.display()))?;
+    if certs.is_empty() {
+        anyhow::bail!("{} holds no PEM certificate", cert.display());
+    }
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("failed to read the private key file {}", key.display()))?;
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .context("failed to set up TLS")?
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .context("the private key does not fit the certificate")?;
+    Ok(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+}
+
+/// The server side of a TLS handshake over `tcp`, within `limit`.
+///
+/// # Errors
+/// The handshake failed or took too long.
+pub async fn accept_tls(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    tcp: TcpStream,
+    limit: Duration,
+) -> io::Result<Stream> {
+    match tokio::time::timeout(limit, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => Ok(Stream::ServerTls(Box::new(tls))),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "the TLS handshake timed out",
+        )),
+    }
 }

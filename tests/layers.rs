@@ -14,6 +14,7 @@ const LAYERS: &[&[&str]] = &[
     &["mail_auth"],
     &["smtp", "imap"],
     &["send", "poll", "outbox"],
+    &["relay"],
     &["cli"],
 ];
 

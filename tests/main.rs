@@ -12,6 +12,7 @@ mod layers;
 mod login;
 mod merge;
 mod poll;
+mod relay;
 mod secrets;
 mod send;
 mod sendmail;

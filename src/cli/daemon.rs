@@ -11,6 +11,7 @@ use crate::config::Config;
 use crate::error::error_text;
 use crate::exit::{classify, Exit};
 use crate::oauth::{Fetch, TokenSource, TokenStore};
+use crate::outbox::Sessions;
 use crate::schedule::{local_time, next_run};
 
 /// How often the outbox is looked at: a message `sendmail` could not deliver goes out within a
@@ -23,7 +24,8 @@ const KEEPALIVE_CHECK: Duration = Duration::from_secs(3600);
 const KEEPALIVE_AGE: Duration = Duration::from_secs(7 * 86_400);
 
 /// Runs every job that has a schedule (`schedule` or `every`), never two runs of one job at once,
-/// delivers the outbox (what `sendmail` queued), and keeps rarely used grants alive. SIGHUP reloads the configuration; SIGTERM or SIGINT stop
+/// delivers the outbox (what `sendmail` and the relay queued), serves the relay when [relay] is
+/// configured, and keeps rarely used grants alive. SIGHUP reloads the configuration; SIGTERM or SIGINT stop
 /// it after the running job finishes (bounded by the job's timeout).
 #[derive(Debug, clap::Args)]
 pub struct Args {}
@@ -37,40 +39,88 @@ impl Args {
     /// Runs until stopped.
     ///
     /// # Errors
-    /// An invalid configuration at start, or signal handlers that cannot be installed.
+    /// An invalid configuration at start, signal handlers that cannot be installed, or a
+    /// `[relay]` listener that cannot be bound.
     pub async fn run(self, ctx: &Ctx) -> Result<Exit> {
-        let config = load(ctx)?;
-        let mut signals = signals()?;
-        let next = plan(&config, ctx.clock.now());
+        serve(ctx, Mode::Everything).await
+    }
+}
+
+/// What a long-running mailpilot does besides delivering the outbox and keeping grants alive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mode {
+    /// `daemon`: scheduled jobs, and the relay when `[relay]` is configured.
+    Everything,
+    /// `relay`: the relay only (no jobs).
+    RelayOnly,
+}
+
+/// The daemon's loop: jobs (unless relay-only), the relay's listener, the outbox's delivery (at
+/// once when the relay queued a message, else every second), keep-alives; until SIGTERM/SIGINT.
+///
+/// # Errors
+/// As [`Args::run`]; `relay` without a `[relay]` table.
+pub(crate) async fn serve(ctx: &Ctx, mode: Mode) -> Result<Exit> {
+    let config = load(ctx)?;
+    if mode == Mode::RelayOnly && config.relay.is_none() {
+        return Err(crate::error::UsageError(format!(
+            "{} has no [relay] table: add one with a user (`mailpilot relay passwd NAME` prints its table)",
+            config.path.display()
+        ))
+        .into());
+    }
+    let mut signals = signals()?;
+    let relay = super::relay::start(ctx, &config).await?;
+    let queued = relay.as_ref().map(crate::relay::Handle::queued);
+    let next = match mode {
+        Mode::Everything => plan(&config, ctx.clock.now()),
+        Mode::RelayOnly => BTreeMap::new(),
+    };
+    if mode == Mode::Everything {
         ctx.out.info(&format!(
             "daemon started: {} scheduled job{}",
             next.len(),
             if next.len() == 1 { "" } else { "s" }
         ));
-        let mut daemon = Daemon {
-            ctx,
-            config,
-            next,
-            next_keepalive: ctx.clock.now(),
-            outbox_checked: false,
-        };
-        loop {
-            if daemon.run_due(&mut signals).await == Flow::Stop {
-                break;
-            }
-            daemon.drain_outbox().await;
-            let sleep = daemon.time_to_next().min(OUTBOX_CHECK);
-            tokio::select! {
-                () = tokio::time::sleep(sleep) => {}
-                sig = signals.recv() => match sig {
-                    Some(Signal::Reload) => daemon.reload(),
-                    Some(Signal::Stop) | None => break,
-                },
-            }
-        }
-        ctx.out.info("daemon stopping");
-        Ok(Exit::Success)
     }
+    let mut daemon = Daemon {
+        ctx,
+        mode,
+        config,
+        next,
+        next_keepalive: ctx.clock.now(),
+        outbox_checked: false,
+        sessions: Sessions::default(),
+        relay,
+    };
+    loop {
+        if daemon.run_due(&mut signals).await == Flow::Stop {
+            break;
+        }
+        daemon.drain_outbox().await;
+        let sleep = daemon.time_to_next().min(OUTBOX_CHECK);
+        let queued = queued.clone();
+        let relayed = async move {
+            match queued {
+                Some(notify) => notify.notified().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            () = tokio::time::sleep(sleep) => {}
+            () = relayed => {}
+            sig = signals.recv() => match sig {
+                Some(Signal::Reload) => daemon.reload(),
+                Some(Signal::Stop) | None => break,
+            },
+        }
+    }
+    daemon.sessions.close().await;
+    ctx.out.info(match mode {
+        Mode::Everything => "daemon stopping",
+        Mode::RelayOnly => "relay stopping",
+    });
+    Ok(Exit::Success)
 }
 
 /// Forwards SIGTERM and SIGINT (stop) and SIGHUP (reload) into one channel.
@@ -106,12 +156,17 @@ enum Flow {
 /// The daemon's clock: the configuration it runs, each job's next run, the next keep-alive.
 struct Daemon<'a> {
     ctx: &'a Ctx,
+    mode: Mode,
     config: Config,
     next: BTreeMap<String, u64>,
     next_keepalive: u64,
     /// Whether the outbox was tried since start (the first time, every queued message is tried,
     /// whatever its backoff: the daemon may start because the server is back).
     outbox_checked: bool,
+    /// SMTP sessions kept between drains (a stream of relayed messages goes over one).
+    sessions: Sessions,
+    /// The relay, when `[relay]` is configured.
+    relay: Option<crate::relay::Handle>,
 }
 
 impl Daemon<'_> {
@@ -166,7 +221,10 @@ impl Daemon<'_> {
         let outbox = crate::outbox::Outbox::new(&state_dir);
         self.pick_up(&outbox);
         let force = !std::mem::replace(&mut self.outbox_checked, true);
-        if let Err(e) = super::queue::drain(self.ctx, &self.config, &outbox, force).await {
+        let drained =
+            super::queue::drain(self.ctx, &self.config, &outbox, force, &mut self.sessions).await;
+        self.sessions.close_idle().await;
+        if let Err(e) = drained {
             self.ctx
                 .out
                 .warn(&format!("outbox: {}", error_text(e.as_ref())));
@@ -225,7 +283,12 @@ impl Daemon<'_> {
             Ok(c) => {
                 self.config = c;
                 self.outbox_checked = false;
-                self.next = plan(&self.config, ctx.clock.now());
+                if self.mode == Mode::Everything {
+                    self.next = plan(&self.config, ctx.clock.now());
+                }
+                if let Some(relay) = &self.relay {
+                    relay.reload(&self.config);
+                }
                 ctx.out.info(&format!(
                     "configuration reloaded: {} scheduled jobs",
                     self.next.len()

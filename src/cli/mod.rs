@@ -7,6 +7,7 @@ mod daemon;
 mod jobs;
 mod poll;
 pub(crate) mod queue;
+mod relay;
 pub(crate) mod run;
 mod schedule;
 mod send;
@@ -93,6 +94,8 @@ pub enum Command {
     /// The outbox: list, flush, show, retry, drop
     #[command(subcommand)]
     Queue(queue::QueueCommand),
+    /// An SMTP submission port for programs that only know a password ([relay]); `relay passwd NAME`
+    Relay(relay::Args),
 }
 
 /// The command line of the binary run under the name `sendmail` (a symlink, as
@@ -255,6 +258,7 @@ pub async fn run(cli: Cli, env: Env) -> Result<Exit> {
         Command::Schedule(cmd) => cmd.run(&ctx),
         Command::Sendmail(args) => args.run(&ctx).await,
         Command::Queue(cmd) => cmd.run(&ctx).await,
+        Command::Relay(args) => args.run(&ctx).await,
     }
 }
 

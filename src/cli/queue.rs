@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::Ctx;
 use crate::exit::Exit;
 use crate::oauth::TokenSource;
-use crate::outbox::{Drain, Outbox, Queued, Status};
+use crate::outbox::{Drain, Outbox, Queued, Sessions, Status};
 use crate::output::JSON_SCHEMA_VERSION;
 
 /// The outbox of `sendmail`: list, deliver now, show, retry a failed message, drop one.
@@ -109,10 +109,14 @@ fn list(ctx: &Ctx, outbox: &Outbox) -> Result<Exit> {
 
 async fn flush(ctx: &Ctx, outbox: &Outbox) -> Result<Exit> {
     let config = ctx.config()?;
-    drain(ctx, &config, outbox, true).await
+    let mut sessions = Sessions::default();
+    let exit = drain(ctx, &config, outbox, true, &mut sessions).await;
+    sessions.close().await;
+    exit
 }
 
-/// Delivers what is queued, account by account (one session each): everything with `force`
+/// Delivers what is queued, account by account (one session each, kept in `sessions` for the
+/// next run): everything with `force`
 /// (`queue flush`), else only what is due (the daemon). Reports what happened; returns the worst
 /// outcome (75 while something waits, 77 when an account needs a person, 1 when something failed).
 ///
@@ -123,6 +127,7 @@ pub async fn drain(
     config: &crate::config::Config,
     outbox: &Outbox,
     force: bool,
+    sessions: &mut Sessions,
 ) -> Result<Exit> {
     let store = ctx.store()?;
     let mut worst = Exit::Success;
@@ -150,7 +155,9 @@ pub async fn drain(
             }
         };
         let tokens = TokenSource::new(account, &store, ctx.clock.as_ref());
-        let done = outbox.deliver(account, &tokens, &ids, plan).await?;
+        let done = outbox
+            .deliver(account, &tokens, &ids, plan, sessions)
+            .await?;
         if force || !done.sent.is_empty() || !done.failed.is_empty() || !done.deferred.is_empty() {
             ctx.out.info(&format!(
                 "outbox, account \"{name}\": {} sent, {} failed, {} still queued",

@@ -14,7 +14,7 @@ use crate::compose::submission::{self, Submission};
 use crate::error::UsageError;
 use crate::exit::{classify, Exit};
 use crate::oauth::TokenSource;
-use crate::outbox::{Drain, Head, MailDrop, Outbox, MAX_MESSAGE_BYTES};
+use crate::outbox::{Drain, Head, MailDrop, Outbox, Sessions, MAX_MESSAGE_BYTES};
 
 /// Reads a message on stdin like /usr/sbin/sendmail and sends it through the `[sendmail]` account,
 /// queueing it when it cannot go now. Takes the options cron, mail(1), PHP and others pass (-t, -f,
@@ -97,9 +97,18 @@ impl Args {
             force: true,
             max_age: config.sendmail.max_age.as_secs(),
         };
+        let mut sessions = Sessions::default();
         let done = outbox
-            .deliver(account, &tokens, std::slice::from_ref(&id), drain)
-            .await?;
+            .deliver(
+                account,
+                &tokens,
+                std::slice::from_ref(&id),
+                drain,
+                &mut sessions,
+            )
+            .await;
+        sessions.close().await;
+        let done = done?;
         report(ctx, &outbox, account, &id, &done)
     }
 }

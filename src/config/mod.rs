@@ -37,6 +37,76 @@ pub struct Config {
     pub jobs: BTreeMap<String, Job>,
     /// How `sendmail` maps what local programs hand it (`[sendmail]`).
     pub sendmail: Sendmail,
+    /// The SMTP submission listener for programs that only know a password (`[relay]`).
+    pub relay: Option<Relay>,
+}
+
+/// `[relay]`: where the submission listener listens, its limits, and who may send through it.
+#[derive(Debug, Clone)]
+pub struct Relay {
+    /// Plain listeners (STARTTLS offered when `tls` is set); loopback unless configured.
+    pub listen: Vec<std::net::SocketAddr>,
+    /// Implicit-TLS listeners.
+    pub listen_tls: Vec<std::net::SocketAddr>,
+    /// The certificate chain and key files (PEM), for STARTTLS and `listen_tls`.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// The name in the greeting and EHLO reply (`None`: this host's name).
+    pub hostname: Option<String>,
+    /// Advertised as SIZE; larger messages get 552.
+    pub max_message_size: u64,
+    /// Recipients per message.
+    pub max_recipients: usize,
+    /// Connections served at once; more get 421.
+    pub max_connections: usize,
+    /// Longest wait for the client's next command.
+    pub idle_timeout: Duration,
+    /// Longest one command line or one message's DATA may take once started.
+    pub command_timeout: Duration,
+    /// Who sends without AUTH from loopback (`allow_loopback_without_auth`): account and From.
+    pub anonymous: Option<RelayUser>,
+    /// The users who log in, by name.
+    pub users: BTreeMap<String, RelayUser>,
+}
+
+/// A relay user (`[relay.users.NAME]`), or the unauthenticated loopback client.
+#[derive(Debug, Clone)]
+pub struct RelayUser {
+    /// The argon2 PHC string (empty for the loopback client).
+    pub password_hash: String,
+    /// The account the mail goes out through.
+    pub account: String,
+    /// The From addresses allowed (default: the account's own).
+    pub allowed_from: FromPatterns,
+}
+
+/// From addresses a relay sender may use: `ops@example.com`, `*@example.com` (a domain) or `*`
+/// (any); compared without regard to case.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FromPatterns(Vec<String>);
+
+impl FromPatterns {
+    /// These patterns (already validated).
+    pub fn new(patterns: Vec<String>) -> FromPatterns {
+        FromPatterns(patterns)
+    }
+
+    /// Whether `address` matches one of them.
+    pub fn allows(&self, address: &str) -> bool {
+        self.0.iter().any(|p| {
+            p == "*"
+                || match p.strip_prefix("*@") {
+                    Some(domain) => address
+                        .rsplit_once('@')
+                        .is_some_and(|(_, d)| d.eq_ignore_ascii_case(domain)),
+                    None => p.eq_ignore_ascii_case(address),
+                }
+        })
+    }
+
+    /// The patterns, as written.
+    pub fn patterns(&self) -> &[String] {
+        &self.0
+    }
 }
 
 /// `[sendmail]`: the account local programs' mail goes through, the addresses of local names, and

@@ -98,6 +98,50 @@ pub struct RawSendmail {
     pub drop_dir: Option<PathBuf>,
 }
 
+/// `[relay]` as written.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRelay {
+    /// Addresses (`IP:port`) of plain listeners (STARTTLS offered when a certificate is set).
+    pub listen: Option<Vec<String>>,
+    /// Addresses of implicit-TLS listeners (port 465 style).
+    pub listen_tls: Option<Vec<String>>,
+    /// The certificate chain (PEM).
+    pub tls_cert_file: Option<PathBuf>,
+    /// Its private key (PEM).
+    pub tls_key_file: Option<PathBuf>,
+    /// The name in the greeting (default: this host's name).
+    pub hostname: Option<String>,
+    /// Bytes or a size with a unit (`"35MB"`).
+    pub max_message_size: Option<toml::Value>,
+    /// Recipients per message.
+    pub max_recipients: Option<u32>,
+    /// Connections at once.
+    pub max_connections: Option<u32>,
+    /// Longest wait for the client's next command (`5m`).
+    pub idle_timeout: Option<String>,
+    /// Longest one command or one message's DATA may take (`10m`).
+    pub command_timeout: Option<String>,
+    /// Loopback clients may send without AUTH.
+    pub allow_loopback_without_auth: Option<bool>,
+    /// The account unauthenticated loopback clients send through.
+    pub account: Option<String>,
+    /// The From addresses unauthenticated loopback clients may use.
+    pub allowed_from: Option<Vec<String>>,
+    /// `[relay.users.NAME]`.
+    pub users: Option<std::collections::BTreeMap<String, RawRelayUser>>,
+}
+
+/// `[relay.users.NAME]` as written.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawRelayUser {
+    /// The argon2 hash `mailpilot relay passwd NAME` prints.
+    pub password_hash: Option<String>,
+    /// The account this user's mail goes out through.
+    pub account: Option<String>,
+    /// The From addresses this user may use.
+    pub allowed_from: Option<Vec<String>>,
+}
+
 /// The scheduling keys of `[jobs.NAME]` as written. Every other key of the table is a long option
 /// of the job's command (`to = ["a@x"]` → `--to a@x`), checked by that command's own parser.
 #[derive(Debug, Default, Deserialize)]

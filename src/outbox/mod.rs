@@ -147,6 +147,56 @@ fn envelope(account: &Account, head: &Head) -> Result<lettre::address::Envelope>
     )?)
 }
 
+/// How long an idle SMTP session is kept for the next drain: a stream of messages (the relay's)
+/// goes over one session, and nothing stays open long after it.
+const SESSION_KEEP: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Open SMTP sessions kept from one delivery run to the next, one per account. A kept session is
+/// checked with NOOP before it carries a message, and is never used past its token's renewal time.
+#[derive(Default)]
+pub struct Sessions(BTreeMap<String, (Session, std::time::Instant)>);
+
+impl Sessions {
+    /// The account's kept session, if it is still fresh and answers NOOP.
+    async fn take(&mut self, account: &str, now: u64) -> Option<Session> {
+        let (mut session, idle_since) = self.0.remove(account)?;
+        if idle_since.elapsed() > SESSION_KEEP || session.token_expiring(now) {
+            session.quit().await;
+            return None;
+        }
+        session.noop().await.ok().map(|()| session)
+    }
+
+    fn keep(&mut self, account: &str, session: Session) {
+        if session.is_usable() {
+            self.0
+                .insert(account.to_string(), (session, std::time::Instant::now()));
+        }
+    }
+
+    /// Ends the sessions idle longer than [`SESSION_KEEP`].
+    pub async fn close_idle(&mut self) {
+        let stale: Vec<String> = self
+            .0
+            .iter()
+            .filter(|(_, (_, t))| t.elapsed() > SESSION_KEEP)
+            .map(|(k, _)| k.clone())
+            .collect();
+        for account in stale {
+            if let Some((s, _)) = self.0.remove(&account) {
+                s.quit().await;
+            }
+        }
+    }
+
+    /// Ends every session (QUIT).
+    pub async fn close(self) {
+        for (_, (s, _)) in self.0 {
+            s.quit().await;
+        }
+    }
+}
+
 /// The outbox directory.
 #[derive(Debug, Clone)]
 pub struct Outbox {
@@ -320,9 +370,10 @@ impl Outbox {
         tokens: &TokenSource<'_, S>,
         ids: &[String],
         drain: Drain,
+        sessions: &mut Sessions,
     ) -> Result<Delivered> {
         let mut done = Delivered::default();
-        let mut session: Option<Session> = None;
+        let mut session: Option<Session> = sessions.take(&account.name, drain.now).await;
         for id in ids {
             let id = id.clone();
             let Some(_lock) = self.lock(&id)? else {
@@ -382,7 +433,7 @@ impl Outbox {
             }
         }
         if let Some(s) = session {
-            s.quit().await;
+            sessions.keep(&account.name, s);
         }
         Ok(done)
     }

@@ -123,6 +123,19 @@ impl Session {
         self.conn.server()
     }
 
+    /// Whether the server still answers (NOOP), before a kept session carries a message.
+    ///
+    /// # Errors
+    /// The connection is gone or the server refused.
+    pub async fn noop(&mut self) -> Result<(), ServerError> {
+        let reply = self.conn.command("NOOP\r\n", "NOOP").await?;
+        if reply.is_ok() {
+            Ok(())
+        } else {
+            Err(reply.refused(self.conn.server(), "NOOP"))
+        }
+    }
+
     /// Ends the session politely; errors are ignored (the message is already accepted).
     pub async fn quit(self) {
         self.conn.quit().await;

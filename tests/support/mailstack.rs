@@ -45,6 +45,31 @@ pub struct Ports {
     pub relay: u16,
 }
 
+/// The services of a Postfix `master.cf` besides its listeners (the test stack's, and the relay
+/// tests' second Postfix that relays through mailpilot).
+pub const POSTFIX_SERVICES: &str = "pickup unix n - n 60 1 pickup\n\
+cleanup unix n - n - 0 cleanup\n\
+qmgr unix n - n 300 1 qmgr\n\
+tlsmgr unix - - n 1000? 1 tlsmgr\n\
+rewrite unix - - n - - trivial-rewrite\n\
+bounce unix - - n - 0 bounce\n\
+defer unix - - n - 0 bounce\n\
+trace unix - - n - 0 bounce\n\
+verify unix - - n - 1 verify\n\
+flush unix n - n 1000? 0 flush\n\
+proxymap unix - - n - - proxymap\n\
+proxywrite unix - - n - 1 proxymap\n\
+smtp unix - - n - - smtp\n\
+relay unix - - n - - smtp\n\
+showq unix n - n - - showq\n\
+error unix - - n - - error\n\
+retry unix - - n - - error\n\
+discard unix - - n - - discard\n\
+lmtp unix - - n - - lmtp\n\
+anvil unix - - n - 1 anvil\n\
+scache unix - - n - 1 scache\n\
+postlog unix-dgram n - n - 1 postlogd\n";
+
 /// The running stack.
 pub struct MailStack {
     root: PathBuf,
@@ -326,31 +351,11 @@ shlib_directory = /usr/lib/postfix
             "127.0.0.1:{relay} inet n - n - - smtpd\n\
              127.0.0.1:{sub} inet n - n - - smtpd -o smtpd_tls_security_level=encrypt {auth}\n\
              127.0.0.1:{subs} inet n - n - - smtpd -o smtpd_tls_wrappermode=yes {auth}\n\
-             pickup unix n - n 60 1 pickup\n\
-             cleanup unix n - n - 0 cleanup\n\
-             qmgr unix n - n 300 1 qmgr\n\
-             tlsmgr unix - - n 1000? 1 tlsmgr\n\
-             rewrite unix - - n - - trivial-rewrite\n\
-             bounce unix - - n - 0 bounce\n\
-             defer unix - - n - 0 bounce\n\
-             trace unix - - n - 0 bounce\n\
-             verify unix - - n - 1 verify\n\
-             flush unix n - n 1000? 0 flush\n\
-             proxymap unix - - n - - proxymap\n\
-             proxywrite unix - - n - 1 proxymap\n\
-             smtp unix - - n - - smtp\n\
-             relay unix - - n - - smtp\n\
-             showq unix n - n - - showq\n\
-             error unix - - n - - error\n\
-             retry unix - - n - - error\n\
-             discard unix - - n - - discard\n\
-             lmtp unix - - n - - lmtp\n\
-             anvil unix - - n - 1 anvil\n\
-             scache unix - - n - 1 scache\n\
-             postlog unix-dgram n - n - 1 postlogd\n",
+             {services}",
             relay = p.relay,
             sub = p.postfix_submission,
             subs = p.postfix_submissions,
+            services = POSTFIX_SERVICES,
         );
         fs::write(self.path("postfix/conf/main.cf"), main).expect("main.cf");
         fs::write(self.path("postfix/conf/master.cf"), master).expect("master.cf");

@@ -20,6 +20,89 @@ struct ConfigJson {
     state_dir: String,
     accounts: Vec<AccountJson>,
     sendmail: SendmailJson,
+    /// `[relay]` (`null` without one).
+    relay: Option<RelayJson>,
+}
+
+#[derive(Serialize)]
+struct RelayJson {
+    listen: Vec<String>,
+    listen_tls: Vec<String>,
+    tls_cert_file: Option<String>,
+    max_message_size: u64,
+    max_recipients: usize,
+    max_connections: usize,
+    idle_timeout_secs: u64,
+    command_timeout_secs: u64,
+    /// Unauthenticated loopback clients (`null` unless `allow_loopback_without_auth`).
+    loopback_without_auth: Option<RelaySenderJson>,
+    users: Vec<RelaySenderJson>,
+}
+
+/// A relay user without its hash.
+#[derive(Serialize)]
+struct RelaySenderJson {
+    name: Option<String>,
+    account: String,
+    allowed_from: Vec<String>,
+}
+
+fn relay_json(relay: &crate::config::Relay) -> RelayJson {
+    let sender = |name: Option<&String>, u: &crate::config::RelayUser| RelaySenderJson {
+        name: name.cloned(),
+        account: u.account.clone(),
+        allowed_from: u.allowed_from.patterns().to_vec(),
+    };
+    RelayJson {
+        listen: relay.listen.iter().map(ToString::to_string).collect(),
+        listen_tls: relay.listen_tls.iter().map(ToString::to_string).collect(),
+        tls_cert_file: relay.tls.as_ref().map(|(c, _)| c.display().to_string()),
+        max_message_size: relay.max_message_size,
+        max_recipients: relay.max_recipients,
+        max_connections: relay.max_connections,
+        idle_timeout_secs: relay.idle_timeout.as_secs(),
+        command_timeout_secs: relay.command_timeout.as_secs(),
+        loopback_without_auth: relay.anonymous.as_ref().map(|u| sender(None, u)),
+        users: relay
+            .users
+            .iter()
+            .map(|(n, u)| sender(Some(n), u))
+            .collect(),
+    }
+}
+
+/// The relay in one line per part.
+fn relay_human(r: &RelayJson) -> Vec<String> {
+    let tls = if r.tls_cert_file.is_some() {
+        "STARTTLS"
+    } else {
+        "no TLS"
+    };
+    let mut listen: Vec<String> = r.listen.iter().map(|a| format!("{a} ({tls})")).collect();
+    listen.extend(r.listen_tls.iter().map(|a| format!("{a} (implicit TLS)")));
+    let mut lines = vec![format!(
+        "relay: listen {}, max_message_size {}, max_recipients {}, max_connections {}",
+        listen.join(", "),
+        r.max_message_size,
+        r.max_recipients,
+        r.max_connections
+    )];
+    for u in &r.users {
+        lines.push(format!(
+            "  user {} → account {}, From {}",
+            u.name.as_deref().unwrap_or_default(),
+            u.account,
+            u.allowed_from.join(", ")
+        ));
+    }
+    if let Some(a) = &r.loopback_without_auth {
+        lines.push(format!(
+            "  loopback clients without AUTH → account {}, From {}",
+            a.account,
+            a.allowed_from.join(", ")
+        ));
+    }
+    lines
 }
 
 #[derive(Serialize)]
@@ -105,6 +188,7 @@ impl Args {
             max_age_secs: config.sendmail.max_age.as_secs(),
             warn_after_secs: config.sendmail.warn_after.as_secs(),
         };
+        let relay = config.relay.as_ref().map(relay_json);
         if ctx.out.is_json() {
             ctx.out.json(&ConfigJson {
                 version: JSON_SCHEMA_VERSION,
@@ -112,6 +196,7 @@ impl Args {
                 state_dir: state_dir.display().to_string(),
                 accounts,
                 sendmail,
+                relay,
             })?;
             return Ok(Exit::Success);
         }
@@ -125,22 +210,10 @@ impl Args {
             }
         }
         ctx.out.data("")?;
-        let aliases: Vec<String> = sendmail
-            .aliases
-            .iter()
-            .map(|(k, v)| format!("{k} → {v}"))
-            .collect();
-        ctx.out.data(&format!(
-            "sendmail: account {}, aliases [{}], rewrite_from {}, max_age {}, warn_after {}",
-            sendmail
-                .account
-                .as_deref()
-                .unwrap_or("(none: set [sendmail] account)"),
-            aliases.join(", "),
-            sendmail.rewrite_from,
-            humantime::format_duration(config.sendmail.max_age),
-            humantime::format_duration(config.sendmail.warn_after)
-        ))?;
+        ctx.out.data(&sendmail_human(&sendmail))?;
+        for line in relay.iter().flat_map(relay_human) {
+            ctx.out.data(&line)?;
+        }
         ctx.out.info(&format!(
             "configuration OK ({} account{})",
             accounts.len(),
@@ -148,6 +221,26 @@ impl Args {
         ));
         Ok(Exit::Success)
     }
+}
+
+/// `[sendmail]` in one line.
+fn sendmail_human(sendmail: &SendmailJson) -> String {
+    let aliases: Vec<String> = sendmail
+        .aliases
+        .iter()
+        .map(|(k, v)| format!("{k} → {v}"))
+        .collect();
+    format!(
+        "sendmail: account {}, aliases [{}], rewrite_from {}, max_age {}, warn_after {}",
+        sendmail
+            .account
+            .as_deref()
+            .unwrap_or("(none: set [sendmail] account)"),
+        aliases.join(", "),
+        sendmail.rewrite_from,
+        humantime::format_duration(std::time::Duration::from_secs(sendmail.max_age_secs)),
+        humantime::format_duration(std::time::Duration::from_secs(sendmail.warn_after_secs))
+    )
 }
 
 fn account_json(a: &Account) -> AccountJson {

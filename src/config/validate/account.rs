@@ -318,7 +318,7 @@ fn message_size(value: Option<&toml::Value>, at: &str, problems: &mut Problems) 
 
 /// `"50MB"` → 50,000,000; `"64MiB"` → 67,108,864; `"1024"` → 1024. Units: B, KB, MB, GB (powers of
 /// 1000), KiB, MiB, GiB (powers of 1024), any case.
-fn parse_size(text: &str) -> Option<u64> {
+pub(super) fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())

@@ -6,10 +6,12 @@
 //! - `server`: `[accounts.NAME.smtp]` / `.imap`;
 //! - `job`: job tables (`jobs.NAME`);
 //! - `sendmail`: the `[sendmail]` table;
+//! - `relay`: the `[relay]` table and its users;
 //! - `suggest`: "did you mean" for unknown keys and values.
 
 mod account;
 mod job;
+mod relay;
 mod sendmail;
 mod server;
 mod suggest;
@@ -24,7 +26,7 @@ use super::{Config, Problem, Spelled};
 use suggest::{choice_message, unknown_key_message};
 
 /// Top-level keys; later features add theirs here.
-const ROOT_KEYS: &[&str] = &["accounts", "templates_dir", "jobs", "sendmail"];
+const ROOT_KEYS: &[&str] = &["accounts", "templates_dir", "jobs", "sendmail", "relay"];
 
 /// Collects problems with their key paths.
 #[derive(Default)]
@@ -89,6 +91,7 @@ pub(super) fn parse(text: &str, path: &Path, world_readable: bool) -> Result<Con
     };
     let jobs = job::jobs(table.get("jobs"), &accounts, &mut problems);
     let sendmail = sendmail::sendmail(table.get("sendmail"), &accounts, &mut problems);
+    let relay = relay::relay(table.get("relay"), &accounts, &mut problems);
     if problems.0.is_empty() {
         Ok(Config {
             path: path.to_path_buf(),
@@ -96,6 +99,7 @@ pub(super) fn parse(text: &str, path: &Path, world_readable: bool) -> Result<Con
             templates_dir,
             jobs,
             sendmail,
+            relay,
         })
     } else {
         Err(problems.0)

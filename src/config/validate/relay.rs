@@ -1,0 +1,358 @@
+//! `[relay]` and `[relay.users.NAME]`: listeners, limits, and who may send through the relay.
+//!
+//! The rules that keep it from being an open relay are checked here, once: someone must be able to
+//! send (a user, or loopback clients when allowed), and a listener off loopback needs TLS so that
+//! no password crosses the network in the clear.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::super::raw::{field_names, RawRelay, RawRelayUser};
+use super::super::{Account, FromPatterns, Relay, RelayUser};
+use super::account::parse_size;
+use super::{deserialize_collecting, duration, Problems};
+
+/// The default plain listener: loopback only, the usual submission-relay port.
+const DEFAULT_LISTEN: &str = "127.0.0.1:2525";
+/// Default `max_message_size`: Microsoft 365's default send limit (Gmail's is 25 MB of
+/// attachments, ~35 MB encoded).
+const DEFAULT_MAX_MESSAGE_SIZE: u64 = 35_000_000;
+/// The largest `max_message_size`: what the outbox takes, less room for added header lines.
+const MAX_MESSAGE_SIZE: u64 = 64_000_000;
+/// Default `max_recipients` (Gmail's and Microsoft's per-message limits are 100 and 500).
+const DEFAULT_MAX_RECIPIENTS: usize = 100;
+/// Default `max_connections`: far above what printers and apps open, far below the fd limit.
+const DEFAULT_MAX_CONNECTIONS: usize = 32;
+/// RFC 5321 §4.5.3.2.7: a server should wait at least 5 minutes for the next command.
+const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+/// Longest one command line or one DATA may take: 35 MB at ~60 KB/s.
+const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// The `[relay]` table (`None` when absent: no relay).
+pub(super) fn relay(
+    value: Option<&toml::Value>,
+    accounts: &BTreeMap<String, Account>,
+    problems: &mut Problems,
+) -> Option<Relay> {
+    let value = value?;
+    let known = |parent: &str| {
+        if parent.starts_with("users") {
+            field_names::<RawRelayUser>()
+        } else {
+            field_names::<RawRelay>()
+        }
+    };
+    let raw = deserialize_collecting::<RawRelay>(value.clone(), "relay", known, problems)?;
+    let listen = addresses(raw.listen.as_deref(), "relay.listen", problems)
+        .unwrap_or_else(|| vec![DEFAULT_LISTEN.parse().expect("a socket address")]);
+    let listen_tls =
+        addresses(raw.listen_tls.as_deref(), "relay.listen_tls", problems).unwrap_or_default();
+    let tls = match (raw.tls_cert_file, raw.tls_key_file) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => {
+            problems.push(
+                "relay.tls_key_file",
+                "tls_cert_file and tls_key_file go together (set both, or neither)",
+            );
+            None
+        }
+    };
+    listeners_need_tls(&listen, &listen_tls, tls.is_some(), problems);
+    let users = users(raw.users.unwrap_or_default(), accounts, problems);
+    let anonymous = anonymous(
+        raw.allow_loopback_without_auth == Some(true),
+        RawRelayUser {
+            password_hash: None,
+            account: raw.account,
+            allowed_from: raw.allowed_from,
+        },
+        accounts,
+        problems,
+    );
+    if users.is_empty() && anonymous.is_none() && problems.count() == 0 {
+        problems.push(
+            "relay.users",
+            "nobody may send through the relay: add a user (`mailpilot relay passwd NAME` prints its [relay.users.NAME] table), or allow_loopback_without_auth = true",
+        );
+    }
+    let limits = limits(
+        &raw.max_message_size,
+        raw.max_recipients,
+        raw.max_connections,
+        problems,
+    );
+    Some(Relay {
+        listen,
+        listen_tls,
+        tls,
+        hostname: raw.hostname.filter(|h| hostname_ok(h, problems)),
+        max_message_size: limits.0,
+        max_recipients: limits.1,
+        max_connections: limits.2,
+        idle_timeout: duration(
+            raw.idle_timeout.as_deref(),
+            DEFAULT_IDLE_TIMEOUT,
+            (Duration::from_secs(5), Duration::from_secs(3600)),
+            "relay.idle_timeout",
+            problems,
+        ),
+        command_timeout: duration(
+            raw.command_timeout.as_deref(),
+            DEFAULT_COMMAND_TIMEOUT,
+            (Duration::from_secs(5), Duration::from_secs(6 * 3600)),
+            "relay.command_timeout",
+            problems,
+        ),
+        anonymous,
+        users,
+    })
+}
+
+/// Who sends from loopback without AUTH (`allow_loopback_without_auth`): the table's own
+/// `account` and `allowed_from`, which mean nothing without it.
+fn anonymous(
+    allowed: bool,
+    raw: RawRelayUser,
+    accounts: &BTreeMap<String, Account>,
+    problems: &mut Problems,
+) -> Option<RelayUser> {
+    if allowed {
+        return sender(&raw, "relay", accounts, problems);
+    }
+    for (key, set) in [
+        ("account", raw.account.is_some()),
+        ("allowed_from", raw.allowed_from.is_some()),
+    ] {
+        if set {
+            problems.push(
+                format!("relay.{key}"),
+                "applies to unauthenticated loopback clients only: set allow_loopback_without_auth = true, or move it under [relay.users.NAME]",
+            );
+        }
+    }
+    None
+}
+
+/// `["127.0.0.1:2525", "[::1]:2525"]` → socket addresses (`None` when the key is absent).
+fn addresses(
+    raw: Option<&[String]>,
+    path: &str,
+    problems: &mut Problems,
+) -> Option<Vec<SocketAddr>> {
+    let raw = raw?;
+    let mut out = Vec::new();
+    for text in raw {
+        match text.parse::<SocketAddr>() {
+            Ok(a) => out.push(a),
+            Err(_) => problems.push(
+                path,
+                format!(
+                    "\"{text}\" is not an IP address and port (\"127.0.0.1:2525\", \"[::]:465\")"
+                ),
+            ),
+        }
+    }
+    Some(out)
+}
+
+/// AUTH only after TLS off loopback: a plain listener there needs a certificate for STARTTLS, and
+/// an implicit-TLS listener needs one at all.
+fn listeners_need_tls(
+    listen: &[SocketAddr],
+    listen_tls: &[SocketAddr],
+    tls: bool,
+    problems: &mut Problems,
+) {
+    if tls {
+        return;
+    }
+    if let Some(open) = listen.iter().find(|a| !a.ip().is_loopback()) {
+        problems.push(
+            "relay.listen",
+            format!("{open} is not a loopback address: passwords would cross the network in the clear; set tls_cert_file and tls_key_file (AUTH is then offered only after STARTTLS)"),
+        );
+    }
+    if !listen_tls.is_empty() {
+        problems.push(
+            "relay.listen_tls",
+            "implicit TLS needs tls_cert_file and tls_key_file",
+        );
+    }
+}
+
+fn users(
+    raw: BTreeMap<String, RawRelayUser>,
+    accounts: &BTreeMap<String, Account>,
+    problems: &mut Problems,
+) -> BTreeMap<String, RelayUser> {
+    let mut users = BTreeMap::new();
+    for (name, user) in raw {
+        let at = format!("relay.users.{name}");
+        if name.is_empty() || name.len() > 255 || name.chars().any(|c| c.is_control() || c == ' ') {
+            problems.push(&at, "a user name is printable, without spaces");
+            continue;
+        }
+        let hash = match user.password_hash.as_deref() {
+            Some(h)
+                if argon2::PasswordHash::new(h)
+                    .is_ok_and(|p| p.algorithm.as_str().starts_with("argon2")) =>
+            {
+                h.to_string()
+            }
+            Some(_) => {
+                problems.push(
+                    format!("{at}.password_hash"),
+                    format!("not an argon2 hash: `mailpilot relay passwd {name}` prints one"),
+                );
+                continue;
+            }
+            None => {
+                problems.push(
+                    format!("{at}.password_hash"),
+                    format!("missing (required): `mailpilot relay passwd {name}` prints it"),
+                );
+                continue;
+            }
+        };
+        if let Some(mut sender) = sender(&user, &at, accounts, problems) {
+            sender.password_hash = hash;
+            users.insert(name, sender);
+        }
+    }
+    users
+}
+
+/// The account and allowed From addresses of a user (or of the loopback client at `relay`).
+fn sender(
+    raw: &RawRelayUser,
+    at: &str,
+    accounts: &BTreeMap<String, Account>,
+    problems: &mut Problems,
+) -> Option<RelayUser> {
+    let name = match &raw.account {
+        Some(name) => name.clone(),
+        None if accounts.len() == 1 => accounts.keys().next()?.clone(),
+        None => {
+            problems.push(
+                format!("{at}.account"),
+                "missing: several accounts are configured, name the one this mail goes out through",
+            );
+            return None;
+        }
+    };
+    let Some(account) = accounts.get(&name) else {
+        let names: Vec<&str> = accounts.keys().map(String::as_str).collect();
+        problems.push(
+            format!("{at}.account"),
+            format!(
+                "no account named \"{name}\" (accounts: {})",
+                names.join(", ")
+            ),
+        );
+        return None;
+    };
+    let allowed_from = match &raw.allowed_from {
+        Some(patterns) => {
+            for p in patterns {
+                if !pattern_ok(p) {
+                    problems.push(
+                        format!("{at}.allowed_from"),
+                        format!("\"{p}\" is not an address, \"*@domain\" or \"*\""),
+                    );
+                }
+            }
+            patterns.clone()
+        }
+        None => account_addresses(account),
+    };
+    Some(RelayUser {
+        password_hash: String::new(),
+        account: name,
+        allowed_from: FromPatterns::new(allowed_from),
+    })
+}
+
+/// The addresses an account sends as without extra rights: its mailbox and its `from`.
+fn account_addresses(account: &Account) -> Vec<String> {
+    let mut out = vec![account.email.clone()];
+    if let Some(from) = &account.from {
+        let address = match (from.rfind('<'), from.rfind('>')) {
+            (Some(a), Some(b)) if a < b => &from[a + 1..b],
+            _ => from.trim(),
+        };
+        if !out.iter().any(|o| o.eq_ignore_ascii_case(address)) {
+            out.push(address.to_string());
+        }
+    }
+    out
+}
+
+fn pattern_ok(p: &str) -> bool {
+    p == "*"
+        || p.rsplit_once('@').is_some_and(|(local, domain)| {
+            !local.is_empty() && domain.contains('.') && !p.contains(char::is_whitespace)
+        })
+}
+
+fn hostname_ok(h: &str, problems: &mut Problems) -> bool {
+    let ok = !h.is_empty()
+        && h.len() <= 253
+        && h.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-'));
+    if !ok {
+        problems.push("relay.hostname", format!("\"{h}\" is not a host name"));
+    }
+    ok
+}
+
+/// `max_message_size`, `max_recipients`, `max_connections` with their defaults and bounds.
+fn limits(
+    size: &Option<toml::Value>,
+    recipients: Option<u32>,
+    connections: Option<u32>,
+    problems: &mut Problems,
+) -> (u64, usize, usize) {
+    let size = match size {
+        None => DEFAULT_MAX_MESSAGE_SIZE,
+        Some(v) => {
+            let bytes = match v {
+                toml::Value::Integer(n) => u64::try_from(*n).ok(),
+                toml::Value::String(s) => parse_size(s),
+                _ => None,
+            };
+            match bytes {
+                Some(b) if (1024..=MAX_MESSAGE_SIZE).contains(&b) => b,
+                _ => {
+                    problems.push(
+                        "relay.max_message_size",
+                        format!("{v} is not a size from 1KiB to 64MB (write e.g. \"35MB\")"),
+                    );
+                    DEFAULT_MAX_MESSAGE_SIZE
+                }
+            }
+        }
+    };
+    let mut count = |value: Option<u32>, default: usize, max: u32, key: &str| match value {
+        None => default,
+        Some(n) if (1..=max).contains(&n) => n as usize,
+        Some(n) => {
+            problems.push(
+                format!("relay.{key}"),
+                format!("{n} is not from 1 to {max}"),
+            );
+            default
+        }
+    };
+    (
+        size,
+        count(recipients, DEFAULT_MAX_RECIPIENTS, 1000, "max_recipients"),
+        count(
+            connections,
+            DEFAULT_MAX_CONNECTIONS,
+            1000,
+            "max_connections",
+        ),
+    )
+}
