@@ -254,30 +254,146 @@ fn smtplib_plain_and_login_over_starttls() {
     assert!(!log.contains(PASSWORD), "{log}");
 }
 
-/// swaks (AUTH LOGIN after STARTTLS, as many appliances do) delivers through the relay.
+/// swaks delivers through the relay: AUTH LOGIN after STARTTLS (as many appliances do), and AUTH
+/// PLAIN on the implicit-TLS listener (`listen_tls`, port-465 style).
 #[test]
-fn swaks_delivers() {
+fn swaks_starttls_and_implicit_tls() {
     let stack = MailStack::get();
-    let setup = Setup::new(stack, "rlswaks", "");
+    let tls_port = free_port();
+    let setup = Setup::new(
+        stack,
+        "rlswaks",
+        &format!("listen_tls = [\"127.0.0.1:{tls_port}\"]"),
+    );
     let relay = setup.start(stack, &["relay"]);
+    for (port, tls, mechanism) in [
+        (setup.port, "--tls", "LOGIN"),
+        (tls_port, "--tls-on-connect", "PLAIN"),
+    ] {
+        let out = Command::new("swaks")
+            .args(["--server", "127.0.0.1", "--port", &port.to_string()])
+            .args([tls, "--auth", mechanism, "--auth-user", "app"])
+            .args(["--auth-password", PASSWORD])
+            .args(["--from", &setup.user, "--to", &setup.rcpt])
+            .args(["--header", &format!("Subject: via swaks {tls}")])
+            .args(["--body", "sent by swaks"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap_or_else(|e| panic!("swaks: {e}; install it with scripts/install-test-deps.sh"));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let delivered = stack.wait_delivered(&setup.rcpt, 2);
+    assert_eq!(
+        subjects(&delivered),
+        ["via swaks --tls", "via swaks --tls-on-connect"]
+    );
+    assert!(String::from_utf8_lossy(&delivered[0]).contains("sent by swaks"));
+    let log = relay.stop();
+    assert!(
+        log.contains(&format!("listening on 127.0.0.1:{tls_port} (implicit TLS)")),
+        "{log}"
+    );
+}
+
+/// A message the relay accepted but the provider refuses for good (550) lands in `failed/` with
+/// the server's reason, as for sendmail; nothing is lost or retried forever.
+#[test]
+fn upstream_refusal_lands_in_failed() {
+    let stack = MailStack::get();
+    let setup = Setup::new(stack, "rlfailed", "");
+    let relay = setup.start(stack, &["relay"]);
+    let refused = format!("nobody@{}", crate::support::mailstack::REJECT_DOMAIN);
     let out = Command::new("swaks")
         .args(["--server", "127.0.0.1", "--port", &setup.port.to_string()])
-        .args(["--tls", "--auth", "LOGIN", "--auth-user", "app"])
+        .args(["--tls", "--auth", "PLAIN", "--auth-user", "app"])
         .args(["--auth-password", PASSWORD])
-        .args(["--from", &setup.user, "--to", &setup.rcpt])
-        .args(["--header", "Subject: via swaks", "--body", "sent by swaks"])
+        .args(["--from", &setup.user, "--to", &refused])
+        .args(["--header", "Subject: refused upstream"])
         .stdin(Stdio::null())
         .output()
-        .unwrap_or_else(|e| panic!("swaks: {e}; install it with scripts/install-test-deps.sh"));
+        .expect("swaks");
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
-    let delivered = stack.wait_delivered(&setup.rcpt, 1);
-    assert_eq!(subjects(&delivered), ["via swaks"]);
-    assert!(String::from_utf8_lossy(&delivered[0]).contains("sent by swaks"));
+    relay.wait_log("refused for good", 1);
+    let list = setup.env.run_full(&["queue", "list", "--json"], &[], None);
+    let doc: serde_json::Value = serde_json::from_str(&list.stdout).expect("JSON");
+    let messages = doc["messages"].as_array().expect("messages");
+    assert_eq!(messages.len(), 1, "{doc}");
+    assert_eq!(messages[0]["status"], "failed");
+    assert!(
+        messages[0]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("550 5.1.1"),
+        "{doc}"
+    );
     relay.stop();
+}
+
+/// Hostile or broken clients are bounded: connections over max_connections get 421 at once; a
+/// silent client is dropped after idle_timeout and one that trickles a command line after
+/// command_timeout (421 4.4.2); a megabyte without a line end is skipped with 500 and the session
+/// goes on.
+#[test]
+fn hostile_clients_are_bounded() {
+    use std::io::{Read, Write};
+    let stack = MailStack::get();
+    let setup = Setup::new(
+        stack,
+        "rlhostile",
+        "max_connections = 2\nidle_timeout = \"1s\"\ncommand_timeout = \"2s\"",
+    );
+    let relay = setup.start(stack, &["relay"]);
+    let connect = || {
+        let c = TcpStream::connect(("127.0.0.1", setup.port)).expect("connect");
+        c.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        c
+    };
+    let read_reply = |c: &mut TcpStream| {
+        let mut buf = [0u8; 4096];
+        let n = c.read(&mut buf).expect("read");
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    };
+    // The readiness probe's connection may still hold a slot for a moment.
+    std::thread::sleep(Duration::from_millis(200));
+    let mut silent = connect();
+    assert!(read_reply(&mut silent).starts_with("220 "));
+    let mut trickle = connect();
+    assert!(read_reply(&mut trickle).starts_with("220 "));
+    let mut third = connect();
+    assert!(read_reply(&mut third).starts_with("421 4.7.0 Too many connections"));
+    let started = Instant::now();
+    trickle.write_all(b"EHLO").expect("write");
+    for _ in 0..6 {
+        std::thread::sleep(Duration::from_millis(400));
+        if trickle.write_all(b"x").is_err() {
+            break;
+        }
+    }
+    let silent_end = read_reply(&mut silent);
+    assert!(silent_end.starts_with("421 4.4.2"), "{silent_end}");
+    let trickle_end = read_reply(&mut trickle);
+    assert!(trickle_end.starts_with("421 4.4.2"), "{trickle_end}");
+    assert!(started.elapsed() < Duration::from_secs(4));
+    let mut flood = connect();
+    assert!(read_reply(&mut flood).starts_with("220 "));
+    flood.write_all(&vec![b'A'; 1 << 20]).expect("flood");
+    flood.write_all(b"\r\nNOOP\r\n").expect("write");
+    let mut replies = String::new();
+    while !replies.contains("250 ") {
+        replies.push_str(&read_reply(&mut flood));
+    }
+    assert!(replies.starts_with("500 5.5.6 Line too long"), "{replies}");
+    let log = relay.stop();
+    assert!(log.contains("max_connections reached"), "{log}");
 }
 
 /// A second Postfix instance, the way sites chain their MTA: `relayhost` = the relay, SASL PLAIN,

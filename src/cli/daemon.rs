@@ -70,7 +70,7 @@ pub(crate) async fn serve(ctx: &Ctx, mode: Mode) -> Result<Exit> {
         .into());
     }
     let mut signals = signals()?;
-    let relay = super::relay::start(ctx, &config).await?;
+    let relay = super::relay::start(ctx, &config)?;
     let queued = relay.as_ref().map(crate::relay::Handle::queued);
     let next = match mode {
         Mode::Everything => plan(&config, ctx.clock.now()),

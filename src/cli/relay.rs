@@ -165,6 +165,7 @@ impl Report for Printed {
             Event::Listening { address, tls } => {
                 out.info(&format!("relay: listening on {address} ({tls})"));
             }
+            Event::NotListening { error } => out.warn(&format!("relay: a listener failed: {error}")),
             Event::Queued {
                 id,
                 client,
@@ -210,11 +211,13 @@ impl Report for Printed {
     }
 }
 
-/// Binds the relay of `config` and serves it in the background; `None` without `[relay]`.
+/// Binds the relay of `config` and serves it on a thread of its own (its own runtime), so that
+/// the outbox's delivery and the jobs on the caller's thread never hold up a client waiting for
+/// its 250; `None` without `[relay]`.
 ///
 /// # Errors
-/// A listener cannot be bound, or the TLS files are unusable.
-pub(crate) async fn start(
+/// A listener cannot be bound, the TLS files are unusable, or the thread cannot start.
+pub(crate) fn start(
     ctx: &Ctx,
     config: &crate::config::Config,
 ) -> Result<Option<crate::relay::Handle>> {
@@ -222,8 +225,15 @@ pub(crate) async fn start(
         return Ok(None);
     }
     let outbox = crate::outbox::Outbox::new(&ctx.state_dir()?);
-    let relay = crate::relay::Relay::bind(config, outbox, Arc::new(Printed(ctx.out))).await?;
+    let relay = crate::relay::Relay::bind(config, outbox, Arc::new(Printed(ctx.out)))?;
     let handle = relay.handle();
-    tokio::spawn(relay.serve());
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the relay's runtime")?;
+    std::thread::Builder::new()
+        .name("relay".into())
+        .spawn(move || runtime.block_on(relay.serve()))
+        .context("failed to start the relay's thread")?;
     Ok(Some(handle))
 }

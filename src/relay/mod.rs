@@ -47,6 +47,11 @@ pub enum Event {
         /// How clients get TLS there.
         tls: &'static str,
     },
+    /// A bound listener could not be served (it is closed).
+    NotListening {
+        /// Why.
+        error: String,
+    },
     /// A message is in the outbox (the client got 250).
     Queued {
         /// Its outbox id.
@@ -184,9 +189,10 @@ enum Kind {
     Implicit,
 }
 
-/// A bound relay, ready to serve.
+/// A bound relay, ready to serve (on any tokio runtime: the listeners are plain sockets until
+/// [`Relay::serve`] registers them).
 pub struct Relay {
-    listeners: Vec<(TcpListener, Kind)>,
+    listeners: Vec<(std::net::TcpListener, Kind)>,
     shared: Arc<Shared>,
 }
 
@@ -202,7 +208,7 @@ impl Relay {
     /// # Errors
     /// No `[relay]` table, an address that cannot be bound (in use, not ours), or unusable TLS
     /// files.
-    pub async fn bind(config: &Config, outbox: Outbox, report: Arc<dyn Report>) -> Result<Relay> {
+    pub fn bind(config: &Config, outbox: Outbox, report: Arc<dyn Report>) -> Result<Relay> {
         let settings = Settings::new(config).context("the configuration has no [relay] table")?;
         let relay = &settings.relay;
         let tls = match &relay.tls {
@@ -215,8 +221,8 @@ impl Relay {
             (&relay.listen_tls, Kind::Implicit),
         ] {
             for address in addresses {
-                let listener = TcpListener::bind(address)
-                    .await
+                let listener = std::net::TcpListener::bind(address)
+                    .and_then(|l| l.set_nonblocking(true).map(|()| l))
                     .with_context(|| format!("failed to listen on {address}"))?;
                 listeners.push((listener, kind));
             }
@@ -241,9 +247,19 @@ impl Relay {
         }
     }
 
-    /// Accepts connections until the future is dropped (each connection is its own task).
+    /// Accepts connections until the future is dropped (each connection is its own task on the
+    /// runtime that runs this).
     pub async fn serve(self) {
-        let loops = self.listeners.into_iter().map(|(listener, kind)| {
+        let loops = self.listeners.into_iter().filter_map(|(listener, kind)| {
+            let listener = match TcpListener::from_std(listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    self.shared.report.report(Event::NotListening {
+                        error: e.to_string(),
+                    });
+                    return None;
+                }
+            };
             let shared = self.shared.clone();
             let tls = match (kind, shared.tls.is_some()) {
                 (Kind::Implicit, _) => "implicit TLS",
@@ -253,7 +269,7 @@ impl Relay {
             if let Ok(address) = listener.local_addr() {
                 shared.report.report(Event::Listening { address, tls });
             }
-            accept_loop(listener, kind, shared)
+            Some(accept_loop(listener, kind, shared))
         });
         futures_util::future::join_all(loops).await;
     }

@@ -878,6 +878,49 @@ mod tests {
         assert_eq!(b.into_message(), b"a.\r\n\r\n");
     }
 
+    proptest::proptest! {
+        /// Any message of CRLF lines, dot-stuffed as a client sends it and cut into chunks
+        /// anywhere, decodes to itself; the bytes after the end marker are left for the next
+        /// command.
+        #[test]
+        fn body_decodes_any_split(
+            lines in proptest::collection::vec(
+                proptest::collection::vec(proptest::sample::select(b".a ".to_vec()), 0..6), 0..20),
+            cuts in proptest::collection::vec(1usize..9, 1..40),
+        ) {
+            let mut message = Vec::new();
+            let mut wire = Vec::new();
+            for line in &lines {
+                message.extend_from_slice(line);
+                message.extend_from_slice(b"\r\n");
+                if line.first() == Some(&b'.') {
+                    wire.push(b'.');
+                }
+                wire.extend_from_slice(line);
+                wire.extend_from_slice(b"\r\n");
+            }
+            wire.extend_from_slice(b".\r\nQUIT\r\n");
+            let mut body = Body::new(1 << 20);
+            let mut pending: Vec<u8> = Vec::new();
+            let mut at = 0;
+            let mut consumed = 0;
+            for cut in cuts.iter().cycle() {
+                if body.is_done() || at >= wire.len() {
+                    break;
+                }
+                let end = (at + cut).min(wire.len());
+                pending.extend_from_slice(&wire[at..end]);
+                at = end;
+                let used = body.feed(&pending);
+                consumed += used;
+                pending.drain(..used);
+            }
+            proptest::prop_assert!(body.is_done());
+            proptest::prop_assert_eq!(&wire[consumed..], b"QUIT\r\n".as_slice());
+            proptest::prop_assert_eq!(body.into_message(), message);
+        }
+    }
+
     /// Replies are written with continuation dashes and CRLF.
     #[test]
     fn reply_wire_form() {

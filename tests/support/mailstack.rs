@@ -548,6 +548,15 @@ shlib_directory = /usr/lib/postfix
             .collect()
     }
 
+    /// How many messages `user` has (files in the Maildir), without reading them.
+    pub fn delivered_count(&self, user: &str) -> usize {
+        ["new", "cur"]
+            .iter()
+            .filter_map(|d| fs::read_dir(self.path(&format!("mail/{user}/Maildir/{d}"))).ok())
+            .map(Iterator::count)
+            .sum()
+    }
+
     /// Waits until `user` has `n` messages (delivery through Postfix is asynchronous).
     pub fn wait_delivered(&self, user: &str, n: usize) -> Vec<Vec<u8>> {
         let deadline = Instant::now() + Duration::from_secs(20);

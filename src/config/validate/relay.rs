@@ -94,14 +94,14 @@ pub(super) fn relay(
         idle_timeout: duration(
             raw.idle_timeout.as_deref(),
             DEFAULT_IDLE_TIMEOUT,
-            (Duration::from_secs(5), Duration::from_secs(3600)),
+            (Duration::from_secs(1), Duration::from_secs(3600)),
             "relay.idle_timeout",
             problems,
         ),
         command_timeout: duration(
             raw.command_timeout.as_deref(),
             DEFAULT_COMMAND_TIMEOUT,
-            (Duration::from_secs(5), Duration::from_secs(6 * 3600)),
+            (Duration::from_secs(1), Duration::from_secs(6 * 3600)),
             "relay.command_timeout",
             problems,
         ),
