@@ -745,8 +745,12 @@ fn reply(code: u16, text: &str) -> Reply {
     }
 }
 
+/// How a connection that failed ends: worth a report while a message was being composed, or
+/// when it was not the client simply going away (a TLS handshake that failed, a timeout).
 fn lost(session: &Session, e: &std::io::Error) -> Result<(), String> {
-    if session.in_transaction() || e.kind() != std::io::ErrorKind::UnexpectedEof {
+    use std::io::ErrorKind::{BrokenPipe, ConnectionReset, UnexpectedEof};
+    let went_away = matches!(e.kind(), UnexpectedEof | ConnectionReset | BrokenPipe);
+    if session.in_transaction() || !went_away {
         Err(e.to_string())
     } else {
         Ok(())

@@ -356,3 +356,100 @@ fn limits(
         ),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::problems;
+    use std::path::Path;
+
+    const ACCOUNTS: &str = r#"
+[accounts.work]
+provider = "google"
+email = "ops@example.com"
+from = "Ops <alerts@example.com>"
+client_id = "x"
+[accounts.other]
+provider = "google"
+email = "other@example.com"
+client_id = "x"
+"#;
+    const HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c2FsdHNhbHRzYWx0$2h3Mqk3pa1p6x2ZaP3S7IgQ4j4x5G9mKfP2zq2Uh3mA";
+
+    /// Every rule that keeps the relay closed is a problem with its key path: a listener off
+    /// loopback without TLS, implicit TLS without a certificate, half a certificate, a missing or
+    /// foreign hash, an unknown account, a user without an account among several, loopback keys
+    /// without allow_loopback_without_auth, bad patterns and limits.
+    #[test]
+    fn relay_rules() {
+        let p = problems(&format!(
+            r#"{ACCOUNTS}
+[relay]
+listen = ["0.0.0.0:2525", "nonsense"]
+listen_tls = ["127.0.0.1:465"]
+tls_key_file = "/k.pem"
+account = "work"
+max_recipients = 0
+idle_timeout = "0s"
+[relay.users.a]
+account = "work"
+[relay.users.b]
+password_hash = "$2y$10$bcryptbcryptbcryptbcry"
+account = "work"
+[relay.users.c]
+password_hash = "{HASH}"
+account = "nope"
+[relay.users.d]
+password_hash = "{HASH}"
+[relay.users.e]
+password_hash = "{HASH}"
+account = "work"
+allowed_from = ["*", "*@example.com", "bad", "x@nodot"]
+"#
+        ));
+        let joined = p.join("\n");
+        for expected in [
+            "relay.listen: \"nonsense\" is not an IP address and port",
+            "relay.tls_key_file: tls_cert_file and tls_key_file go together",
+            "relay.listen: 0.0.0.0:2525 is not a loopback address",
+            "relay.listen_tls: implicit TLS needs tls_cert_file and tls_key_file",
+            "relay.users.a.password_hash: missing (required): `mailpilot relay passwd a` prints it",
+            "relay.users.b.password_hash: not an argon2 hash",
+            "relay.users.c.account: no account named \"nope\" (accounts: other, work)",
+            "relay.users.d.account: missing: several accounts are configured",
+            "relay.users.e.allowed_from: \"bad\" is not an address",
+            "relay.users.e.allowed_from: \"x@nodot\" is not an address",
+            "relay.account: applies to unauthenticated loopback clients only",
+            "relay.max_recipients: 0 is not from 1 to 1000",
+            "relay.idle_timeout:",
+        ] {
+            assert!(joined.contains(expected), "{expected:?} not in:\n{joined}");
+        }
+        assert_eq!(p.len(), 13, "{joined}");
+    }
+
+    /// A relay nobody may use is refused; a user gets the account's own addresses (email and
+    /// from) by default; loopback-only relays need no certificate.
+    #[test]
+    fn relay_defaults() {
+        let p = problems(&format!("{ACCOUNTS}\n[relay]\n"));
+        assert_eq!(p.len(), 1, "{p:?}");
+        assert!(p[0].contains("nobody may send through the relay"), "{p:?}");
+        let text = format!(
+            "{ACCOUNTS}\n[relay]\nallow_loopback_without_auth = true\naccount = \"other\"\n[relay.users.app]\npassword_hash = \"{HASH}\"\naccount = \"work\"\n"
+        );
+        let config = super::super::parse(&text, Path::new("/c.toml"), false).expect("valid");
+        let relay = config.relay.expect("relay");
+        assert_eq!(relay.listen, ["127.0.0.1:2525".parse().expect("addr")]);
+        assert_eq!(relay.max_message_size, 35_000_000);
+        let app = &relay.users["app"];
+        assert_eq!(
+            app.allowed_from.patterns(),
+            ["ops@example.com", "alerts@example.com"]
+        );
+        assert!(app.allowed_from.allows("ALERTS@example.com"));
+        assert!(!app.allowed_from.allows("ceo@example.com"));
+        let anon = relay.anonymous.expect("loopback clients");
+        assert_eq!(anon.account, "other");
+        assert_eq!(anon.allowed_from.patterns(), ["other@example.com"]);
+    }
+}
