@@ -296,21 +296,47 @@ fn missing_scope_is_named() {
     );
 }
 
-/// `auth revoke` calls the revocation endpoint and forgets the grant; without an endpoint it
-/// explains what to do instead.
+/// `auth revoke` calls the revocation endpoint as RFC 7009 asks — the client authenticated (in the
+/// body, or Basic with `client_auth = "basic"`), `token_type_hint=refresh_token` — and forgets the
+/// grant; a refused client keeps the grant and says why; without an endpoint it explains what to
+/// do instead.
 #[test]
 fn revoke() {
     let server = OAuthServer::start();
-    let env = TestEnv::new();
-    config(
-        &env,
-        &server,
-        &format!("revoke_url = \"{}\"", server.revoke_url()),
-    );
-    let rt = env.import(&server);
-    env.run(&["auth", "revoke", "work"]).expect_code(0);
-    assert_eq!(server.revoked(), [rt]);
-    assert!(!env.token_file("work").exists());
+    let secret = server.client_secret();
+    let mut revoked = Vec::new();
+    for auth in ["", "client_auth = \"basic\""] {
+        let env = TestEnv::new();
+        config(
+            &env,
+            &server,
+            &format!("revoke_url = \"{}\"\n{auth}", server.revoke_url()),
+        );
+        revoked.push(env.import(&server));
+        let wrong = env.run_full(
+            &["auth", "revoke", "work"],
+            &[("MP_TEST_SECRET", "wrong")],
+            None,
+        );
+        wrong.expect_code(1);
+        assert!(
+            wrong.stderr.contains(
+                "refused to revoke the grant (invalid_client: client authentication failed)"
+            ),
+            "{}",
+            wrong.stderr
+        );
+        assert!(env.token_file("work").exists(), "the grant is kept");
+        env.run_full(
+            &["auth", "revoke", "work"],
+            &[("MP_TEST_SECRET", &secret)],
+            None,
+        )
+        .expect_code(0);
+        assert!(!env.token_file("work").exists());
+    }
+    assert_eq!(server.revoked(), revoked);
+    assert_eq!(server.revoke_hints(), ["refresh_token", "refresh_token"]);
     let env = TestEnv::new();
     config(&env, &server, "");
     env.import(&server);

@@ -85,7 +85,8 @@ impl Endpoint {
         builder.body(normalize(body)).map_err(HttpClientError::Http)
     }
 
-    /// POSTs `form` to `url` and returns the status and the (bounded) body as text.
+    /// POSTs `form` to `url` (with an `Authorization` header when given) and returns the status
+    /// and the (bounded) body as text.
     ///
     /// # Errors
     /// As [`Endpoint::call`].
@@ -93,15 +94,19 @@ impl Endpoint {
         &self,
         url: &str,
         form: &[(&str, &str)],
+        authorization: Option<&crate::secret::Secret>,
     ) -> Result<(u16, String), CallError> {
         let body = url::form_urlencoded::Serializer::new(String::new())
             .extend_pairs(form)
             .finish();
-        let request = oauth2::http::Request::post(url)
-            .header(
-                oauth2::http::header::CONTENT_TYPE,
-                "application/x-www-form-urlencoded",
-            )
+        let mut request = oauth2::http::Request::post(url).header(
+            oauth2::http::header::CONTENT_TYPE,
+            "application/x-www-form-urlencoded",
+        );
+        if let Some(value) = authorization {
+            request = request.header(oauth2::http::header::AUTHORIZATION, value.expose());
+        }
+        let request = request
             .body(body.into_bytes())
             .map_err(HttpClientError::Http)?;
         let response = self.call(request).await?;

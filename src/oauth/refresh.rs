@@ -100,6 +100,68 @@ impl<'a> Refresher<'a> {
         self.finish(result, token_age)
     }
 
+    /// Revokes the grant at `url` (RFC 7009 §2.1): the refresh token with
+    /// `token_type_hint=refresh_token`, the client authenticated as at the token endpoint (Basic
+    /// or in the body per `client_auth`; its id alone for a public client).
+    ///
+    /// # Errors
+    /// [`AuthError::Transient`] when the endpoint cannot be reached; a refusal (with its OAuth
+    /// error, if it sent one).
+    pub async fn revoke(
+        &self,
+        url: &str,
+        refresh_token: &Secret,
+        client_secret: Option<&Secret>,
+    ) -> anyhow::Result<()> {
+        let account = self.account;
+        let mut form = vec![
+            ("token", refresh_token.expose()),
+            ("token_type_hint", "refresh_token"),
+        ];
+        let basic = match (account.client_auth, client_secret) {
+            (crate::config::ClientAuth::Basic, Some(secret)) => {
+                Some(basic_credentials(&account.client_id, secret))
+            }
+            (_, Some(secret)) => {
+                form.push(("client_id", &account.client_id));
+                form.push(("client_secret", secret.expose()));
+                None
+            }
+            (_, None) => {
+                form.push(("client_id", &account.client_id));
+                None
+            }
+        };
+        let (status, body) = self
+            .endpoint
+            .post_form(url, &form, basic.as_ref())
+            .await
+            .map_err(|e| AuthError::Transient {
+                account: account.name.clone(),
+                reason: format!("the revocation request to {url} failed"),
+                source: Some(super::http::cause(e)),
+            })?;
+        if (200..300).contains(&status) {
+            return Ok(());
+        }
+        let reason = match serde_json::from_str::<BasicErrorResponse>(&body) {
+            Ok(e) => format!(
+                "{}{}",
+                clean(e.error().as_ref(), ERROR_CODE_MAX),
+                e.error_description()
+                    .map(|d| format!(": {}", clean(d, SERVER_TEXT_MAX)))
+                    .unwrap_or_default()
+            ),
+            Err(_) => format!(
+                "HTTP {status}: {}",
+                clean(body.lines().next().unwrap_or_default(), SERVER_TEXT_MAX)
+            ),
+        };
+        anyhow::bail!(
+            "{url} refused to revoke the grant ({reason}); the grant is still stored (check client_id, the client secret and client_auth with `mailpilot config check`)"
+        )
+    }
+
     /// Asks for an access token with the app's own credentials (OAuth2 client credentials, RFC
     /// 6749 §4.4): the account's scopes, no refresh token.
     ///
@@ -178,7 +240,7 @@ impl<'a> Refresher<'a> {
         ];
         let (status, body) = self
             .endpoint
-            .post_form(url, &form)
+            .post_form(url, &form, None)
             .await
             .map_err(|e| self.classify(RequestTokenError::Request(e), None, None))?;
         if (200..300).contains(&status) {
@@ -444,9 +506,34 @@ fn reauth_hint(
     }
 }
 
+/// RFC 6749 §2.3.1: `Basic base64(urlencode(id) ":" urlencode(secret))`.
+fn basic_credentials(client_id: &str, secret: &Secret) -> Secret {
+    use base64::Engine;
+    let encode = |v: &str| url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
+    let pair = format!("{}:{}", encode(client_id), encode(secret.expose()));
+    Secret::new(format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(pair)
+    ))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Basic client credentials are form-encoded before base64 (RFC 6749 §2.3.1), so ids and
+    /// secrets with `:` or spaces survive.
+    #[test]
+    fn basic_credentials_encoding() {
+        use base64::Engine;
+        let value = basic_credentials("app:1", &Secret::new("s p&x"));
+        let b64 = value.expose().strip_prefix("Basic ").expect("Basic");
+        let raw = base64::engine::general_purpose::STANDARD
+            .decode(b64)
+            .expect("base64");
+        assert_eq!(raw, b"app%3A1:s+p%26x");
+        assert_eq!(format!("{value:?}"), "[redacted]");
+    }
     use crate::config::{ClientAuth, Endpoints};
 
     fn account(provider: Provider) -> Account {

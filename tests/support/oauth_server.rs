@@ -136,6 +136,8 @@ struct State {
     devices: HashMap<String, Device>,
     authorize_requests: Vec<HashMap<String, String>>,
     revoked: Vec<String>,
+    /// The `token_type_hint` of each accepted revocation.
+    revoke_hints: Vec<String>,
     app_mailbox: Option<String>,
     /// Further app clients (client id → the mailbox their tokens open), sharing the secret, so
     /// tests using the shared stack's server do not step on each other.
@@ -214,6 +216,7 @@ impl OAuthServer {
             devices: HashMap::new(),
             authorize_requests: Vec::new(),
             revoked: Vec::new(),
+            revoke_hints: Vec::new(),
             app_mailbox: None,
             app_clients: HashMap::new(),
             service_accounts: HashMap::new(),
@@ -357,6 +360,11 @@ impl OAuthServer {
     /// Device token polls so far.
     pub fn device_polls(&self) -> u32 {
         self.st().devices.values().map(|d| d.polls).sum()
+    }
+
+    /// The `token_type_hint` of each accepted revocation.
+    pub fn revoke_hints(&self) -> Vec<String> {
+        self.st().revoke_hints.clone()
     }
 
     /// Tokens revoked through the revocation endpoint.
@@ -574,6 +582,16 @@ fn handle(conn: TcpStream, state: &Mutex<State>) {
         "/device" => device(&conn, state, &form),
         "/revoke" => {
             let mut st = state.lock().expect("state");
+            // RFC 7009 §2.1: the client authenticates as it does at the token endpoint.
+            if let Err(e) = check_client(&st, &req, &form) {
+                return json(
+                    &conn,
+                    401,
+                    serde_json::json!({"error": "invalid_client", "error_description": e}),
+                );
+            }
+            st.revoke_hints
+                .push(form.get("token_type_hint").cloned().unwrap_or_default());
             let token = form.get("token").cloned().unwrap_or_default();
             st.grants.remove(&token);
             st.access.remove(&token);

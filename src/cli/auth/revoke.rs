@@ -3,13 +3,11 @@
 use anyhow::{bail, Context, Result};
 
 use crate::cli::Ctx;
-use crate::error::{clean, AuthError, SERVER_TEXT_MAX};
 use crate::exit::Exit;
-use crate::oauth::http::{self, Endpoint};
-use crate::oauth::TokenStore;
+use crate::oauth::{Refresher, TokenSource, TokenStore};
 
-/// Revokes the grant at the provider's revocation endpoint (Google has one) and deletes the
-/// stored tokens. Where the provider has none (Microsoft), says how to revoke it there.
+/// Revokes the grant at the provider's revocation endpoint (RFC 7009: the refresh token, the
+/// client authenticated as at the token endpoint; Google has one) and deletes the stored tokens. Where the provider has none (Microsoft), says how to revoke it there.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     /// Account name from the configuration
@@ -42,23 +40,10 @@ impl Args {
                 account.name
             );
         };
-        let endpoint = Endpoint::new(account)?;
-        let form = [("token", token.refresh_token.expose())];
-        let (status, body) =
-            endpoint
-                .post_form(url, &form)
-                .await
-                .map_err(|e| AuthError::Transient {
-                    account: account.name.clone(),
-                    reason: format!("the request to {url} failed"),
-                    source: Some(http::cause(e)),
-                })?;
-        if !(200..300).contains(&status) {
-            bail!(
-                "{url} refused to revoke the grant (HTTP {status}): {}",
-                clean(body.lines().next().unwrap_or_default(), SERVER_TEXT_MAX)
-            );
-        }
+        let secret = TokenSource::new(account, &store, ctx.clock.as_ref()).client_secret()?;
+        Refresher::new(account)?
+            .revoke(url, &token.refresh_token, secret.as_ref())
+            .await?;
         store
             .delete(&account.name)
             .context("the grant was revoked, but deleting the local tokens failed")?;
