@@ -17,11 +17,11 @@ mod common;
 #[path = "../tests/support/mod.rs"]
 mod support;
 
-use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::{keep_for_profiling, measure, median, MEASURE};
+use support::mailstack::{free_port, wait_for_port};
 use support::{MailStack, TestEnv};
 
 const MESSAGES: usize = 1_000;
@@ -38,10 +38,7 @@ fn main() {
     let stack = MailStack::get();
     let secret = stack.oauth.client_secret();
     let (env, user, _) = TestEnv::for_sendmail(stack, "bench-rl", stack.ports.postfix_submission);
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
+    let port = free_port();
     let mut text = std::fs::read_to_string(env.config_path()).expect("config");
     text.push_str(&format!(
         "\n[relay]\nlisten = [\"127.0.0.1:{port}\"]\nallow_loopback_without_auth = true\naccount = \"work\"\nallowed_from = [\"*\"]\n"
@@ -54,9 +51,7 @@ fn main() {
         .stderr(Stdio::null())
         .spawn()
         .expect("start the relay");
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for_port(port, || "the relay did not start".into());
     println!(
         "smtp-source -m {MESSAGES} -l {BODY_BYTES} -d into each server; {ROUNDS} interleaved rounds, medians; delivered = until the last message is in Dovecot"
     );

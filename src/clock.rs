@@ -23,6 +23,19 @@ impl Clock for SystemClock {
     }
 }
 
+/// A name unique on this host: nanoseconds since the epoch (zero-padded, so names sort by time),
+/// the process id and a counter (two names in one nanosecond differ):
+/// `000001796119575075553093-20231-0`. Outbox ids and the left part of Message-IDs.
+pub fn unique_stamp() -> String {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_nanos();
+    format!("{nanos:024}-{}-{n}", std::process::id())
+}
+
 /// A fixed clock for tests.
 #[derive(Debug, Clone, Copy)]
 pub struct FixedClock(pub u64);

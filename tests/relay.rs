@@ -14,20 +14,11 @@ use std::time::{Duration, Instant};
 
 use mail_parser::MessageParser;
 
-use crate::support::mailstack::POSTFIX_SERVICES;
+use crate::support::mailstack::{free_port, wait_for_port, POSTFIX_SERVICES};
 use crate::support::{MailStack, TestEnv};
 
 /// The relay user's password in every test.
 const PASSWORD: &str = "s3cret-pass";
-
-/// A loopback port that was free a moment ago.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 /// The stack's server certificate and key (SANs localhost and 127.0.0.1), for the relay's TLS.
 fn stack_cert(stack: &MailStack) -> (PathBuf, PathBuf) {
@@ -243,10 +234,12 @@ fn smtplib_plain_and_login_over_starttls() {
     let delivered = stack.wait_delivered(&setup.rcpt, 2);
     assert_eq!(subjects(&delivered), ["relay login", "relay plain"]);
     let first = String::from_utf8_lossy(&delivered[0]).into_owned();
+    // smtplib sent neither: the relay added them (Postfix's own Message-Id would not end so).
     assert!(
-        first.contains("Message-ID:") || first.contains("Message-Id:"),
+        first.contains("\nMessage-ID: <") && first.contains(".relay@mailpilot.test>"),
         "{first}"
     );
+    assert!(first.contains("\nDate: "), "{first}");
     relay.wait_log("relay: queued", 2);
     let log = relay.stop();
     assert!(log.contains("from user \"app\" at 127.0.0.1:"), "{log}");
@@ -464,15 +457,7 @@ impl ClientPostfix {
             .expect("postfix");
         let postfix = ClientPostfix { dir, port };
         assert!(status.success(), "client postfix: {}", postfix.log());
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "client postfix: {}",
-                postfix.log()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_port(port, || postfix.log());
         postfix
     }
 
@@ -718,6 +703,10 @@ s.quit()
     let delivered = stack.wait_delivered(&setup.rcpt, 1);
     let text = String::from_utf8_lossy(&delivered[0]).into_owned();
     assert!(text.contains(&format!("From: {}", setup.user)), "{text}");
+    assert!(
+        text.contains(".relay@mailpilot.test>"),
+        "the relay's Message-ID: {text}"
+    );
     let log = relay.stop();
     assert!(
         log.contains("from an unauthenticated loopback client"),

@@ -6,17 +6,8 @@ use std::fs;
 
 use mail_parser::MessageParser;
 
-use crate::support::mailstack::REJECT_DOMAIN;
+use crate::support::mailstack::{free_port, REJECT_DOMAIN};
 use crate::support::{MailStack, Run, TestEnv};
-
-/// A loopback port nothing listens on.
-fn closed_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
-}
 
 /// Points the account's SMTP server from the closed port back at the real one.
 fn server_back(env: &TestEnv, closed: u16, real: u16) {
@@ -203,7 +194,7 @@ fn mail_and_php_deliver() {
 #[test]
 fn outage_queues_then_flush_delivers_once() {
     let stack = MailStack::get();
-    let closed = closed_port();
+    let closed = free_port();
     let (env, user, rcpt) = TestEnv::for_sendmail(stack, "smdown", closed);
     let run = sendmail(&env, stack, &["root"], "Subject: while down\n\nqueued\n");
     run.expect_code(0);
@@ -237,7 +228,7 @@ fn token_endpoint_down_queues() {
         TestEnv::for_sendmail(stack, "smtoken", stack.ports.postfix_submission);
     expire_token(&env);
     let real = stack.oauth.token_url();
-    let down = format!("http://127.0.0.1:{}/token", closed_port());
+    let down = format!("http://127.0.0.1:{}/token", free_port());
     let text = fs::read_to_string(env.config_path()).expect("config");
     env.write_config(&text.replace(&real, &down));
     let run = sendmail(&env, stack, &["root"], "Subject: no token yet\n\nkept\n");
@@ -289,7 +280,7 @@ fn revoked_grant_keeps_the_message() {
 #[test]
 fn daemon_drains_the_outbox() {
     let stack = MailStack::get();
-    let closed = closed_port();
+    let closed = free_port();
     let (env, _user, rcpt) = TestEnv::for_sendmail(stack, "smdaemon", closed);
     sendmail(&env, stack, &["root"], "Subject: first\n\nqueued\n").expect_code(0);
     let status = env.run_full(

@@ -86,22 +86,17 @@ impl PasswdArgs {
 
 /// The password: one line of stdin; on a terminal asked twice with echo off (`stty -echo`).
 fn read_password(ctx: &Ctx) -> Result<Secret> {
-    let stdin = std::io::stdin();
-    if !stdin.is_terminal() {
-        let mut line = String::new();
-        stdin
-            .lock()
-            .take_line(&mut line)
-            .context("failed to read the password from stdin")?;
-        return non_empty(line);
+    let mut first = String::new();
+    if !std::io::stdin().is_terminal() {
+        read_line(&mut first).context("failed to read the password from stdin")?;
+        return non_empty(first);
     }
     let _echo = EchoOff::new();
     ctx.out.prompt("password: ");
-    let mut first = String::new();
-    stdin.lock().take_line(&mut first)?;
+    read_line(&mut first)?;
     ctx.out.prompt("\nagain: ");
     let mut second = String::new();
-    stdin.lock().take_line(&mut second)?;
+    read_line(&mut second)?;
     ctx.out.prompt("\n");
     if first != second {
         bail!("the two passwords differ");
@@ -117,16 +112,14 @@ fn non_empty(line: String) -> Result<Secret> {
     Ok(Secret::new(password))
 }
 
-/// Reads one line, at most 4 KiB.
-trait TakeLine {
-    fn take_line(&mut self, line: &mut String) -> std::io::Result<()>;
-}
-
-impl<R: BufRead> TakeLine for R {
-    fn take_line(&mut self, line: &mut String) -> std::io::Result<()> {
-        use std::io::Read;
-        self.take(4096).read_line(line).map(|_| ())
-    }
+/// Reads one line of stdin, at most 4 KiB.
+fn read_line(line: &mut String) -> std::io::Result<()> {
+    use std::io::Read;
+    std::io::stdin()
+        .lock()
+        .take(4096)
+        .read_line(line)
+        .map(|_| ())
 }
 
 /// Terminal echo off while it lives.

@@ -52,7 +52,7 @@ impl Args {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default();
         let from = account.from.as_deref().unwrap_or(&account.email);
-        let unique = format!("{}.{}.mailpilot", now.as_nanos(), std::process::id());
+        let unique = format!("{}.mailpilot", crate::clock::unique_stamp());
         let sub_ctx = submission::Context {
             settings: &config.sendmail,
             account_from: submission::address_of(from),

@@ -71,11 +71,12 @@ pub struct Relay {
 /// A relay user (`[relay.users.NAME]`), or the unauthenticated loopback client.
 #[derive(Debug, Clone)]
 pub struct RelayUser {
-    /// The argon2 PHC string (empty for the loopback client).
-    pub password_hash: String,
+    /// The argon2 PHC string (`None` for the unauthenticated loopback client); redacted in
+    /// `Debug` like any secret, since it allows guessing the password offline.
+    pub password_hash: Option<crate::secret::Secret>,
     /// The account the mail goes out through.
     pub account: String,
-    /// The From addresses allowed (default: the account's own).
+    /// The From addresses allowed: the account's own, then `allowed_from`.
     pub allowed_from: FromPatterns,
 }
 

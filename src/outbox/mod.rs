@@ -151,20 +151,29 @@ fn envelope(account: &Account, head: &Head) -> Result<lettre::address::Envelope>
 /// goes over one session, and nothing stays open long after it.
 const SESSION_KEEP: std::time::Duration = std::time::Duration::from_secs(30);
 
-/// Open SMTP sessions kept from one delivery run to the next, one per account. A kept session is
-/// checked with NOOP before it carries a message, and is never used past its token's renewal time.
+/// A kept session idle longer than this is checked with NOOP before it carries a message; within
+/// a stream (the relay wakes the drain for every message) that round trip is not paid each time.
+const PROBE_AFTER: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Open SMTP sessions kept from one delivery run to the next, one per account. A kept session idle
+/// for more than [`PROBE_AFTER`] is checked with NOOP before it carries a message, and none is used
+/// past its token's renewal time.
 #[derive(Default)]
 pub struct Sessions(BTreeMap<String, (Session, std::time::Instant)>);
 
 impl Sessions {
-    /// The account's kept session, if it is still fresh and answers NOOP.
+    /// The account's kept session, if it is still fresh (and answers NOOP after a pause).
     async fn take(&mut self, account: &str, now: u64) -> Option<Session> {
         let (mut session, idle_since) = self.0.remove(account)?;
-        if idle_since.elapsed() > SESSION_KEEP || session.token_expiring(now) {
+        let idle = idle_since.elapsed();
+        if idle > SESSION_KEEP || session.token_expiring(now) {
             session.quit().await;
             return None;
         }
-        session.noop().await.ok().map(|()| session)
+        if idle > PROBE_AFTER && session.noop().await.is_err() {
+            return None;
+        }
+        Some(session)
     }
 
     fn keep(&mut self, account: &str, session: Session) {
@@ -234,15 +243,8 @@ impl Outbox {
     /// The directory or file cannot be written.
     pub fn put(&self, head: &Head, message: &[u8]) -> Result<String> {
         fsutil::private_dir(&self.dir)?;
-        // Time (so ids sort oldest first), process and a counter: unique on this host even for
-        // two messages put by one process in the same nanosecond.
-        static PUT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let n = PUT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos();
-        let id = format!("{nanos:024}-{}-{n}", std::process::id());
+        // Time first, so ids sort oldest first.
+        let id = crate::clock::unique_stamp();
         let mut bytes = serde_json::to_vec(head).context("failed to encode the outbox entry")?;
         bytes.push(b'\n');
         bytes.extend_from_slice(message);

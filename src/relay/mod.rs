@@ -612,22 +612,25 @@ impl Conn {
     /// checked by argon2 off the runtime thread. An unknown user costs the same argon2 run (so
     /// the reply's timing does not tell which names exist).
     async fn check_password(&self, user: Option<&crate::config::RelayUser>, login: &Login) -> bool {
-        let hash = match user {
-            Some(u) => u.password_hash.clone(),
-            None => dummy_hash().to_string(),
+        let known = user.and_then(|u| u.password_hash.as_ref());
+        let proven = |hash: &Secret| {
+            lock(&self.shared.proven).knows(&login.user, hash.expose(), &login.password)
         };
-        if user.is_some() && lock(&self.shared.proven).knows(&login.user, &hash, &login.password) {
+        if known.is_some_and(proven) {
             return true;
         }
+        let hash = known.map_or_else(|| dummy_hash().to_string(), |h| h.expose().to_string());
         let password = login.password.clone();
-        let checked_hash = hash.clone();
-        let ok = tokio::task::spawn_blocking(move || auth::verify(&checked_hash, &password))
+        let right = tokio::task::spawn_blocking(move || auth::verify(&hash, &password))
             .await
             .unwrap_or(false);
-        if ok && user.is_some() {
-            lock(&self.shared.proven).remember(&login.user, &hash, &login.password);
+        match known {
+            Some(hash) if right => {
+                lock(&self.shared.proven).remember(&login.user, hash.expose(), &login.password);
+                true
+            }
+            _ => false,
         }
-        ok && user.is_some()
     }
 
     /// Reads the message after 354 and hands it to the outbox; the reply to send.
@@ -655,8 +658,7 @@ impl Conn {
     }
 
     /// Puts the message in the outbox (Date and Message-ID added when missing); 250 only once it
-    /// is on disk. A From header outside the sender's `allowed_from` is refused (the account's own
-    /// address is always allowed).
+    /// is on disk. A From header outside the sender's `allowed_from` is refused.
     async fn hand_off(&self, envelope: Envelope, message: Vec<u8>) -> Reply {
         let Envelope { sender, to, .. } = envelope;
         let account_from = self
@@ -673,7 +675,7 @@ impl Conn {
             settings: &plain,
             account_from: &account_from,
             date: chrono::Local::now().to_rfc2822(),
-            unique: unique_id(),
+            unique: format!("{}.relay", crate::clock::unique_stamp()),
         };
         let args = SendmailArgs {
             recipients: to,
@@ -684,9 +686,7 @@ impl Conn {
             Err(e) => return reply(554, &format!("5.6.0 {}", e.0)),
         };
         drop(message);
-        if !prepared.from.eq_ignore_ascii_case(&account_from)
-            && !sender.allowed_from.allows(&prepared.from)
-        {
+        if !sender.allowed_from.allows(&prepared.from) {
             return reply(
                 550,
                 &proto::not_allowed(&clean(&prepared.from, 256), &sender),
@@ -767,15 +767,4 @@ fn dummy_hash() -> &'static str {
     HASH.get_or_init(|| {
         auth::hash(&Secret::new("mailpilot: no such relay user")).unwrap_or_default()
     })
-}
-
-/// The unique left part of a Message-ID the relay adds.
-fn unique_id() -> String {
-    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    format!("{nanos}.{}.{n}.relay", std::process::id())
 }

@@ -85,7 +85,19 @@ pub struct MailStack {
 
 static STACK: OnceLock<MailStack> = OnceLock::new();
 
-fn free_port() -> u16 {
+/// Waits up to 20 s until something accepts connections on loopback `port`; panics with `logs()`.
+pub fn wait_for_port(port: u16, logs: impl Fn() -> String) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            panic!("nothing listens on port {port}:\n{}", logs());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A loopback port that was free a moment ago (nothing listens on it).
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
         .expect("free port")
@@ -407,13 +419,7 @@ shlib_directory = /usr/lib/postfix
     }
 
     fn wait_for_port(&self, port: u16) {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            if Instant::now() > deadline {
-                panic!("server on port {port} did not start:\n{}", self.logs());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_port(port, || self.logs());
     }
 
     /// Both servers' logs, for failure messages.

@@ -24,8 +24,8 @@ const DEFAULT_TOKEN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Default for `max_message_size`: far above real mail (providers cap messages at 25–150 MB
 /// including encoding), far below what would strain a small host.
 const DEFAULT_MAX_MESSAGE_SIZE: u64 = 50_000_000;
-/// Bounds for `max_message_size`.
-const MESSAGE_SIZE_RANGE: std::ops::RangeInclusive<u64> = 1024..=2_000_000_000;
+/// Largest `max_message_size`.
+const MAX_MESSAGE_SIZE: u64 = 2_000_000_000;
 /// Largest `token_timeout`.
 const MAX_TOKEN_TIMEOUT: Duration = Duration::from_secs(300);
 
@@ -157,7 +157,12 @@ fn limits(raw: &RawAccount, at: &str, problems: &mut Problems) -> (Duration, Dur
         &format!("{at}.token_timeout"),
         problems,
     );
-    let max_message_size = message_size(raw.max_message_size.as_ref(), at, problems);
+    let max_message_size = message_size(
+        raw.max_message_size.as_ref(),
+        &format!("{at}.max_message_size"),
+        &ACCOUNT_SIZE,
+        problems,
+    );
     (refresh_margin, token_timeout, max_message_size)
 }
 
@@ -283,11 +288,32 @@ fn certificate(
     Some(ClientCertificate { certificate, key })
 }
 
-/// `max_message_size`: bytes (`50000000`) or a size with a unit (`"50MB"`, `"64MiB"`).
-fn message_size(value: Option<&toml::Value>, at: &str, problems: &mut Problems) -> u64 {
-    let path = format!("{at}.max_message_size");
+/// The default and upper bound of a `max_message_size` key (an account's, the relay's).
+pub(super) struct SizeRule {
+    /// When the key is absent or unusable.
+    pub default: u64,
+    /// The largest size taken (the smallest is 1 KiB).
+    pub max: u64,
+    /// `max` as the error message says it (`"2GB"`).
+    pub max_text: &'static str,
+}
+
+/// An account's `max_message_size`.
+const ACCOUNT_SIZE: SizeRule = SizeRule {
+    default: DEFAULT_MAX_MESSAGE_SIZE,
+    max: MAX_MESSAGE_SIZE,
+    max_text: "2GB",
+};
+
+/// `max_message_size` at `path`: bytes (`50000000`) or a size with a unit (`"50MB"`, `"64MiB"`).
+pub(super) fn message_size(
+    value: Option<&toml::Value>,
+    path: &str,
+    rule: &SizeRule,
+    problems: &mut Problems,
+) -> u64 {
     let bytes = match value {
-        None => return DEFAULT_MAX_MESSAGE_SIZE,
+        None => return rule.default,
         Some(toml::Value::Integer(n)) => u64::try_from(*n).ok(),
         Some(toml::Value::String(s)) => parse_size(s),
         Some(other) => {
@@ -298,27 +324,28 @@ fn message_size(value: Option<&toml::Value>, at: &str, problems: &mut Problems) 
                     other.type_str()
                 ),
             );
-            return DEFAULT_MAX_MESSAGE_SIZE;
+            return rule.default;
         }
     };
     match bytes {
-        Some(b) if MESSAGE_SIZE_RANGE.contains(&b) => b,
+        Some(b) if (1024..=rule.max).contains(&b) => b,
         _ => {
             problems.push(
                 path,
                 format!(
-                    "{} is not a size from 1KiB to 2GB (write e.g. \"50MB\" or \"64MiB\")",
-                    value.map(ToString::to_string).unwrap_or_default()
+                    "{} is not a size from 1KiB to {} (write e.g. \"50MB\" or \"64MiB\")",
+                    value.map(ToString::to_string).unwrap_or_default(),
+                    rule.max_text
                 ),
             );
-            DEFAULT_MAX_MESSAGE_SIZE
+            rule.default
         }
     }
 }
 
 /// `"50MB"` → 50,000,000; `"64MiB"` → 67,108,864; `"1024"` → 1024. Units: B, KB, MB, GB (powers of
 /// 1000), KiB, MiB, GiB (powers of 1024), any case.
-pub(super) fn parse_size(text: &str) -> Option<u64> {
+fn parse_size(text: &str) -> Option<u64> {
     let text = text.trim();
     let split = text
         .find(|c: char| !c.is_ascii_digit())

@@ -10,16 +10,21 @@ use std::time::Duration;
 
 use super::super::raw::{field_names, RawRelay, RawRelayUser};
 use super::super::{Account, FromPatterns, Relay, RelayUser};
-use super::account::parse_size;
+use super::account::{message_size, SizeRule};
 use super::{deserialize_collecting, duration, Problems};
+use crate::secret::Secret;
 
 /// The default plain listener: loopback only, the usual submission-relay port.
 const DEFAULT_LISTEN: &str = "127.0.0.1:2525";
 /// Default `max_message_size`: Microsoft 365's default send limit (Gmail's is 25 MB of
 /// attachments, ~35 MB encoded).
 const DEFAULT_MAX_MESSAGE_SIZE: u64 = 35_000_000;
-/// The largest `max_message_size`: what the outbox takes, less room for added header lines.
-const MAX_MESSAGE_SIZE: u64 = 64_000_000;
+/// `max_message_size`: at most what the outbox takes, less room for added header lines.
+const RELAY_SIZE: SizeRule = SizeRule {
+    default: DEFAULT_MAX_MESSAGE_SIZE,
+    max: 64_000_000,
+    max_text: "64MB",
+};
 /// Default `max_recipients` (Gmail's and Microsoft's per-message limits are 100 and 500).
 const DEFAULT_MAX_RECIPIENTS: usize = 100;
 /// Default `max_connections`: far above what printers and apps open, far below the fd limit.
@@ -199,7 +204,7 @@ fn users(
                 if argon2::PasswordHash::new(h)
                     .is_ok_and(|p| p.algorithm.as_str().starts_with("argon2")) =>
             {
-                h.to_string()
+                Secret::new(h)
             }
             Some(_) => {
                 problems.push(
@@ -217,7 +222,7 @@ fn users(
             }
         };
         if let Some(mut sender) = sender(&user, &at, accounts, problems) {
-            sender.password_hash = hash;
+            sender.password_hash = Some(hash);
             users.insert(name, sender);
         }
     }
@@ -253,22 +258,20 @@ fn sender(
         );
         return None;
     };
-    let allowed_from = match &raw.allowed_from {
-        Some(patterns) => {
-            for p in patterns {
-                if !pattern_ok(p) {
-                    problems.push(
-                        format!("{at}.allowed_from"),
-                        format!("\"{p}\" is not an address, \"*@domain\" or \"*\""),
-                    );
-                }
-            }
-            patterns.clone()
+    // The account's own addresses always pass (it may always send as itself), then the patterns.
+    let mut allowed_from = account_addresses(account);
+    for p in raw.allowed_from.iter().flatten() {
+        if !pattern_ok(p) {
+            problems.push(
+                format!("{at}.allowed_from"),
+                format!("\"{p}\" is not an address, \"*@domain\" or \"*\""),
+            );
+        } else if !allowed_from.iter().any(|a| a.eq_ignore_ascii_case(p)) {
+            allowed_from.push(p.clone());
         }
-        None => account_addresses(account),
-    };
+    }
     Some(RelayUser {
-        password_hash: String::new(),
+        password_hash: None,
         account: name,
         allowed_from: FromPatterns::new(allowed_from),
     })
@@ -314,26 +317,12 @@ fn limits(
     connections: Option<u32>,
     problems: &mut Problems,
 ) -> (u64, usize, usize) {
-    let size = match size {
-        None => DEFAULT_MAX_MESSAGE_SIZE,
-        Some(v) => {
-            let bytes = match v {
-                toml::Value::Integer(n) => u64::try_from(*n).ok(),
-                toml::Value::String(s) => parse_size(s),
-                _ => None,
-            };
-            match bytes {
-                Some(b) if (1024..=MAX_MESSAGE_SIZE).contains(&b) => b,
-                _ => {
-                    problems.push(
-                        "relay.max_message_size",
-                        format!("{v} is not a size from 1KiB to 64MB (write e.g. \"35MB\")"),
-                    );
-                    DEFAULT_MAX_MESSAGE_SIZE
-                }
-            }
-        }
-    };
+    let size = message_size(
+        size.as_ref(),
+        "relay.max_message_size",
+        &RELAY_SIZE,
+        problems,
+    );
     let mut count = |value: Option<u32>, default: usize, max: u32, key: &str| match value {
         None => default,
         Some(n) if (1..=max).contains(&n) => n as usize,
@@ -389,6 +378,7 @@ listen_tls = ["127.0.0.1:465"]
 tls_key_file = "/k.pem"
 account = "work"
 max_recipients = 0
+max_message_size = "1GB"
 idle_timeout = "0s"
 [relay.users.a]
 account = "work"
@@ -420,11 +410,12 @@ allowed_from = ["*", "*@example.com", "bad", "x@nodot"]
             "relay.users.e.allowed_from: \"x@nodot\" is not an address",
             "relay.account: applies to unauthenticated loopback clients only",
             "relay.max_recipients: 0 is not from 1 to 1000",
+            "relay.max_message_size: \"1GB\" is not a size from 1KiB to 64MB",
             "relay.idle_timeout:",
         ] {
             assert!(joined.contains(expected), "{expected:?} not in:\n{joined}");
         }
-        assert_eq!(p.len(), 13, "{joined}");
+        assert_eq!(p.len(), 14, "{joined}");
     }
 
     /// A relay nobody may use is refused; a user gets the account's own addresses (email and
@@ -435,7 +426,7 @@ allowed_from = ["*", "*@example.com", "bad", "x@nodot"]
         assert_eq!(p.len(), 1, "{p:?}");
         assert!(p[0].contains("nobody may send through the relay"), "{p:?}");
         let text = format!(
-            "{ACCOUNTS}\n[relay]\nallow_loopback_without_auth = true\naccount = \"other\"\n[relay.users.app]\npassword_hash = \"{HASH}\"\naccount = \"work\"\n"
+            "{ACCOUNTS}\n[relay]\nallow_loopback_without_auth = true\naccount = \"other\"\n[relay.users.app]\npassword_hash = \"{HASH}\"\naccount = \"work\"\n[relay.users.lab]\npassword_hash = \"{HASH}\"\naccount = \"work\"\nallowed_from = [\"*@lab.example.com\", \"OPS@example.com\"]\n"
         );
         let config = super::super::parse(&text, Path::new("/c.toml"), false).expect("valid");
         let relay = config.relay.expect("relay");
@@ -448,6 +439,11 @@ allowed_from = ["*", "*@example.com", "bad", "x@nodot"]
         );
         assert!(app.allowed_from.allows("ALERTS@example.com"));
         assert!(!app.allowed_from.allows("ceo@example.com"));
+        assert_eq!(
+            relay.users["lab"].allowed_from.patterns(),
+            ["ops@example.com", "alerts@example.com", "*@lab.example.com"],
+            "the account's own addresses first, each once"
+        );
         let anon = relay.anonymous.expect("loopback clients");
         assert_eq!(anon.account, "other");
         assert_eq!(anon.allowed_from.patterns(), ["other@example.com"]);
