@@ -9,7 +9,8 @@ use crate::oauth::TokenSource;
 use crate::outbox::{Drain, Outbox, Queued, Sessions, Status};
 use crate::output::JSON_SCHEMA_VERSION;
 
-/// The outbox of `sendmail`: list, deliver now, show, retry a failed message, drop one.
+/// The outbox (what `sendmail` and the relay queued): list, deliver now, show, retry a failed
+/// message, drop one.
 #[derive(Debug, clap::Subcommand)]
 pub enum QueueCommand {
     /// List queued and failed messages (id, age, account, recipients, attempts, last error)

@@ -17,8 +17,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use ring::rand::SecureRandom;
 
-use super::{Head, Outbox, MAX_MESSAGE_BYTES};
-use crate::fsutil;
+use super::{Head, Outbox};
 
 /// A drop directory.
 #[derive(Debug, Clone)]
@@ -126,15 +125,54 @@ pub struct PickedUp {
     pub bad: Vec<(String, String)>,
 }
 
+/// A dropped file as the outbox reads its own (`read_mail`), with a sane recipient count: the
+/// drop directory is written by other users.
 fn read_dropped(path: &Path) -> Result<(Head, Vec<u8>)> {
-    let bytes = fsutil::read_limited(path, MAX_MESSAGE_BYTES + 64 * 1024)?;
-    let Some(newline) = bytes.iter().position(|b| *b == b'\n') else {
-        bail!("no head line");
-    };
-    let head: Head =
-        serde_json::from_slice(&bytes[..newline]).context("an unreadable head line")?;
+    let (head, message) = super::read_mail(path)?;
     if head.to.is_empty() || head.to.len() > 1000 {
         bail!("{} recipients", head.to.len());
     }
-    Ok((head, bytes[newline + 1..].to_vec()))
+    Ok((head, message))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A message left in the drop directory moves into the outbox under the daemon's account (the
+    /// caller's is not trusted); a file that is not a message is renamed `.bad` with the reason,
+    /// and nothing else is touched.
+    #[test]
+    fn pick_up_moves_messages_and_sets_bad_files_aside() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let drop = MailDrop::new(&dir.path().join("drop"));
+        fs::create_dir(dir.path().join("drop")).expect("mkdir");
+        let head = Head {
+            version: 1,
+            account: "whatever-the-caller-said".into(),
+            from: "user@example.com".into(),
+            to: vec!["ops@example.com".into()],
+            queued_at: 1,
+        };
+        let name = drop.leave(&head, b"Subject: hi\n\nbody\n").expect("leave");
+        fs::write(dir.path().join("drop/garbage.drop"), b"not a head line").expect("write");
+        fs::write(dir.path().join("drop/other.txt"), b"ignored").expect("write");
+        let outbox = Outbox::new(&dir.path().join("state"));
+        let picked = drop.pick_up(&outbox, "work").expect("pick up");
+        assert_eq!(picked.queued.len(), 1);
+        assert_eq!(picked.bad.len(), 1);
+        assert_eq!(picked.bad[0].0, "garbage");
+        assert!(picked.bad[0].1.contains("no head line"), "{:?}", picked.bad);
+        let (queued, message) = outbox.load(&picked.queued[0]).expect("load");
+        assert_eq!(queued.account, "work");
+        assert_eq!(message, b"Subject: hi\n\nbody\n");
+        assert!(!dir.path().join(format!("drop/{name}.drop")).exists());
+        assert!(dir.path().join("drop/garbage.bad").exists());
+        assert!(dir.path().join("drop/other.txt").exists());
+        assert!(drop
+            .pick_up(&outbox, "work")
+            .expect("again")
+            .queued
+            .is_empty());
+    }
 }
