@@ -10,7 +10,13 @@ use std::time::Duration;
 use crate::support::oauth_server::DeviceState;
 use crate::support::{MailStack, OAuthServer, TestEnv};
 
+/// A custom account `work` on `server`, with `scopes = ["mail", "smtp"]` unless `extra` sets them.
 fn config(env: &TestEnv, server: &OAuthServer, extra: &str) {
+    let scopes = if extra.contains("scopes =") {
+        ""
+    } else {
+        "scopes = [\"mail\", \"smtp\"]"
+    };
     env.write_config(&format!(
         r#"
 [accounts.work]
@@ -21,7 +27,7 @@ client_secret_env = "MP_TEST_SECRET"
 auth_url = "{}"
 token_url = "{}"
 device_url = "{}"
-scopes = ["mail", "smtp"]
+{scopes}
 {extra}
 "#,
         server.auth_url(),
@@ -291,9 +297,101 @@ fn missing_scope_is_named() {
     let stderr = rest(&rx);
     assert_eq!(out.status.code(), Some(0), "{stderr}");
     assert!(
-        stderr.contains("warning: the grant lacks scope smtp: mail that needs it will be refused"),
+        stderr.contains("warning: the server did not grant scope smtp: mail that needs it will be refused, and refreshes will not ask for it"),
         "{stderr}"
     );
+}
+
+/// Runs a loopback login of `work` to its end: returns its exit code and stderr.
+fn login_to_end(env: &TestEnv, server: &OAuthServer) -> (Option<i32>, String) {
+    let (child, rx) = start_login(env, server, &[]);
+    let (url, _) = wait_line(&rx, "/authorize?");
+    get(&play_browser(&url));
+    let out = child.wait_with_output().expect("wait");
+    (out.status.code(), rest(&rx))
+}
+
+/// OpenID Connect Core §11: `offline_access` brings a refresh token only with `prompt=consent`,
+/// which mailpilot sends for it; a server that issues none gets a hint that is true for it.
+#[test]
+fn offline_access_asks_for_consent() {
+    let server = OAuthServer::start();
+    server.set_offline_only();
+    let env = TestEnv::new();
+    config(
+        &env,
+        &server,
+        "scopes = [\"openid\", \"offline_access\", \"mail\"]",
+    );
+    let (code, stderr) = login_to_end(&env, &server);
+    assert_eq!(code, Some(0), "{stderr}");
+    let q = &server.authorize_requests()[0];
+    assert_eq!(q.get("prompt").map(String::as_str), Some("consent"));
+    assert!(env.token_json("work")["refresh_token"].is_string());
+
+    // Without offline_access such a server issues no refresh token: nothing is stored, and the
+    // hint names the fix.
+    let env = TestEnv::new();
+    config(&env, &server, "");
+    let (code, stderr) = login_to_end(&env, &server);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(!server.authorize_requests()[1].contains_key("prompt"));
+    assert!(
+        stderr.contains("the provider issued no refresh token"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("hint: add \"offline_access\" to `scopes` of account \"work\""),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("mailpilot sends both"), "{stderr}");
+    assert!(!env.token_file("work").exists());
+}
+
+/// A scope the user did not grant is named at login and never asked for again: Microsoft (which
+/// needs `scope` on refresh) gets the granted ones, a custom server none; the strict server
+/// refuses any ungranted scope on refresh with `invalid_scope`, so a refresh proves it.
+#[test]
+fn refresh_asks_only_for_granted_scopes() {
+    let imap = "https://outlook.office.com/IMAP.AccessAsUser.All";
+    let server = OAuthServer::start();
+    server.set_offline_needs_consent(false);
+    server.set_granted_scope(Some(&format!("offline_access {imap}")));
+    let env = TestEnv::new();
+    env.write_config(&format!(
+        "[accounts.work]\nprovider = \"microsoft\"\nemail = \"ops@example.com\"\nclient_id = \"test-client\"\nclient_secret_env = \"MP_TEST_SECRET\"\nauth_url = \"{}\"\ntoken_url = \"{}\"\n",
+        server.auth_url(),
+        server.token_url()
+    ));
+    let (code, stderr) = login_to_end(&env, &server);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("warning: the server did not grant scope https://outlook.office.com/SMTP.Send: mail that needs it will be refused, and refreshes will not ask for it"),
+        "{stderr}"
+    );
+    let refresh = ["auth", "refresh", "work", "--force"];
+    let secret = server.client_secret();
+    env.run_full(&refresh, &[("MP_TEST_SECRET", &secret)], None)
+        .expect_code(0);
+    let seen = server.last_token_request().expect("refresh");
+    assert_eq!(
+        seen.form.get("scope").map(String::as_str),
+        Some(format!("offline_access {imap}").as_str())
+    );
+
+    server.set_granted_scope(Some("mail"));
+    let env = TestEnv::new();
+    config(&env, &server, "");
+    let (code, stderr) = login_to_end(&env, &server);
+    assert_eq!(code, Some(0), "{stderr}");
+    env.run_full(&refresh, &[("MP_TEST_SECRET", &secret)], None)
+        .expect_code(0);
+    let seen = server.last_token_request().expect("refresh");
+    assert_eq!(
+        seen.form.get("grant_type").map(String::as_str),
+        Some("refresh_token")
+    );
+    assert!(!seen.form.contains_key("scope"), "{seen:?}");
 }
 
 /// `auth revoke` calls the revocation endpoint as RFC 7009 asks — the client authenticated (in the

@@ -99,9 +99,10 @@ impl Provider {
     }
 
     /// Whether a refresh request repeats the scopes. Microsoft requires it (AADSTS900144 without);
-    /// Google documents no `scope` on refresh, so it is left out there.
+    /// elsewhere it is left out, which RFC 6749 §6 defines as "the scopes originally granted" —
+    /// repeating a scope the server did not grant would make every refresh fail (`invalid_scope`).
     pub fn scope_on_refresh(&self) -> bool {
-        !matches!(self, Provider::Google)
+        matches!(self, Provider::Microsoft { .. })
     }
 
     /// How a confidential client authenticates by default. Google and Microsoft take the secret in

@@ -18,6 +18,19 @@ use crate::error::UsageError;
 use crate::error::{clean, AuthError, SERVER_TEXT_MAX};
 use crate::secret::Secret;
 
+/// The OpenID Connect scope that asks for a refresh token.
+const OFFLINE_ACCESS: &str = "offline_access";
+
+/// Why a login can end without a refresh token, and what to change, for `account`'s provider.
+pub fn no_refresh_token_hint(account: &Account) -> String {
+    match account.provider {
+        Provider::Google => "Google issues one only with access_type=offline and prompt=consent, which mailpilot sends: check that the OAuth client is of type \"Desktop app\"".into(),
+        Provider::Microsoft { .. } => format!("Microsoft issues one only for the offline_access scope: keep it in `scopes` of account \"{}\"", account.name),
+        Provider::Custom if account.scopes.iter().any(|s| s == OFFLINE_ACCESS) => "the server ignored offline_access although mailpilot asked with prompt=consent: allow this client the refresh_token grant (offline access) in the server's client settings".into(),
+        Provider::Custom => format!("add \"offline_access\" to `scopes` of account \"{}\" (OpenID Connect servers issue refresh tokens only for it; mailpilot then asks with prompt=consent), or allow this client the refresh_token grant in the server's client settings", account.name),
+    }
+}
+
 /// How the user proves who they are.
 #[derive(Debug, Clone)]
 pub enum Flow {
@@ -138,11 +151,19 @@ fn authorize_url(
         .authorize_url(CsrfToken::new_random)
         .add_scopes(account.scopes.iter().cloned().map(Scope::new))
         .set_pkce_challenge(challenge);
-    if account.provider == Provider::Google {
+    match account.provider {
         // A refresh token only with offline access; consent again so Google issues a new one.
-        request = request
-            .add_extra_param("access_type", "offline")
-            .add_extra_param("prompt", "consent");
+        Provider::Google => {
+            request = request
+                .add_extra_param("access_type", "offline")
+                .add_extra_param("prompt", "consent");
+        }
+        // OpenID Connect Core §11: `offline_access` is ignored unless the user is asked to
+        // consent. (Entra issues refresh tokens for it without.)
+        Provider::Custom if account.scopes.iter().any(|s| s == OFFLINE_ACCESS) => {
+            request = request.add_extra_param("prompt", "consent");
+        }
+        Provider::Custom | Provider::Microsoft { .. } => {}
     }
     // The person who signs in: a delegate of a shared mailbox signs in as themselves.
     let hint = account.sign_in_as.as_deref().unwrap_or(&account.email);
@@ -341,25 +362,4 @@ async fn device(
         .await
         .map_err(|e| login_error(account, "the device login did not complete", e))?;
     Ok(Refreshed::from_response(&token))
-}
-
-/// Scopes the account needs that the grant does not include (`offline_access` and OpenID scopes
-/// are not echoed back by every provider and are not checked).
-pub fn missing_scopes(account: &Account, granted: Option<&str>) -> Vec<String> {
-    let Some(granted) = granted else {
-        return Vec::new();
-    };
-    let granted: Vec<&str> = granted.split_whitespace().collect();
-    account
-        .scopes
-        .iter()
-        .filter(|s| {
-            !matches!(
-                s.as_str(),
-                "offline_access" | "openid" | "email" | "profile"
-            )
-        })
-        .filter(|s| !granted.iter().any(|g| g.eq_ignore_ascii_case(s)))
-        .cloned()
-        .collect()
 }

@@ -9,12 +9,14 @@
 //! - [`refresh`]: one token request per grant (refresh token, client credentials, JWT bearer)
 //!   and the classification of its failure; never touches the token store.
 //! - [`login`]: first grants of a person (browser, paste, device code).
+//! - [`scope`]: which scopes a grant lacks and which a refresh asks for; pure.
 //! - [`source`]: "give me a valid access token": read, lock, re-read, adopt or refresh, persist.
 
 pub mod assertion;
 pub mod http;
 pub mod login;
 pub mod refresh;
+pub mod scope;
 pub mod source;
 pub mod store;
 pub mod token;

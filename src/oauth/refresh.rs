@@ -73,8 +73,9 @@ impl<'a> Refresher<'a> {
     }
 
     /// Exchanges `refresh_token` for a new access token. `client_secret` is the resolved secret
-    /// (`None` for public clients); `token_age` is how long ago the refresh token was obtained, used
-    /// only to explain a refusal.
+    /// (`None` for public clients); `granted` the scopes the grant holds, when known (see
+    /// [`super::scope::on_refresh`]); `token_age` is how long ago the refresh token was obtained,
+    /// used only to explain a refusal.
     ///
     /// # Errors
     /// An [`AuthError`] whose variant says whether a person must log in again or a retry may work.
@@ -82,6 +83,7 @@ impl<'a> Refresher<'a> {
         &self,
         refresh_token: &Secret,
         client_secret: Option<&Secret>,
+        granted: Option<&str>,
         token_age: Option<u64>,
     ) -> Result<Refreshed, AuthError> {
         let account = self.account;
@@ -91,8 +93,9 @@ impl<'a> Refresher<'a> {
         let client = super::client(account, client_secret).set_token_uri(token_url);
         let rt = RefreshToken::new(refresh_token.expose().to_string());
         let mut request = client.exchange_refresh_token(&rt);
-        if account.scope_on_refresh {
-            request = request.add_scopes(account.scopes.iter().cloned().map(Scope::new));
+        let scopes = super::scope::on_refresh(account, granted);
+        if !scopes.is_empty() {
+            request = request.add_scopes(scopes.into_iter().map(Scope::new));
         }
         tracing::debug!(account = %account.name, url = %url, "requesting a token refresh");
         let http = |req| self.endpoint.call(req);

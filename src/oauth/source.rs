@@ -173,7 +173,7 @@ impl<'a, S: TokenStore> TokenSource<'a, S> {
     /// [`AuthError`] from the refresh, or a store error.
     pub async fn import(&self, refresh_token: Secret) -> Result<StoredToken> {
         let _lock = self.lock().await?;
-        let refreshed = self.request(&refresh_token, None).await?;
+        let refreshed = self.request(&refresh_token, None, None).await?;
         let now = self.clock.now();
         let token = self.merge(None, refresh_token, refreshed, now);
         self.store.save(&token)?;
@@ -190,7 +190,7 @@ impl<'a, S: TokenStore> TokenSource<'a, S> {
             return Err(AuthError::Failed {
                 account: self.account.name.clone(),
                 reason: "the provider issued no refresh token".into(),
-                hint: Some("Google issues one only with access_type=offline and prompt=consent (mailpilot sends both); Microsoft needs the offline_access scope".into()),
+                hint: Some(super::login::no_refresh_token_hint(self.account)),
                 source: None,
             }
             .into());
@@ -263,7 +263,9 @@ impl<'a, S: TokenStore> TokenSource<'a, S> {
     async fn refresh_locked(&self, current: StoredToken) -> Result<StoredToken> {
         let age = current.refresh_token_age(self.clock.now());
         let mut used = current.refresh_token.clone();
-        let mut result = self.request(&used, Some(age)).await;
+        let mut result = self
+            .request(&used, current.scope.as_deref(), Some(age))
+            .await;
         if let Err(AuthError::NeedsAuthorization { .. }) = &result {
             // A process that does not honour our lock (another host on a shared disk, an older
             // build) may have rotated the refresh token: give the newest one a single chance.
@@ -271,7 +273,9 @@ impl<'a, S: TokenStore> TokenSource<'a, S> {
                 if latest.refresh_token != used {
                     tracing::info!(account = %self.account.name, "refresh token changed on disk; retrying once with it");
                     used = latest.refresh_token.clone();
-                    result = self.request(&used, Some(age)).await;
+                    result = self
+                        .request(&used, current.scope.as_deref(), Some(age))
+                        .await;
                 }
             }
         }
@@ -298,14 +302,16 @@ impl<'a, S: TokenStore> TokenSource<'a, S> {
         }
     }
 
+    /// One refresh request; `granted` is the grant's scope as last reported.
     async fn request(
         &self,
         refresh_token: &Secret,
+        granted: Option<&str>,
         age: Option<u64>,
     ) -> Result<Refreshed, AuthError> {
         let secret = self.client_secret()?;
         Refresher::new(self.account)?
-            .refresh(refresh_token, secret.as_ref(), age)
+            .refresh(refresh_token, secret.as_ref(), granted, age)
             .await
     }
 

@@ -85,6 +85,8 @@ struct CodeGrant {
     challenge: String,
     redirect_uri: String,
     scope: String,
+    /// Whether a refresh token comes with the code (OpenID Connect Core §11).
+    offline: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -152,6 +154,18 @@ struct State {
     token_url: String,
     /// Assertions accepted so far.
     assertions: u64,
+    /// OpenID Connect Core §11: `offline_access` counts only with `prompt=consent`.
+    offline_needs_consent: bool,
+    /// Refresh tokens only for `offline_access` (as most OpenID Connect servers).
+    offline_only: bool,
+    /// The `iss` the authorization response carries (RFC 9207); `None`: none.
+    redirect_iss: Option<String>,
+    /// The `issuer` the metadata document states.
+    metadata_issuer: String,
+    /// Metadata documents served.
+    discovery_requests: u64,
+    /// Whether `/.well-known/openid-configuration` exists (else only the RFC 8414 one).
+    oidc_discovery: bool,
 }
 
 /// The running server; stops accepting when dropped.
@@ -224,6 +238,12 @@ impl OAuthServer {
             seen_jti: std::collections::HashSet::new(),
             token_url: format!("http://{addr}/token"),
             assertions: 0,
+            offline_needs_consent: true,
+            offline_only: false,
+            redirect_iss: Some(format!("http://{addr}")),
+            metadata_issuer: format!("http://{addr}"),
+            discovery_requests: 0,
+            oidc_discovery: true,
         }));
         let stop = Arc::new(AtomicBool::new(false));
         let (st, sp) = (state.clone(), stop.clone());
@@ -337,6 +357,37 @@ impl OAuthServer {
         let mut st = self.st();
         st.login_user = email.into();
         st.deny_login = deny;
+    }
+
+    /// Whether `offline_access` needs `prompt=consent` to bring a refresh token (default: yes,
+    /// as OpenID Connect Core §11 says; Entra does not ask for it).
+    pub fn set_offline_needs_consent(&self, on: bool) {
+        self.st().offline_needs_consent = on;
+    }
+
+    /// Issue refresh tokens only to logins asking for `offline_access`.
+    pub fn set_offline_only(&self) {
+        self.st().offline_only = true;
+    }
+
+    /// The `iss` of authorization responses (default: this server's issuer; `None`: left out).
+    pub fn set_redirect_iss(&self, iss: Option<&str>) {
+        self.st().redirect_iss = iss.map(String::from);
+    }
+
+    /// The `issuer` the metadata states (default: the base URL, which is the issuer).
+    pub fn set_metadata_issuer(&self, issuer: &str) {
+        self.st().metadata_issuer = issuer.into();
+    }
+
+    /// Serve only RFC 8414's `/.well-known/oauth-authorization-server` (not OpenID's).
+    pub fn set_oauth_metadata_only(&self) {
+        self.st().oidc_discovery = false;
+    }
+
+    /// Metadata documents served so far.
+    pub fn discovery_requests(&self) -> u64 {
+        self.st().discovery_requests
     }
 
     /// Grant this scope instead of the one requested (a user unticking a permission).
@@ -580,6 +631,9 @@ fn handle(conn: TcpStream, state: &Mutex<State>) {
                 .collect(),
         ),
         "/device" => device(&conn, state, &form),
+        "/.well-known/openid-configuration" | "/.well-known/oauth-authorization-server" => {
+            metadata(&conn, state, path)
+        }
         "/revoke" => {
             let mut st = state.lock().expect("state");
             // RFC 7009 §2.1: the client authenticates as it does at the token endpoint.
@@ -600,6 +654,33 @@ fn handle(conn: TcpStream, state: &Mutex<State>) {
         }
         _ => respond(&conn, 404, "text/plain", "not found"),
     }
+}
+
+/// The authorization server's metadata (OpenID Connect Discovery 1.0 / RFC 8414).
+fn metadata(conn: &TcpStream, state: &Mutex<State>, path: &str) {
+    let mut st = state.lock().expect("state");
+    if path.contains("openid") && !st.oidc_discovery {
+        return respond(conn, 404, "text/plain", "not found");
+    }
+    st.discovery_requests += 1;
+    let base = st.token_url.trim_end_matches("/token").to_string();
+    json(
+        conn,
+        200,
+        serde_json::json!({
+            "issuer": st.metadata_issuer,
+            "authorization_endpoint": format!("{base}/authorize"),
+            "token_endpoint": format!("{base}/token"),
+            "device_authorization_endpoint": format!("{base}/device"),
+            "revocation_endpoint": format!("{base}/revoke"),
+            "introspection_endpoint": format!("{base}/introspect"),
+            "response_types_supported": ["code"],
+            "grant_types_supported": ["authorization_code", "refresh_token", "urn:ietf:params:oauth:grant-type:device_code"],
+            "code_challenge_methods_supported": ["S256"],
+            "scopes_supported": ["openid", "offline_access", "mail", "smtp"],
+            "authorization_response_iss_parameter_supported": true,
+        }),
+    );
 }
 
 fn redirect(mut conn: &TcpStream, location: &str) {
@@ -629,18 +710,37 @@ fn authorize(conn: &TcpStream, state: &Mutex<State>, q: HashMap<String, String>)
     }
     let code = mint("code-", 24);
     let email = st.login_user.clone();
+    let scope = q.get("scope").cloned().unwrap_or_default();
+    let asks_offline = scope.split(' ').any(|s| s == "offline_access");
+    let consent = q
+        .get("prompt")
+        .is_some_and(|p| p.split(' ').any(|p| p == "consent"));
+    // Plain OAuth2 clients get refresh tokens (unless `offline_only`); offline_access is
+    // honoured only with consent.
+    let offline = if asks_offline {
+        consent || !st.offline_needs_consent
+    } else {
+        !st.offline_only
+    };
     st.codes.insert(
         code.clone(),
         CodeGrant {
             email,
             challenge: q.get("code_challenge").cloned().unwrap_or_default(),
             redirect_uri: redirect_uri.clone(),
-            scope: q.get("scope").cloned().unwrap_or_default(),
+            scope,
+            offline,
         },
     );
+    let iss = st.redirect_iss.as_ref().map_or(String::new(), |i| {
+        format!(
+            "&iss={}",
+            form_urlencoded::byte_serialize(i.as_bytes()).collect::<String>()
+        )
+    });
     redirect(
         conn,
-        &format!("{redirect_uri}{sep}code={code}&state={st_param}"),
+        &format!("{redirect_uri}{sep}code={code}&state={st_param}{iss}"),
     );
 }
 
@@ -671,8 +771,8 @@ fn device(conn: &TcpStream, state: &Mutex<State>, form: &HashMap<String, String>
     );
 }
 
-/// Issues an access and a refresh token for `email` (a login).
-fn issue(st: &mut State, email: &str, requested_scope: &str) -> serde_json::Value {
+/// Issues an access token, and a refresh token when `offline`, for `email` (a login).
+fn issue(st: &mut State, email: &str, requested_scope: &str, offline: bool) -> serde_json::Value {
     let scope = st
         .granted_scope
         .clone()
@@ -688,6 +788,10 @@ fn issue(st: &mut State, email: &str, requested_scope: &str) -> serde_json::Valu
     st.issued_refresh.push(rt.clone());
     st.rt_owner.insert(rt.clone(), email.into());
     let (access, expires_in) = mint_access(st, "at-", email, &scope);
+    if !offline {
+        st.grants.remove(&rt);
+        return serde_json::json!({"access_token": access, "token_type": "Bearer", "expires_in": expires_in, "scope": scope});
+    }
     serde_json::json!({"access_token": access, "token_type": "Bearer", "expires_in": expires_in, "refresh_token": rt, "scope": scope})
 }
 
@@ -741,7 +845,7 @@ fn login_grant(
             ) {
                 return Some(err("invalid_grant", "PKCE verification failed"));
             }
-            Some((200, issue(st, &grant.email, &grant.scope)))
+            Some((200, issue(st, &grant.email, &grant.scope, grant.offline)))
         }
         Some("urn:ietf:params:oauth:grant-type:device_code") => {
             let code = form.get("device_code").cloned().unwrap_or_default();
@@ -761,7 +865,7 @@ fn login_grant(
                     if let Some(d) = st.devices.get_mut(&code) {
                         d.state = DeviceState::Expired;
                     }
-                    (200, issue(st, &email, &scope))
+                    (200, issue(st, &email, &scope, true))
                 }
             })
         }
@@ -970,6 +1074,17 @@ fn token(conn: &TcpStream, state: &Mutex<State>, req: &Request, form: HashMap<St
             serde_json::json!({"error": "invalid_grant", "error_description": "Token has been expired or revoked."}),
         );
     };
+    // RFC 6749 §6: a refresh may not ask for a scope the grant does not hold.
+    if let Some(asked) = form.get("scope") {
+        let held: Vec<&str> = grant.scope.split(' ').collect();
+        if let Some(extra) = asked.split(' ').find(|s| !held.contains(s)) {
+            return json(
+                conn,
+                400,
+                serde_json::json!({"error": "invalid_scope", "error_description": format!("scope {extra} was not granted")}),
+            );
+        }
+    }
     let policy = st.policies.get(&grant.email).cloned().unwrap_or_default();
     let access = mint("at-", policy.token_len.unwrap_or(st.token_len));
     let expires_in = policy.expires_in.unwrap_or(st.expires_in);

@@ -10,6 +10,7 @@ use crate::cli::Ctx;
 use crate::clock::span;
 use crate::exit::Exit;
 use crate::oauth::login::{self, Flow, Prompt};
+use crate::oauth::scope;
 use crate::oauth::TokenSource;
 use crate::output::Output;
 
@@ -116,14 +117,17 @@ impl Args {
             open_browser: desktop && !self.no_browser && !self.paste,
         };
         let granted = login::login(account, secret.as_ref(), &flow, &mut prompt).await?;
-        let missing = login::missing_scopes(account, granted.scope.as_deref());
+        let missing = scope::missing(account, granted.scope.as_deref());
         let token = tokens.adopt_login(granted).await?;
         if !missing.is_empty() {
+            let (s, it) = if missing.len() == 1 {
+                ("", "it")
+            } else {
+                ("s", "them")
+            };
             ctx.out.warn(&format!(
-                "the grant lacks scope{} {}: mail that needs {} will be refused; run `mailpilot auth login {}` again and allow every requested permission",
-                if missing.len() == 1 { "" } else { "s" },
+                "the server did not grant scope{s} {}: mail that needs {it} will be refused, and refreshes will not ask for {it}; to get {it}, allow every requested permission and run `mailpilot auth login {}` again",
                 missing.join(", "),
-                if missing.len() == 1 { "it" } else { "them" },
                 account.name
             ));
         }

@@ -95,8 +95,7 @@ pub(super) fn account(
     let provider = provider?;
     Some(Account {
         name: ctx.name.to_string(),
-        // An app asks for its scopes with every token request.
-        scope_on_refresh: provider.scope_on_refresh() || !grant.needs_person(),
+        scope_on_refresh: provider.scope_on_refresh(),
         provider,
         grant,
         email: email?,
