@@ -388,9 +388,10 @@ fn keep_alive_refresh() {
     let count = server.refresh_count();
     let run = env.run_with_secret(&server, &["auth", "refresh", "--if-older-than", "7d"]);
     run.expect_code(0);
+    // "0s ago", or "1s" when the machine is slow between the import and this run.
     assert!(
-        run.stderr
-            .contains("work: last refreshed 0s ago; not refreshing"),
+        run.stderr.contains("work: last refreshed ")
+            && run.stderr.contains("s ago; not refreshing"),
         "{}",
         run.stderr
     );

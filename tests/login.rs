@@ -505,3 +505,182 @@ fn harness_browser_reads_location() {
     assert_eq!(status, 302);
     assert!(location.is_some_and(|l| l.starts_with("http://127.0.0.1:9/?code=")));
 }
+
+/// A custom account configured with only its `issuer`.
+fn issuer_config(env: &TestEnv, server: &OAuthServer, extra: &str) {
+    env.write_config(&format!(
+        "[accounts.work]\nprovider = \"custom\"\nemail = \"ops@example.com\"\nclient_id = \"test-client\"\nclient_secret_env = \"MP_TEST_SECRET\"\nissuer = \"{}\"\nscopes = [\"mail\"]\n{extra}\n",
+        server.base_url()
+    ));
+}
+
+/// Discovery: with only `issuer` set, the login, the refresh and the revocation find their
+/// endpoints in the server's metadata, fetched once and cached in the state directory; `config
+/// check` says where they come from.
+#[test]
+fn discovery_fills_endpoints() {
+    let server = OAuthServer::start();
+    let env = TestEnv::new();
+    issuer_config(&env, &server, "");
+    let check = env.run(&["config", "check"]);
+    check.expect_code(0);
+    assert!(
+        check
+            .stdout
+            .contains("token_url:      (from the issuer's metadata)"),
+        "{}",
+        check.stdout
+    );
+    let (code, stderr) = login_to_end(&env, &server);
+    assert_eq!(code, Some(0), "{stderr}");
+    let secret = server.client_secret();
+    let vars = [("MP_TEST_SECRET", secret.as_str())];
+    env.run_full(&["auth", "refresh", "work", "--force"], &vars, None)
+        .expect_code(0);
+    assert_eq!(
+        server.discovery_requests(),
+        1,
+        "cached after the first fetch"
+    );
+    let cache = std::fs::read_dir(env.state_dir().join("tokens/discovery"))
+        .expect("cache dir")
+        .count();
+    assert_eq!(cache, 1);
+    let rt = env.token_json("work")["refresh_token"]
+        .as_str()
+        .expect("rt")
+        .to_string();
+    env.run_full(&["auth", "revoke", "work"], &vars, None)
+        .expect_code(0);
+    assert_eq!(server.revoked(), [rt]);
+
+    // A server publishing only RFC 8414's document is found there.
+    let server = OAuthServer::start();
+    server.set_oauth_metadata_only();
+    let env = TestEnv::new();
+    issuer_config(&env, &server, "");
+    env.import(&server);
+    assert_eq!(server.discovery_requests(), 1);
+}
+
+/// Metadata that names another issuer is refused (exit 1, nothing stored), and an unreachable
+/// issuer without a cached copy is a temporary failure (75).
+#[test]
+fn discovery_refusals() {
+    let server = OAuthServer::start();
+    server.set_metadata_issuer("https://other.example");
+    let env = TestEnv::new();
+    issuer_config(&env, &server, "");
+    let rt = server.issue_grant("ops@example.com");
+    let secret = server.client_secret();
+    let run = env.run_full(
+        &["auth", "import", "work"],
+        &[("MP_TEST_SECRET", &secret)],
+        Some(&rt),
+    );
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains(&format!(
+            "the metadata fetched for {} states another issuer, https://other.example",
+            server.base_url()
+        )),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("hint: check `issuer` of account \"work\""),
+        "{}",
+        run.stderr
+    );
+    assert!(!env.token_file("work").exists());
+
+    let env = TestEnv::new();
+    let port = crate::support::mailstack::free_port();
+    env.write_config(&format!(
+        "[accounts.work]\nprovider = \"custom\"\nemail = \"ops@example.com\"\nclient_id = \"test-client\"\nissuer = \"http://127.0.0.1:{port}\"\n"
+    ));
+    let run = env.run_stdin(&["auth", "import", "work"], "rt-x\n");
+    run.expect_code(75);
+    assert!(
+        run.stderr.contains(&format!(
+            "the metadata of http://127.0.0.1:{port} could not be fetched"
+        )),
+        "{}",
+        run.stderr
+    );
+}
+
+/// RFC 9207: an authorization response whose `iss` names another server (a mix-up attack) is
+/// refused, as is one without `iss` from a server whose metadata promises it; nothing is stored.
+#[test]
+fn authorization_response_issuer_checked() {
+    let server = OAuthServer::start();
+    let env = TestEnv::new();
+    issuer_config(&env, &server, "");
+    server.set_redirect_iss(Some("https://evil.example"));
+    let (code, stderr) = login_to_end(&env, &server);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the authorization response comes from issuer https://evil.example instead of {}",
+            server.base_url()
+        )),
+        "{stderr}"
+    );
+    assert!(!env.token_file("work").exists());
+    server.set_redirect_iss(None);
+    let (code, stderr) = login_to_end(&env, &server);
+    assert_eq!(code, Some(1), "{stderr}");
+    assert!(
+        stderr.contains("the authorization response has no `iss` although"),
+        "{stderr}"
+    );
+    assert!(!env.token_file("work").exists());
+    server.set_redirect_iss(Some(&server.base_url()));
+    let (code, stderr) = login_to_end(&env, &server);
+    assert_eq!(code, Some(0), "{stderr}");
+}
+
+/// `auth_params` add to (and replace) the authorization parameters; `redirect_uri` is the
+/// registered one (host and path kept, its port or a free one), accepted by the strict server's
+/// exact redirect match at the code exchange.
+#[test]
+fn auth_params_and_redirect_uri() {
+    let server = OAuthServer::start();
+    let env = TestEnv::new();
+    config(
+        &env,
+        &server,
+        "scopes = [\"offline_access\", \"mail\"]\nredirect_uri = \"http://localhost/mailpilot/callback\"\nauth_params = { prompt = \"select_account consent\", acr_values = \"mfa\" }",
+    );
+    let (code, stderr) = login_to_end(&env, &server);
+    assert_eq!(code, Some(0), "{stderr}");
+    let q = &server.authorize_requests()[0];
+    assert_eq!(
+        q.get("prompt").map(String::as_str),
+        Some("select_account consent")
+    );
+    assert_eq!(q.get("acr_values").map(String::as_str), Some("mfa"));
+    let redirect = q.get("redirect_uri").expect("redirect_uri");
+    assert!(
+        redirect.starts_with("http://localhost:") && redirect.ends_with("/mailpilot/callback"),
+        "{redirect}"
+    );
+    assert!(env.token_file("work").exists());
+    // A port in redirect_uri that --port contradicts is a usage error.
+    let env = TestEnv::new();
+    config(&env, &server, "redirect_uri = \"http://127.0.0.1:8400/\"");
+    let run = env.run_full(
+        &["auth", "login", "work", "--port", "8401", "--no-browser"],
+        &[("MP_TEST_SECRET", &server.client_secret())],
+        None,
+    );
+    run.expect_code(2);
+    assert!(
+        run.stderr
+            .contains("--port 8401 differs from the port of redirect_uri (8400)"),
+        "{}",
+        run.stderr
+    );
+}

@@ -19,8 +19,9 @@ use anyhow::{Context, Result};
 pub use provider::{Provider, ServerPreset};
 pub use secrets::{SecretSource, MAX_SECRET_BYTES};
 pub use spelled::{
-    ClientAuth, Grant, JobKind, Mechanism, Protocol, ProviderKind, RewriteFrom, Spelled, Tls,
+    ClientAuth, Cloud, Grant, JobKind, Mechanism, Protocol, ProviderKind, RewriteFrom, Spelled, Tls,
 };
+pub(crate) use validate::endpoints::check_url;
 
 use crate::error::{ConfigError, Problem, UsageError};
 
@@ -200,6 +201,10 @@ pub struct Account {
     pub scopes: Vec<String>,
     /// OAuth2 endpoints.
     pub endpoints: Endpoints,
+    /// Extra parameters of the authorization request (`auth_params`), in order.
+    pub auth_params: Vec<(String, String)>,
+    /// The redirect URI of logins, when the client registration needs a given one.
+    pub redirect_uri: Option<url::Url>,
     /// Whether refresh requests repeat the scopes.
     pub scope_on_refresh: bool,
     /// A token with less than this left is refreshed before use.
@@ -223,13 +228,16 @@ pub struct ClientCertificate {
     pub key: PathBuf,
 }
 
-/// OAuth2 endpoints of an account.
+/// OAuth2 endpoints of an account as configured; with an `issuer`, the ones not given are
+/// discovered from its metadata when first needed (`oauth::discovery`).
 #[derive(Debug, Clone)]
 pub struct Endpoints {
+    /// The authorization server's issuer identifier (discovery, and the `iss` check of RFC 9207).
+    pub issuer: Option<String>,
     /// Authorization endpoint (browser logins).
     pub auth_url: Option<String>,
-    /// Token endpoint (refresh grant).
-    pub token_url: String,
+    /// Token endpoint (refresh grant); `None` only with an `issuer` to discover it from.
+    pub token_url: Option<String>,
     /// Device authorization endpoint.
     pub device_url: Option<String>,
     /// Revocation endpoint.

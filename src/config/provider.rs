@@ -2,7 +2,7 @@
 //! writes `provider = "google"` and an email address instead of copying URLs (and getting the
 //! `outlook.office365.com` scope spelling or a missing `offline_access` wrong).
 
-use super::{ClientAuth, Grant, Mechanism, ProviderKind, Spelled, Tls};
+use super::{ClientAuth, Cloud, Grant, Mechanism, ProviderKind, Spelled, Tls};
 
 /// Which preset an account uses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +14,8 @@ pub enum Provider {
     Microsoft {
         /// The Entra ID tenant in the endpoint paths.
         tenant: String,
+        /// The cloud the tenant lives in.
+        cloud: Cloud,
     },
     /// Any other OAuth2 server; endpoints and servers come from the config.
     Custom,
@@ -49,7 +51,7 @@ impl Provider {
     pub fn auth_url(&self) -> Option<String> {
         match self {
             Provider::Google => Some("https://accounts.google.com/o/oauth2/v2/auth".into()),
-            Provider::Microsoft { tenant } => Some(ms_endpoint(tenant, "authorize")),
+            Provider::Microsoft { tenant, cloud } => Some(ms_endpoint(*cloud, tenant, "authorize")),
             Provider::Custom => None,
         }
     }
@@ -58,7 +60,7 @@ impl Provider {
     pub fn token_url(&self) -> Option<String> {
         match self {
             Provider::Google => Some("https://oauth2.googleapis.com/token".into()),
-            Provider::Microsoft { tenant } => Some(ms_endpoint(tenant, "token")),
+            Provider::Microsoft { tenant, cloud } => Some(ms_endpoint(*cloud, tenant, "token")),
             Provider::Custom => None,
         }
     }
@@ -67,7 +69,9 @@ impl Provider {
     /// preset leaves it out.
     pub fn device_url(&self) -> Option<String> {
         match self {
-            Provider::Microsoft { tenant } => Some(ms_endpoint(tenant, "devicecode")),
+            Provider::Microsoft { tenant, cloud } => {
+                Some(ms_endpoint(*cloud, tenant, "devicecode"))
+            }
             Provider::Google | Provider::Custom => None,
         }
     }
@@ -82,20 +86,25 @@ impl Provider {
 
     /// The scopes mail access needs with `grant`.
     pub fn scopes(&self, grant: Grant) -> Vec<String> {
-        let scopes: &[&str] = match (self, grant) {
+        match (self, grant) {
             // App-only: the application permissions granted to the app, as Entra requires them.
-            (Provider::Microsoft { .. }, Grant::ClientCredentials) => {
-                &["https://outlook.office365.com/.default"]
+            (Provider::Microsoft { cloud, .. }, Grant::ClientCredentials) => {
+                vec![format!("{}/.default", hosts(*cloud).app_resource)]
             }
-            (Provider::Google, _) => &["https://mail.google.com/"],
-            (Provider::Microsoft { .. }, Grant::AuthorizationCode | Grant::ServiceAccount) => &[
-                "offline_access",
-                "https://outlook.office.com/IMAP.AccessAsUser.All",
-                "https://outlook.office.com/SMTP.Send",
-            ],
-            (Provider::Custom, _) => &[],
-        };
-        scopes.iter().map(|s| s.to_string()).collect()
+            (Provider::Google, _) => vec!["https://mail.google.com/".into()],
+            (
+                Provider::Microsoft { cloud, .. },
+                Grant::AuthorizationCode | Grant::ServiceAccount,
+            ) => {
+                let resource = hosts(*cloud).user_resource;
+                vec![
+                    "offline_access".into(),
+                    format!("{resource}/IMAP.AccessAsUser.All"),
+                    format!("{resource}/SMTP.Send"),
+                ]
+            }
+            (Provider::Custom, _) => Vec::new(),
+        }
     }
 
     /// Whether a refresh request repeats the scopes. Microsoft requires it (AADSTS900144 without);
@@ -122,8 +131,8 @@ impl Provider {
                 port: 465,
                 tls: Tls::Implicit,
             }),
-            Provider::Microsoft { .. } => Some(ServerPreset {
-                host: "smtp.office365.com",
+            Provider::Microsoft { cloud, .. } => Some(ServerPreset {
+                host: hosts(*cloud).smtp,
                 port: 587,
                 tls: Tls::Starttls,
             }),
@@ -139,8 +148,8 @@ impl Provider {
                 port: 993,
                 tls: Tls::Implicit,
             }),
-            Provider::Microsoft { .. } => Some(ServerPreset {
-                host: "outlook.office365.com",
+            Provider::Microsoft { cloud, .. } => Some(ServerPreset {
+                host: hosts(*cloud).imap,
                 port: 993,
                 tls: Tls::Implicit,
             }),
@@ -157,8 +166,59 @@ impl Provider {
     }
 }
 
-fn ms_endpoint(tenant: &str, what: &str) -> String {
-    format!("https://login.microsoftonline.com/{tenant}/oauth2/v2.0/{what}")
+/// The hosts of one Microsoft cloud.
+#[derive(Debug, Clone, Copy)]
+pub struct CloudHosts {
+    /// Entra ID's sign-in host.
+    pub login: &'static str,
+    /// The resource of delegated mail scopes (`{resource}/IMAP.AccessAsUser.All`).
+    pub user_resource: &'static str,
+    /// The resource of app-only mail permissions (`{resource}/.default`).
+    pub app_resource: &'static str,
+    /// IMAP (993, TLS).
+    pub imap: &'static str,
+    /// SMTP submission (587, STARTTLS).
+    pub smtp: &'static str,
+}
+
+/// Each cloud's hosts, from Microsoft's national-cloud documentation ("Microsoft Entra
+/// authentication endpoints", "Office 365 U.S. Government GCC High / DoD endpoints", "Office 365
+/// operated by 21Vianet endpoints"); GCC (not High) uses the global hosts.
+pub fn hosts(cloud: Cloud) -> CloudHosts {
+    match cloud {
+        Cloud::Global => CloudHosts {
+            login: "login.microsoftonline.com",
+            user_resource: "https://outlook.office.com",
+            app_resource: "https://outlook.office365.com",
+            imap: "outlook.office365.com",
+            smtp: "smtp.office365.com",
+        },
+        Cloud::UsGov => CloudHosts {
+            login: "login.microsoftonline.us",
+            user_resource: "https://outlook.office365.us",
+            app_resource: "https://outlook.office365.us",
+            imap: "outlook.office365.us",
+            smtp: "smtp.office365.us",
+        },
+        Cloud::UsGovDod => CloudHosts {
+            login: "login.microsoftonline.us",
+            user_resource: "https://outlook-dod.office365.us",
+            app_resource: "https://outlook-dod.office365.us",
+            imap: "outlook-dod.office365.us",
+            smtp: "outlook-dod.office365.us",
+        },
+        Cloud::China => CloudHosts {
+            login: "login.chinacloudapi.cn",
+            user_resource: "https://partner.outlook.cn",
+            app_resource: "https://partner.outlook.cn",
+            imap: "partner.outlook.cn",
+            smtp: "partner.outlook.cn",
+        },
+    }
+}
+
+fn ms_endpoint(cloud: Cloud, tenant: &str, what: &str) -> String {
+    format!("https://{}/{tenant}/oauth2/v2.0/{what}", hosts(cloud).login)
 }
 
 #[cfg(test)]
@@ -170,6 +230,7 @@ mod tests {
     fn microsoft_endpoints() {
         let p = Provider::Microsoft {
             tenant: "consumers".into(),
+            cloud: Cloud::Global,
         };
         assert_eq!(
             p.token_url().as_deref(),
@@ -183,5 +244,32 @@ mod tests {
             ["https://outlook.office365.com/.default"]
         );
         assert!(!p.accepts(Mechanism::Oauthbearer));
+    }
+
+    /// A sovereign cloud changes every host: sign-in, scopes, servers.
+    #[test]
+    fn microsoft_clouds() {
+        let p = Provider::Microsoft {
+            tenant: "contoso.onmicrosoft.us".into(),
+            cloud: Cloud::UsGov,
+        };
+        assert_eq!(
+            p.auth_url().as_deref(),
+            Some("https://login.microsoftonline.us/contoso.onmicrosoft.us/oauth2/v2.0/authorize")
+        );
+        assert_eq!(
+            p.scopes(Grant::AuthorizationCode)[1],
+            "https://outlook.office365.us/IMAP.AccessAsUser.All"
+        );
+        assert_eq!(p.smtp().map(|s| s.host), Some("smtp.office365.us"));
+        let china = Provider::Microsoft {
+            tenant: "common".into(),
+            cloud: Cloud::China,
+        };
+        assert_eq!(
+            china.scopes(Grant::ClientCredentials),
+            ["https://partner.outlook.cn/.default"]
+        );
+        assert_eq!(china.imap().map(|s| s.host), Some("partner.outlook.cn"));
     }
 }

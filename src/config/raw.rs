@@ -44,6 +44,8 @@ pub struct RawAccount {
     pub client_auth: Option<String>,
     /// Microsoft tenant.
     pub tenant: Option<String>,
+    /// Microsoft cloud: `global`, `usgov`, `usgov-dod` or `china`.
+    pub cloud: Option<String>,
     /// Scope override.
     pub scopes: Option<Vec<String>>,
     /// Authorization endpoint override.
@@ -54,6 +56,12 @@ pub struct RawAccount {
     pub device_url: Option<String>,
     /// Revocation endpoint override.
     pub revoke_url: Option<String>,
+    /// The authorization server's issuer: endpoints come from its metadata (discovery).
+    pub issuer: Option<String>,
+    /// Extra parameters of the authorization request.
+    pub auth_params: Option<std::collections::BTreeMap<String, String>>,
+    /// The redirect URI of logins, when the client registration needs a given one.
+    pub redirect_uri: Option<String>,
     /// Refresh when the access token has less than this left (`5m`).
     pub refresh_margin: Option<String>,
     /// Timeout of one token endpoint request (`30s`).

@@ -42,7 +42,8 @@ display_as_name!(
     Protocol,
     ProviderKind,
     Grant,
-    RewriteFrom
+    RewriteFrom,
+    Cloud
 );
 
 /// How an account gets its tokens: a person's grant, or an identity made for programs.
@@ -221,6 +222,34 @@ impl Spelled for ProviderKind {
     }
 }
 
+/// The Microsoft cloud a tenant lives in (`cloud = "..."`): each has its own sign-in and Exchange
+/// hosts, and an app registered in one is unknown in the others.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Cloud {
+    /// Microsoft 365 worldwide (and GCC, which shares its hosts).
+    #[default]
+    Global,
+    /// Microsoft 365 GCC High (US Government).
+    UsGov,
+    /// Microsoft 365 DoD (US Department of Defense).
+    UsGovDod,
+    /// Microsoft 365 operated by 21Vianet (China).
+    China,
+}
+
+impl Spelled for Cloud {
+    const ALL: &'static [Self] = &[Cloud::Global, Cloud::UsGov, Cloud::UsGovDod, Cloud::China];
+
+    fn name(self) -> &'static str {
+        match self {
+            Cloud::Global => "global",
+            Cloud::UsGov => "usgov",
+            Cloud::UsGovDod => "usgov-dod",
+            Cloud::China => "china",
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,6 +271,7 @@ mod tests {
         check::<Protocol>();
         check::<ProviderKind>();
         check::<Grant>();
+        check::<Cloud>();
         assert_eq!(Tls::names(), ["implicit", "starttls", "none"]);
     }
 }

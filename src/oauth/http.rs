@@ -85,6 +85,19 @@ impl Endpoint {
         builder.body(normalize(body)).map_err(HttpClientError::Http)
     }
 
+    /// GETs `url` (a JSON document) and returns the status and the (bounded) body.
+    ///
+    /// # Errors
+    /// As [`Endpoint::call`].
+    pub async fn get(&self, url: &str) -> Result<(u16, Vec<u8>), CallError> {
+        let request = oauth2::http::Request::get(url)
+            .header(oauth2::http::header::ACCEPT, "application/json")
+            .body(Vec::new())
+            .map_err(HttpClientError::Http)?;
+        let response = self.call(request).await?;
+        Ok((response.status().as_u16(), response.into_body()))
+    }
+
     /// POSTs `form` to `url` (with an `Authorization` header when given) and returns the status
     /// and the (bounded) body as text.
     ///

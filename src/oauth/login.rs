@@ -12,7 +12,7 @@ use oauth2::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
-use super::Refreshed;
+use super::{AuthServer, Refreshed};
 use crate::config::{Account, Provider};
 use crate::error::UsageError;
 use crate::error::{clean, AuthError, SERVER_TEXT_MAX};
@@ -44,8 +44,8 @@ pub enum Flow {
     /// The user opens the URL anywhere and pastes the final redirect URL (or the code) back.
     Paste {
         /// The port in the redirect URL (nothing listens; the browser shows an error page whose
-        /// address holds the code).
-        port: u16,
+        /// address holds the code); else `redirect_uri`'s, else [`DEFAULT_PASTE_PORT`].
+        port: Option<u16>,
     },
     /// The device authorization grant: a code to enter on another device.
     Device {
@@ -75,21 +75,29 @@ pub trait Prompt {
 /// reason), a state mismatch, a timeout, or network trouble.
 pub async fn login(
     account: &Account,
+    server: &AuthServer,
     secret: Option<&Secret>,
     flow: &Flow,
     prompt: &mut dyn Prompt,
 ) -> Result<Refreshed> {
+    let login = Login {
+        account,
+        server,
+        secret,
+    };
     match flow {
-        Flow::Device { timeout } => device(account, secret, *timeout, prompt).await,
+        Flow::Device { timeout } => login.device(*timeout, prompt).await,
         Flow::Loopback { port, timeout } => {
-            let listener = TcpListener::bind(("127.0.0.1", port.unwrap_or(0)))
+            let port = login.port(*port)?;
+            let host = login.redirect_host();
+            let listener = TcpListener::bind((host, port.unwrap_or(0)))
                 .await
-                .with_context(|| format!("failed to listen on 127.0.0.1:{}", port.unwrap_or(0)))?;
+                .with_context(|| format!("failed to listen on {host}:{}", port.unwrap_or(0)))?;
             let bound = listener
                 .local_addr()
                 .context("failed to read the listening port")?
                 .port();
-            let (url, state, verifier, redirect) = authorize_url(account, secret, bound)?;
+            let (url, state, verifier, redirect) = login.authorize_url(bound)?;
             prompt.open_url(url.as_str(), port.map(|_| bound));
             let query = tokio::time::timeout(*timeout, wait_for_redirect(&listener))
                 .await
@@ -99,11 +107,12 @@ pub async fn login(
                         humantime::format_duration(*timeout)
                     )
                 })??;
-            let code = check_answer(account, &query, Some(&state))?;
-            exchange(account, secret, code, verifier, redirect).await
+            let code = login.check_answer(&query, Some(&state))?;
+            login.exchange(code, verifier, redirect).await
         }
         Flow::Paste { port } => {
-            let (url, state, verifier, redirect) = authorize_url(account, secret, *port)?;
+            let port = login.port(*port)?.unwrap_or(DEFAULT_PASTE_PORT);
+            let (url, state, verifier, redirect) = login.authorize_url(port)?;
             prompt.open_url(url.as_str(), None);
             let pasted = prompt.read_pasted()?;
             let pasted = pasted.trim();
@@ -113,10 +122,48 @@ pub async fn login(
                 None if !pasted.is_empty() => (format!("code={}", urlencode(pasted)), None),
                 None => return Err(UsageError("nothing was pasted".into()).into()),
             };
-            let code = check_answer(account, &query, expected)?;
-            exchange(account, secret, code, verifier, redirect).await
+            let code = login.check_answer(&query, expected)?;
+            login.exchange(code, verifier, redirect).await
         }
     }
+}
+
+/// The port `--paste` puts in the redirect when neither `--port` nor `redirect_uri` gives one.
+pub const DEFAULT_PASTE_PORT: u16 = 8765;
+
+/// One login's fixed parts.
+struct Login<'a> {
+    account: &'a Account,
+    server: &'a AuthServer,
+    secret: Option<&'a Secret>,
+}
+
+/// The parameters an authorization request carries besides the standard ones: the provider's
+/// (Google's offline access, OpenID's consent for `offline_access`), the person who signs in,
+/// then `auth_params`, which replace any of these by name.
+fn authorization_params(account: &Account) -> Vec<(String, String)> {
+    let mut params: Vec<(String, String)> = Vec::new();
+    match account.provider {
+        // A refresh token only with offline access; consent again so Google issues a new one.
+        Provider::Google => {
+            params.push(("access_type".into(), "offline".into()));
+            params.push(("prompt".into(), "consent".into()));
+        }
+        // OpenID Connect Core §11: `offline_access` is ignored unless the user is asked to
+        // consent. (Entra issues refresh tokens for it without.)
+        Provider::Custom if account.scopes.iter().any(|s| s == OFFLINE_ACCESS) => {
+            params.push(("prompt".into(), "consent".into()));
+        }
+        Provider::Custom | Provider::Microsoft { .. } => {}
+    }
+    // The person who signs in: a delegate of a shared mailbox signs in as themselves.
+    let hint = account.sign_in_as.as_deref().unwrap_or(&account.email);
+    params.push(("login_hint".into(), hint.to_string()));
+    for (name, value) in &account.auth_params {
+        params.retain(|(n, _)| n != name);
+        params.push((name.clone(), value.clone()));
+    }
+    params
 }
 
 fn urlencode(s: &str) -> String {
@@ -127,49 +174,220 @@ fn bad_url(what: &str) -> impl Fn(url::ParseError) -> anyhow::Error + '_ {
     move |e| anyhow::anyhow!("invalid {what}: {e}")
 }
 
-/// The authorization URL with PKCE and state, for a redirect to 127.0.0.1:`port`.
-fn authorize_url(
-    account: &Account,
-    secret: Option<&Secret>,
-    port: u16,
-) -> Result<(url::Url, CsrfToken, oauth2::PkceCodeVerifier, RedirectUrl)> {
-    let Some(auth_url) = &account.endpoints.auth_url else {
-        return Err(UsageError(format!(
-            "account \"{}\" has no auth_url: set it (provider = \"custom\") or use --device",
-            account.name
-        ))
-        .into());
-    };
-    // RFC 8252 §7.3: the loopback IP literal, any port.
-    let redirect =
-        RedirectUrl::new(format!("http://127.0.0.1:{port}/")).map_err(bad_url("redirect URL"))?;
-    let client = super::client(account, secret)
-        .set_auth_uri(AuthUrl::new(auth_url.clone()).map_err(bad_url("auth_url"))?)
-        .set_redirect_uri(redirect.clone());
-    let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
-    let mut request = client
-        .authorize_url(CsrfToken::new_random)
-        .add_scopes(account.scopes.iter().cloned().map(Scope::new))
-        .set_pkce_challenge(challenge);
-    match account.provider {
-        // A refresh token only with offline access; consent again so Google issues a new one.
-        Provider::Google => {
-            request = request
-                .add_extra_param("access_type", "offline")
-                .add_extra_param("prompt", "consent");
+impl Login<'_> {
+    /// The loopback port: `--port`, else `redirect_uri`'s; `None` for any free one.
+    fn port(&self, flag: Option<u16>) -> Result<Option<u16>> {
+        let configured = self.account.redirect_uri.as_ref().and_then(url::Url::port);
+        match (flag, configured) {
+            (Some(flag), Some(configured)) if flag != configured => Err(UsageError(format!(
+                "--port {flag} differs from the port of redirect_uri ({configured}) of account \"{}\": the server accepts only the registered redirect",
+                self.account.name
+            ))
+            .into()),
+            (flag, configured) => Ok(flag.or(configured)),
         }
-        // OpenID Connect Core §11: `offline_access` is ignored unless the user is asked to
-        // consent. (Entra issues refresh tokens for it without.)
-        Provider::Custom if account.scopes.iter().any(|s| s == OFFLINE_ACCESS) => {
-            request = request.add_extra_param("prompt", "consent");
-        }
-        Provider::Custom | Provider::Microsoft { .. } => {}
     }
-    // The person who signs in: a delegate of a shared mailbox signs in as themselves.
-    let hint = account.sign_in_as.as_deref().unwrap_or(&account.email);
-    request = request.add_extra_param("login_hint", hint.to_string());
-    let (url, state) = request.url();
-    Ok((url, state, verifier, redirect))
+
+    /// The address the loopback listener binds: `redirect_uri`'s host (`localhost` is
+    /// 127.0.0.1), else 127.0.0.1.
+    fn redirect_host(&self) -> &'static str {
+        match self.account.redirect_uri.as_ref().and_then(url::Url::host) {
+            Some(url::Host::Ipv6(_)) => "::1",
+            _ => "127.0.0.1",
+        }
+    }
+
+    /// The redirect URI for `port`: `redirect_uri` with that port, else RFC 8252 §7.3's
+    /// `http://127.0.0.1:PORT/`.
+    fn redirect(&self, port: u16) -> Result<RedirectUrl> {
+        let text = match &self.account.redirect_uri {
+            Some(configured) => {
+                let mut url = configured.clone();
+                url.set_port(Some(port)).map_err(|()| {
+                    anyhow::anyhow!("redirect_uri {configured} cannot take a port")
+                })?;
+                url.to_string()
+            }
+            None => format!("http://127.0.0.1:{port}/"),
+        };
+        RedirectUrl::new(text).map_err(bad_url("redirect URL"))
+    }
+
+    /// The authorization URL with PKCE and state, for a redirect to `port`.
+    fn authorize_url(
+        &self,
+        port: u16,
+    ) -> Result<(url::Url, CsrfToken, oauth2::PkceCodeVerifier, RedirectUrl)> {
+        let account = self.account;
+        let Some(auth_url) = &self.server.auth_url else {
+            return Err(UsageError(format!(
+                "account \"{}\" has no auth_url: set it, or `issuer` to discover it (provider = \"custom\"), or use --device",
+                account.name
+            ))
+            .into());
+        };
+        let redirect = self.redirect(port)?;
+        let client = super::client(account, self.secret)
+            .set_auth_uri(AuthUrl::new(auth_url.clone()).map_err(bad_url("auth_url"))?)
+            .set_redirect_uri(redirect.clone());
+        let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
+        let mut request = client
+            .authorize_url(CsrfToken::new_random)
+            .add_scopes(account.scopes.iter().cloned().map(Scope::new))
+            .set_pkce_challenge(challenge);
+        for (name, value) in authorization_params(account) {
+            request = request.add_extra_param(name, value);
+        }
+        let (url, state) = request.url();
+        Ok((url, state, verifier, redirect))
+    }
+
+    /// The code from a redirect's query, after turning `error` into a message and checking
+    /// `state` and the issuer (RFC 9207: an `iss` naming another server is a mix-up attack).
+    fn check_answer(&self, query: &str, state: Option<&CsrfToken>) -> Result<AuthorizationCode> {
+        let account = self.account;
+        let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
+            .into_owned()
+            .collect();
+        let get = |k: &str| {
+            pairs
+                .iter()
+                .find(|(key, _)| key == k)
+                .map(|(_, v)| v.clone())
+        };
+        if let Some(expected) = state {
+            if get("state").as_deref() != Some(expected.secret().as_str()) {
+                bail!("the redirect's state does not match this login (a stale or forged redirect); nothing was stored — run `mailpilot auth login {}` again", account.name);
+            }
+            self.check_issuer(get("iss").as_deref())?;
+        }
+        if let Some(error) = get("error") {
+            let error = clean(&error, SERVER_TEXT_MAX);
+            let description = get("error_description").map_or(String::new(), |d| {
+                format!(": {}", clean(&d, SERVER_TEXT_MAX))
+            });
+            return Err(AuthError::NeedsAuthorization {
+                account: account.name.clone(),
+                reason: format!("the authorization was refused ({error}{description})"),
+                hint: format!(
+                    "run `mailpilot auth login {}` again and allow access",
+                    account.name
+                ),
+            }
+            .into());
+        }
+        match get("code") {
+            Some(code) if !code.is_empty() => Ok(AuthorizationCode::new(code)),
+            _ => bail!("the redirect holds no authorization code"),
+        }
+    }
+
+    /// RFC 9207 §2.4: an `iss` must be the issuer this login went to; a server that promised
+    /// `iss` must send it.
+    fn check_issuer(&self, iss: Option<&str>) -> Result<()> {
+        let name = &self.account.name;
+        match (iss, self.server.issuer.as_deref()) {
+            (Some(iss), Some(issuer)) if iss != issuer => bail!(
+                "the authorization response comes from issuer {} instead of {issuer} (a mix-up attack or a wrong `issuer`); nothing was stored — check `issuer` of account \"{name}\"",
+                clean(iss, SERVER_TEXT_MAX)
+            ),
+            (None, Some(issuer)) if self.server.iss_required => bail!(
+                "the authorization response has no `iss` although {issuer} promises one (RFC 9207); nothing was stored — check `issuer` of account \"{name}\""
+            ),
+            _ => Ok(()),
+        }
+    }
+
+    async fn exchange(
+        &self,
+        code: AuthorizationCode,
+        verifier: oauth2::PkceCodeVerifier,
+        redirect: RedirectUrl,
+    ) -> Result<Refreshed> {
+        let account = self.account;
+        let client = super::client(account, self.secret)
+            .set_token_uri(self.token_url()?)
+            .set_redirect_uri(redirect);
+        let endpoint = super::http::Endpoint::new(account)?;
+        let http = |req| endpoint.call(req);
+        let token = client
+            .exchange_code(code)
+            .set_pkce_verifier(verifier)
+            .request_async(&http)
+            .await
+            .map_err(|e| self.error("the token endpoint refused the authorization code", e))?;
+        Ok(Refreshed::from_response(&token))
+    }
+
+    fn token_url(&self) -> Result<TokenUrl> {
+        TokenUrl::new(self.server.token_url.clone()).map_err(bad_url("token_url"))
+    }
+
+    fn error<RE, TE>(&self, what: &str, e: RequestTokenError<RE, TE>) -> anyhow::Error
+    where
+        RE: std::error::Error + Send + Sync + 'static,
+        TE: oauth2::ErrorResponse + Send + Sync + 'static,
+    {
+        let account = &self.account.name;
+        match e {
+            RequestTokenError::ServerResponse(resp) => AuthError::NeedsAuthorization {
+                account: account.clone(),
+                reason: format!("{what} ({})", clean(&resp.to_string(), SERVER_TEXT_MAX)),
+                hint: format!("run `mailpilot auth login {account}` again"),
+            }
+            .into(),
+            RequestTokenError::Request(e) => AuthError::Transient {
+                account: account.clone(),
+                reason: format!("the request to {} failed", self.server.token_url),
+                source: Some(Box::new(e)),
+            }
+            .into(),
+            other => anyhow::anyhow!("{what}: {other}"),
+        }
+    }
+
+    async fn device(&self, timeout: Duration, prompt: &mut dyn Prompt) -> Result<Refreshed> {
+        let account = self.account;
+        if account.provider == Provider::Google {
+            return Err(UsageError(
+                "Google does not allow Gmail scopes (https://mail.google.com/) in the device flow: use `mailpilot auth login ACCOUNT` (browser) or `--paste` on a headless host".into(),
+            )
+            .into());
+        }
+        let Some(device_url) = &self.server.device_url else {
+            return Err(UsageError(format!(
+                "account \"{}\" has no device_url (the device *authorization* endpoint, RFC 8628); set it or use the browser login",
+                account.name
+            ))
+            .into());
+        };
+        let client = super::client(account, self.secret)
+            .set_device_authorization_url(
+                DeviceAuthorizationUrl::new(device_url.clone()).map_err(bad_url("device_url"))?,
+            )
+            .set_token_uri(self.token_url()?);
+        let endpoint = super::http::Endpoint::new(account)?;
+        let http = |req| endpoint.call(req);
+        let details: StandardDeviceAuthorizationResponse = client
+            .exchange_device_code()
+            .add_scopes(account.scopes.iter().cloned().map(Scope::new))
+            .request_async(&http)
+            .await
+            .map_err(|e| self.error("the device authorization endpoint refused", e))?;
+        prompt.device_code(
+            details.verification_uri().as_str(),
+            details.user_code().secret(),
+            details
+                .verification_uri_complete()
+                .map(|u| u.secret().as_str()),
+        );
+        let token = client
+            .exchange_device_access_token(&details)
+            .request_async(&http, tokio::time::sleep, Some(timeout))
+            .await
+            .map_err(|e| self.error("the device login did not complete", e))?;
+        Ok(Refreshed::from_response(&token))
+    }
 }
 
 /// Accepts browser requests on the loopback listener until one carries `code` or `error`;
@@ -221,145 +439,4 @@ async fn wait_for_redirect(listener: &TcpListener) -> Result<String> {
         let _ = conn.shutdown().await;
         return Ok(query);
     }
-}
-
-/// The code from a redirect's query, after checking `state` and turning `error` into a message.
-fn check_answer(
-    account: &Account,
-    query: &str,
-    state: Option<&CsrfToken>,
-) -> Result<AuthorizationCode> {
-    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
-        .into_owned()
-        .collect();
-    let get = |k: &str| {
-        pairs
-            .iter()
-            .find(|(key, _)| key == k)
-            .map(|(_, v)| v.clone())
-    };
-    if let Some(error) = get("error") {
-        let error = clean(&error, SERVER_TEXT_MAX);
-        let description = get("error_description").map_or(String::new(), |d| {
-            format!(": {}", clean(&d, SERVER_TEXT_MAX))
-        });
-        return Err(AuthError::NeedsAuthorization {
-            account: account.name.clone(),
-            reason: format!("the authorization was refused ({error}{description})"),
-            hint: format!(
-                "run `mailpilot auth login {}` again and allow access",
-                account.name
-            ),
-        }
-        .into());
-    }
-    if let Some(expected) = state {
-        if get("state").as_deref() != Some(expected.secret().as_str()) {
-            bail!("the redirect's state does not match this login (a stale or forged redirect); nothing was stored — run `mailpilot auth login {}` again", account.name);
-        }
-    }
-    match get("code") {
-        Some(code) if !code.is_empty() => Ok(AuthorizationCode::new(code)),
-        _ => bail!("the redirect holds no authorization code"),
-    }
-}
-
-async fn exchange(
-    account: &Account,
-    secret: Option<&Secret>,
-    code: AuthorizationCode,
-    verifier: oauth2::PkceCodeVerifier,
-    redirect: RedirectUrl,
-) -> Result<Refreshed> {
-    let client = super::client(account, secret)
-        .set_token_uri(
-            TokenUrl::new(account.endpoints.token_url.clone()).map_err(bad_url("token_url"))?,
-        )
-        .set_redirect_uri(redirect);
-    let endpoint = super::http::Endpoint::new(account)?;
-    let http = |req| endpoint.call(req);
-    let token = client
-        .exchange_code(code)
-        .set_pkce_verifier(verifier)
-        .request_async(&http)
-        .await
-        .map_err(|e| {
-            login_error(
-                account,
-                "the token endpoint refused the authorization code",
-                e,
-            )
-        })?;
-    Ok(Refreshed::from_response(&token))
-}
-
-fn login_error<RE, TE>(account: &Account, what: &str, e: RequestTokenError<RE, TE>) -> anyhow::Error
-where
-    RE: std::error::Error + Send + Sync + 'static,
-    TE: oauth2::ErrorResponse + Send + Sync + 'static,
-{
-    match e {
-        RequestTokenError::ServerResponse(resp) => AuthError::NeedsAuthorization {
-            account: account.name.clone(),
-            reason: format!("{what} ({})", clean(&resp.to_string(), SERVER_TEXT_MAX)),
-            hint: format!("run `mailpilot auth login {}` again", account.name),
-        }
-        .into(),
-        RequestTokenError::Request(e) => AuthError::Transient {
-            account: account.name.clone(),
-            reason: format!("the request to {} failed", account.endpoints.token_url),
-            source: Some(Box::new(e)),
-        }
-        .into(),
-        other => anyhow::anyhow!("{what}: {other}"),
-    }
-}
-
-async fn device(
-    account: &Account,
-    secret: Option<&Secret>,
-    timeout: Duration,
-    prompt: &mut dyn Prompt,
-) -> Result<Refreshed> {
-    if account.provider == Provider::Google {
-        return Err(UsageError(
-            "Google does not allow Gmail scopes (https://mail.google.com/) in the device flow: use `mailpilot auth login ACCOUNT` (browser) or `--paste` on a headless host".into(),
-        )
-        .into());
-    }
-    let Some(device_url) = &account.endpoints.device_url else {
-        return Err(UsageError(format!(
-            "account \"{}\" has no device_url; set it or use the browser login",
-            account.name
-        ))
-        .into());
-    };
-    let client = super::client(account, secret)
-        .set_device_authorization_url(
-            DeviceAuthorizationUrl::new(device_url.clone()).map_err(bad_url("device_url"))?,
-        )
-        .set_token_uri(
-            TokenUrl::new(account.endpoints.token_url.clone()).map_err(bad_url("token_url"))?,
-        );
-    let endpoint = super::http::Endpoint::new(account)?;
-    let http = |req| endpoint.call(req);
-    let details: StandardDeviceAuthorizationResponse = client
-        .exchange_device_code()
-        .add_scopes(account.scopes.iter().cloned().map(Scope::new))
-        .request_async(&http)
-        .await
-        .map_err(|e| login_error(account, "the device authorization endpoint refused", e))?;
-    prompt.device_code(
-        details.verification_uri().as_str(),
-        details.user_code().secret(),
-        details
-            .verification_uri_complete()
-            .map(|u| u.secret().as_str()),
-    );
-    let token = client
-        .exchange_device_access_token(&details)
-        .request_async(&http, tokio::time::sleep, Some(timeout))
-        .await
-        .map_err(|e| login_error(account, "the device login did not complete", e))?;
-    Ok(Refreshed::from_response(&token))
 }

@@ -4,6 +4,8 @@
 //! - [`token`]: the stored grant and expiry arithmetic; pure.
 //! - [`store`]: token files, lock files, error records; never talks to the network.
 //! - [`http`]: bounded HTTP to the OAuth endpoints; never touches files.
+//! - [`discovery`]: the authorization server resolved: configured endpoints, the rest from the
+//!   issuer's metadata (cached in the store).
 //! - [`assertion`]: signed JWTs (an app's `private_key_jwt`, a service account's grant); reads
 //!   only its key files.
 //! - [`refresh`]: one token request per grant (refresh token, client credentials, JWT bearer)
@@ -13,6 +15,7 @@
 //! - [`source`]: "give me a valid access token": read, lock, re-read, adopt or refresh, persist.
 
 pub mod assertion;
+pub mod discovery;
 pub mod http;
 pub mod login;
 pub mod refresh;
@@ -21,6 +24,7 @@ pub mod source;
 pub mod store;
 pub mod token;
 
+pub use discovery::AuthServer;
 pub use refresh::{Refreshed, Refresher};
 pub use source::{Fetch, Obtained, TokenSource};
 pub use store::{FileStore, LastError, TokenStore};

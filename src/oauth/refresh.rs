@@ -44,6 +44,7 @@ impl Refreshed {
 /// Makes refresh requests for one account.
 pub struct Refresher<'a> {
     account: &'a Account,
+    server: super::AuthServer,
     endpoint: Endpoint,
 }
 
@@ -61,13 +62,15 @@ const ERROR_CODE_MAX: usize = 100;
 const GOOGLE_TESTING_LIFETIME: std::ops::RangeInclusive<u64> = (6 * 86_400)..=(8 * 86_400);
 
 impl<'a> Refresher<'a> {
-    /// A refresher with its own [`Endpoint`] client.
+    /// A refresher for `account` at `server` (see [`super::discovery::resolve`]), with its own
+    /// [`Endpoint`] client.
     ///
     /// # Errors
     /// The TLS stack cannot be initialised.
-    pub fn new(account: &'a Account) -> Result<Self, AuthError> {
+    pub fn new(account: &'a Account, server: super::AuthServer) -> Result<Self, AuthError> {
         Ok(Self {
             account,
+            server,
             endpoint: Endpoint::new(account)?,
         })
     }
@@ -87,7 +90,7 @@ impl<'a> Refresher<'a> {
         token_age: Option<u64>,
     ) -> Result<Refreshed, AuthError> {
         let account = self.account;
-        let url = &account.endpoints.token_url;
+        let url = &self.server.token_url;
         let token_url =
             TokenUrl::new(url.clone()).map_err(|e| self.failed("invalid token_url", e))?;
         let client = super::client(account, client_secret).set_token_uri(token_url);
@@ -177,7 +180,7 @@ impl<'a> Refresher<'a> {
         now: u64,
     ) -> Result<Refreshed, AuthError> {
         let account = self.account;
-        let url = &account.endpoints.token_url;
+        let url = &self.server.token_url;
         let token_url =
             TokenUrl::new(url.clone()).map_err(|e| self.failed("invalid token_url", e))?;
         let client = super::client(account, client_secret).set_token_uri(token_url);
@@ -219,7 +222,7 @@ impl<'a> Refresher<'a> {
     /// delegation or the key), or a retry may work.
     pub async fn jwt_bearer(&self, now: u64) -> Result<Refreshed, AuthError> {
         let account = self.account;
-        let url = &account.endpoints.token_url;
+        let url = &self.server.token_url;
         let unusable = |e: anyhow::Error| {
             AuthError::Failed {
             account: account.name.clone(),
@@ -314,7 +317,7 @@ impl<'a> Refresher<'a> {
         status: Option<u16>,
         token_age: Option<u64>,
     ) -> AuthError {
-        let url = &self.account.endpoints.token_url;
+        let url = &self.server.token_url;
         let http = status.map_or(String::new(), |s| format!("HTTP {s}"));
         let server_side = status.is_some_and(|s| s == 408 || s == 429 || s >= 500);
         match error {
@@ -554,11 +557,14 @@ mod tests {
             service_account: None,
             scopes: vec![],
             endpoints: Endpoints {
+                issuer: None,
                 auth_url: None,
-                token_url: "http://127.0.0.1:9/token".into(),
+                token_url: Some("http://127.0.0.1:9/token".into()),
                 device_url: None,
                 revoke_url: None,
             },
+            auth_params: Vec::new(),
+            redirect_uri: None,
             scope_on_refresh: false,
             refresh_margin: Duration::from_secs(300),
             token_timeout: Duration::from_secs(30),
@@ -591,6 +597,7 @@ mod tests {
     fn microsoft_hints() {
         let a = account(Provider::Microsoft {
             tenant: "common".into(),
+            cloud: crate::config::Cloud::Global,
         });
         let h = |d: &str| reauth_hint(&a, "invalid_grant", Some(d), None);
         assert!(

@@ -150,7 +150,7 @@ impl<'a, S: TokenStore> TokenSource<'a, S> {
     /// cached one, if any.
     async fn app_token_locked(&self, previous: Option<StoredToken>) -> Result<StoredToken> {
         let result = async {
-            let refresher = Refresher::new(self.account)?;
+            let refresher = Refresher::new(self.account, self.server().await?)?;
             let now = self.clock.now();
             if self.account.grant == Grant::ServiceAccount {
                 return refresher.jwt_bearer(now).await;
@@ -200,6 +200,15 @@ impl<'a, S: TokenStore> TokenSource<'a, S> {
         self.store.save(&token)?;
         self.clear_error();
         Ok(token)
+    }
+
+    /// The account's authorization server, its endpoints discovered from the issuer's metadata
+    /// where the configuration leaves them out.
+    ///
+    /// # Errors
+    /// As [`super::discovery::resolve`].
+    pub async fn server(&self) -> Result<super::AuthServer, AuthError> {
+        super::discovery::resolve(self.account, self.store, self.clock.now()).await
     }
 
     /// The client secret, resolved now (public clients have none); a command gets the account's
@@ -310,7 +319,7 @@ impl<'a, S: TokenStore> TokenSource<'a, S> {
         age: Option<u64>,
     ) -> Result<Refreshed, AuthError> {
         let secret = self.client_secret()?;
-        Refresher::new(self.account)?
+        Refresher::new(self.account, self.server().await?)?
             .refresh(refresh_token, secret.as_ref(), granted, age)
             .await
     }

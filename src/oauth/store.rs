@@ -1,5 +1,6 @@
 //! Token files: `tokens/<account>.json` (the grant), `tokens/<account>.lock` (the refresh lock) and
-//! `tokens/<account>.error.json` (the last refresh failure, for `auth status`).
+//! `tokens/<account>.error.json` (the last refresh failure, for `auth status`), and
+//! `tokens/discovery/<hash>.json` (authorization server metadata, see [`super::discovery`]).
 //!
 //! Never talks to the network. Files are 0600 in a 0700 directory and are replaced atomically (temp
 //! file in the same directory, fsync, rename, fsync of the directory), so a crash at any moment leaves
@@ -14,6 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::discovery::Metadata;
 use super::token::StoredToken;
 use crate::error::AuthErrorKind;
 use crate::fsutil::{read_optional, write_atomic};
@@ -63,6 +65,18 @@ pub trait TokenStore {
     /// # Errors
     /// Any filesystem failure, with the path.
     fn set_last_error(&self, account: &str, error: Option<&LastError>) -> Result<()>;
+
+    /// The cached metadata of authorization server `issuer`, if any.
+    ///
+    /// # Errors
+    /// The cache cannot be read or is corrupt.
+    fn load_metadata(&self, issuer: &str) -> Result<Option<Metadata>>;
+
+    /// Caches the metadata of `issuer`, replacing what was there.
+    ///
+    /// # Errors
+    /// Any filesystem failure, with the path.
+    fn save_metadata(&self, issuer: &str, metadata: &Metadata) -> Result<()>;
 }
 
 /// A refresh failure as remembered for `auth status`.
@@ -110,6 +124,13 @@ struct TokenFileV1 {
     refreshed_at: u64,
 }
 
+/// A metadata cache file: the configured issuer it was fetched for, and the document.
+#[derive(Serialize, Deserialize)]
+struct CachedMetadata {
+    issuer: String,
+    metadata: Metadata,
+}
+
 impl FileStore {
     /// A store in `dir` (created 0700 on first write).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
@@ -132,6 +153,14 @@ impl FileStore {
 
     fn lock_path(&self, account: &str) -> PathBuf {
         self.dir.join(format!("{account}.lock"))
+    }
+
+    /// `discovery/<first 16 hex digits of SHA-256(issuer)>.json`: issuers are URLs, not names.
+    fn metadata_path(&self, issuer: &str) -> PathBuf {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(issuer.as_bytes());
+        let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        self.dir.join("discovery").join(format!("{name}.json"))
     }
 
     /// Creates the directory with mode 0700 (missing parents too, also 0700), and tightens the
@@ -295,6 +324,29 @@ impl TokenStore for FileStore {
                     .with_context(|| format!("{} is corrupt", path.display()))
             })
             .transpose()
+    }
+
+    fn load_metadata(&self, issuer: &str) -> Result<Option<Metadata>> {
+        let path = self.metadata_path(issuer);
+        let Some(bytes) = read_optional(&path)? else {
+            return Ok(None);
+        };
+        let cached: CachedMetadata = serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is corrupt", path.display()))?;
+        Ok((cached.issuer == issuer).then_some(cached.metadata))
+    }
+
+    fn save_metadata(&self, issuer: &str, metadata: &Metadata) -> Result<()> {
+        let path = self.metadata_path(issuer);
+        if let Some(dir) = path.parent() {
+            crate::fsutil::private_dir(dir)?;
+        }
+        let cached = CachedMetadata {
+            issuer: issuer.to_string(),
+            metadata: metadata.clone(),
+        };
+        let bytes = serde_json::to_vec_pretty(&cached).context("failed to encode metadata")?;
+        write_atomic(&path, &bytes)
     }
 
     fn set_last_error(&self, account: &str, error: Option<&LastError>) -> Result<()> {

@@ -28,7 +28,7 @@ pub struct Args {
     /// Device code flow: enter a short code on any device
     #[arg(long)]
     device: bool,
-    /// Fixed loopback port (e.g. for `ssh -L PORT:127.0.0.1:PORT` from your workstation)
+    /// Fixed loopback port (e.g. for `ssh -L PORT:127.0.0.1:PORT` from your workstation) [default: redirect_uri's port, else any free one; 8765 with --paste]
     #[arg(long, conflicts_with = "device")]
     port: Option<u16>,
     /// Do not try to open a browser; just print the URL
@@ -102,9 +102,7 @@ impl Args {
             (true, _) => Flow::Device {
                 timeout: self.timeout,
             },
-            (false, true) => Flow::Paste {
-                port: self.port.unwrap_or(8765),
-            },
+            (false, true) => Flow::Paste { port: self.port },
             (false, false) => Flow::Loopback {
                 port: self.port,
                 timeout: self.timeout,
@@ -116,7 +114,8 @@ impl Args {
             out: ctx.out,
             open_browser: desktop && !self.no_browser && !self.paste,
         };
-        let granted = login::login(account, secret.as_ref(), &flow, &mut prompt).await?;
+        let server = tokens.server().await?;
+        let granted = login::login(account, &server, secret.as_ref(), &flow, &mut prompt).await?;
         let missing = scope::missing(account, granted.scope.as_deref());
         let token = tokens.adopt_login(granted).await?;
         if !missing.is_empty() {

@@ -33,16 +33,18 @@ impl Args {
         let Some(token) = store.load(&account.name)? else {
             bail!("account \"{}\" has no stored grant to revoke", account.name);
         };
-        let Some(url) = &account.endpoints.revoke_url else {
+        let tokens = TokenSource::new(account, &store, ctx.clock.as_ref());
+        let server = tokens.server().await?;
+        let Some(url) = server.revoke_url.clone() else {
             bail!(
                 "{} has no token revocation endpoint: remove the app's access in the account's settings (Microsoft: https://myapplications.microsoft.com, or an administrator revokes the user's sessions), then run `mailpilot auth logout {}`",
                 account.provider.name(),
                 account.name
             );
         };
-        let secret = TokenSource::new(account, &store, ctx.clock.as_ref()).client_secret()?;
-        Refresher::new(account)?
-            .revoke(url, &token.refresh_token, secret.as_ref())
+        let secret = tokens.client_secret()?;
+        Refresher::new(account, server)?
+            .revoke(&url, &token.refresh_token, secret.as_ref())
             .await?;
         store
             .delete(&account.name)

@@ -4,7 +4,7 @@ use anyhow::Result;
 use serde::Serialize;
 
 use crate::cli::Ctx;
-use crate::config::{Account, Protocol, Server, Spelled};
+use crate::config::{Account, Cloud, Protocol, Server, Spelled};
 use crate::exit::Exit;
 use crate::output::JSON_SCHEMA_VERSION;
 
@@ -121,6 +121,7 @@ struct AccountJson {
     provider: &'static str,
     grant: &'static str,
     tenant: Option<String>,
+    cloud: Option<&'static str>,
     email: String,
     sign_in_as: Option<String>,
     from: Option<String>,
@@ -128,8 +129,11 @@ struct AccountJson {
     client_secret: String,
     client_auth: &'static str,
     scopes: Vec<String>,
+    issuer: Option<String>,
     auth_url: Option<String>,
-    token_url: String,
+    token_url: Option<String>,
+    auth_params: std::collections::BTreeMap<String, String>,
+    redirect_uri: Option<String>,
     device_url: Option<String>,
     revoke_url: Option<String>,
     refresh_margin_secs: u64,
@@ -258,7 +262,11 @@ fn account_json(a: &Account) -> AccountJson {
         provider: a.provider.name(),
         grant: a.grant.name(),
         tenant: match &a.provider {
-            crate::config::Provider::Microsoft { tenant } => Some(tenant.clone()),
+            crate::config::Provider::Microsoft { tenant, .. } => Some(tenant.clone()),
+            _ => None,
+        },
+        cloud: match &a.provider {
+            crate::config::Provider::Microsoft { cloud, .. } => Some(cloud.name()),
             _ => None,
         },
         email: a.email.clone(),
@@ -272,7 +280,10 @@ fn account_json(a: &Account) -> AccountJson {
         client_auth: a.client_auth.name(),
         scopes: a.scopes.clone(),
         auth_url: a.endpoints.auth_url.clone(),
+        issuer: a.endpoints.issuer.clone(),
         token_url: a.endpoints.token_url.clone(),
+        auth_params: a.auth_params.iter().cloned().collect(),
+        redirect_uri: a.redirect_uri.as_ref().map(ToString::to_string),
         device_url: a.endpoints.device_url.clone(),
         revoke_url: a.endpoints.revoke_url.clone(),
         refresh_margin_secs: a.refresh_margin.as_secs(),
@@ -285,9 +296,12 @@ fn account_json(a: &Account) -> AccountJson {
 
 fn human(a: &AccountJson) -> Vec<String> {
     let field = |name: &str, value: &str| format!("  {:<15} {value}", format!("{name}:"));
-    let provider = match &a.tenant {
-        Some(t) => format!("{} (tenant {t})", a.provider),
-        None => a.provider.to_string(),
+    let provider = match (&a.tenant, a.cloud) {
+        (Some(t), Some(cloud)) if cloud != Cloud::Global.name() => {
+            format!("{} (tenant {t}, cloud {cloud})", a.provider)
+        }
+        (Some(t), _) => format!("{} (tenant {t})", a.provider),
+        (None, _) => a.provider.to_string(),
     };
     let mut lines = vec![
         format!("[accounts.{}]", a.name),
@@ -300,16 +314,40 @@ fn human(a: &AccountJson) -> Vec<String> {
         field("client_secret", &a.client_secret),
         field("client_auth", a.client_auth),
         field("scopes", &a.scopes.join(" ")),
-        field("token_url", &a.token_url),
     ];
+    if let Some(issuer) = &a.issuer {
+        lines.push(field("issuer", issuer));
+    }
+    let discovered = if a.issuer.is_some() {
+        "(from the issuer's metadata)"
+    } else {
+        "(none)"
+    };
+    lines.push(field(
+        "token_url",
+        a.token_url.as_deref().unwrap_or(discovered),
+    ));
     for (name, url) in [
         ("auth_url", &a.auth_url),
         ("device_url", &a.device_url),
         ("revoke_url", &a.revoke_url),
+        ("redirect_uri", &a.redirect_uri),
     ] {
-        if let Some(url) = url {
-            lines.push(field(name, url));
+        match url {
+            Some(url) => lines.push(field(name, url)),
+            None if a.issuer.is_some() && name != "redirect_uri" => {
+                lines.push(field(name, discovered));
+            }
+            None => {}
         }
+    }
+    if !a.auth_params.is_empty() {
+        let params: Vec<String> = a
+            .auth_params
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect();
+        lines.push(field("auth_params", &params.join(" ")));
     }
     lines.push(field(
         "refresh_margin",

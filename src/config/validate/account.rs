@@ -6,12 +6,12 @@ use std::time::Duration;
 
 use super::super::raw::{field_names, RawAccount, RawServer};
 use super::super::{
-    Account, ClientAuth, ClientCertificate, Endpoints, Grant, Protocol, Provider, ProviderKind,
+    Account, ClientAuth, ClientCertificate, Cloud, Grant, Protocol, Provider, ProviderKind,
     SecretSource, Server, Spelled,
 };
-use super::server::{is_loopback, server, ServerCtx};
+use super::server::{server, ServerCtx};
 use super::suggest::quoted;
-use super::{choice, deserialize_collecting, duration, required, valid_name, Problems};
+use super::{choice, deserialize_collecting, duration, endpoints, required, valid_name, Problems};
 
 /// Default for `refresh_margin`: refresh a token with less than 5 minutes left, so a command that
 /// starts with it still has minutes of validity for its SMTP/IMAP login.
@@ -83,7 +83,9 @@ pub(super) fn account(
     let scopes = scopes(&raw, provider.as_ref(), grant, at, problems);
     let endpoints = provider
         .as_ref()
-        .and_then(|p| endpoints(&raw, p, at, problems));
+        .and_then(|p| endpoints::endpoints(&raw, p, at, problems));
+    let auth_params = endpoints::auth_params(&raw, at, problems);
+    let redirect_uri = endpoints::redirect_uri(&raw, at, problems);
     let (refresh_margin, token_timeout, max_message_size) = limits(&raw, at, problems);
     let (smtp, imap) = match &provider {
         Some(p) => servers(&raw, p, ctx, problems),
@@ -108,6 +110,8 @@ pub(super) fn account(
         service_account: service_account_file,
         scopes: scopes?,
         endpoints: endpoints?,
+        auth_params,
+        redirect_uri,
         refresh_margin,
         token_timeout,
         max_message_size,
@@ -205,7 +209,7 @@ fn grant(
             ),
             _ => {}
         }
-        if let Some(Provider::Microsoft { tenant }) = provider {
+        if let Some(Provider::Microsoft { tenant, .. }) = provider {
             if ["common", "organizations", "consumers"].contains(&tenant.as_str()) {
                 problems.push(
                     format!("{at}.tenant"),
@@ -445,14 +449,23 @@ fn provider(raw: &RawAccount, at: &str, problems: &mut Problems) -> Option<Provi
                     format!("\"{tenant}\" is not a tenant: use \"common\", \"organizations\", \"consumers\", a tenant id or a domain"),
                 );
             }
-            return Some(Provider::Microsoft { tenant });
+            let cloud = match raw.cloud.as_deref() {
+                None => Cloud::Global,
+                Some(word) => choice::<Cloud>(word, &format!("{at}.cloud"), problems)?,
+            };
+            return Some(Provider::Microsoft { tenant, cloud });
         }
     };
-    if raw.tenant.is_some() {
-        problems.push(
-            format!("{at}.tenant"),
-            "only used with provider = \"microsoft\"",
-        );
+    for (key, set) in [
+        ("tenant", raw.tenant.is_some()),
+        ("cloud", raw.cloud.is_some()),
+    ] {
+        if set {
+            problems.push(
+                format!("{at}.{key}"),
+                "only used with provider = \"microsoft\"",
+            );
+        }
     }
     Some(provider)
 }
@@ -522,8 +535,12 @@ fn scopes(
                 "client_credentials needs the resource's .default scope: [\"https://outlook.office365.com/.default\"]",
             );
         }
-    } else if let Some(Provider::Microsoft { .. }) = provider {
-        if let Some(bad) = scopes.iter().find(|s| s.contains("outlook.office365.com")) {
+    } else if let Some(Provider::Microsoft { cloud, .. }) = provider {
+        let global = *cloud == Cloud::Global;
+        if let Some(bad) = scopes
+            .iter()
+            .find(|s| global && s.contains("outlook.office365.com"))
+        {
             problems.push(
                 &path,
                 format!("\"{bad}\" has the wrong host: Microsoft mail scopes are https://outlook.office.com/..."),
@@ -537,59 +554,6 @@ fn scopes(
         }
     }
     Some(scopes)
-}
-
-fn endpoints(
-    raw: &RawAccount,
-    provider: &Provider,
-    at: &str,
-    problems: &mut Problems,
-) -> Option<Endpoints> {
-    let mut url = |value: &Option<String>, preset: Option<String>, key: &str| -> Option<String> {
-        let value = value.clone().or(preset)?;
-        match check_url(&value) {
-            Ok(()) => Some(value),
-            Err(message) => {
-                problems.push(format!("{at}.{key}"), message);
-                None
-            }
-        }
-    };
-    let auth_url = url(&raw.auth_url, provider.auth_url(), "auth_url");
-    let device_url = url(&raw.device_url, provider.device_url(), "device_url");
-    let revoke_url = url(&raw.revoke_url, provider.revoke_url(), "revoke_url");
-    let token_url = url(&raw.token_url, provider.token_url(), "token_url");
-    if raw.device_url.is_some() && *provider == Provider::Google {
-        problems.push(
-            format!("{at}.device_url"),
-            "Google does not allow Gmail scopes in the device flow; use `mailpilot auth login` (browser) or `--paste`",
-        );
-    }
-    if token_url.is_none() && raw.token_url.is_none() {
-        problems.push(
-            format!("{at}.token_url"),
-            "missing (required for provider = \"custom\")",
-        );
-    }
-    Some(Endpoints {
-        auth_url,
-        token_url: token_url?,
-        device_url,
-        revoke_url,
-    })
-}
-
-/// `https://`, or `http://` to a loopback host (test servers).
-fn check_url(value: &str) -> Result<(), String> {
-    let url = url::Url::parse(value).map_err(|e| format!("\"{value}\" is not a URL ({e})"))?;
-    match url.scheme() {
-        "https" => Ok(()),
-        "http" if url.host_str().is_some_and(is_loopback) => Ok(()),
-        "http" => Err(format!(
-            "\"{value}\" uses plain http: tokens would travel unencrypted (http is allowed only to a loopback host)"
-        )),
-        other => Err(format!("\"{value}\": unsupported scheme \"{other}\" (expected https)")),
-    }
 }
 
 #[cfg(test)]
@@ -613,7 +577,10 @@ mod tests {
     fn preset_fills_everything() {
         let cfg = parse(GOOD, Path::new("/c.toml"), false).expect("valid");
         let a = &cfg.accounts["work"];
-        assert_eq!(a.endpoints.token_url, "https://oauth2.googleapis.com/token");
+        assert_eq!(
+            a.endpoints.token_url.as_deref(),
+            Some("https://oauth2.googleapis.com/token")
+        );
         let smtp = a.smtp.as_ref().expect("smtp");
         assert_eq!(
             (smtp.host.as_str(), smtp.port, smtp.tls),
@@ -685,7 +652,7 @@ mod tests {
         assert_eq!(p.len(), 2, "{p:?}");
         assert_eq!(
             p[0],
-            "accounts.a.token_url: missing (required for provider = \"custom\")"
+            "accounts.a.token_url: missing (required for provider = \"custom\"): set it, or set `issuer` to discover it"
         );
         assert!(p[1].starts_with(
             "accounts.b.token_url: \"http://auth.example.com/token\" uses plain http"

@@ -2,7 +2,8 @@
 //!
 //! - this file: the whole file's pass (root keys, syntax), the shared helpers (the collecting
 //!   serde pass, durations, required values, words);
-//! - `account`: `[accounts.NAME]` (provider, secrets, scopes, endpoints);
+//! - `account`: `[accounts.NAME]` (provider, secrets, scopes);
+//! - `endpoints`: the account's authorization server (endpoints, issuer, login parameters);
 //! - `server`: `[accounts.NAME.smtp]` / `.imap`;
 //! - `job`: job tables (`jobs.NAME`);
 //! - `sendmail`: the `[sendmail]` table;
@@ -10,6 +11,7 @@
 //! - `suggest`: "did you mean" for unknown keys and values.
 
 mod account;
+pub(crate) mod endpoints;
 mod job;
 mod relay;
 mod sendmail;
