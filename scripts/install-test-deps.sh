@@ -9,7 +9,7 @@ for tool in cargo rustfmt cargo-clippy; do
     command -v "$tool" >/dev/null || { echo "error: $tool not found; install the Rust toolchain (rustup) with rustfmt and clippy" >&2; exit 1; }
 done
 
-packages=(dovecot-core dovecot-imapd dovecot-lmtpd dovecot-submissiond postfix libsasl2-modules openssl python3 time s-nail swaks libnet-ssleay-perl)
+packages=(dovecot-core dovecot-imapd dovecot-lmtpd dovecot-submissiond postfix libsasl2-modules openssl python3 time s-nail swaks libnet-ssleay-perl tinyproxy microsocks socat)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -34,7 +34,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     # If a system instance got started anyway, stop it: it would hold the default ports.
-    for svc in dovecot postfix; do
+    for svc in dovecot postfix tinyproxy; do
         command -v systemctl >/dev/null && systemctl disable --now "$svc" >/dev/null 2>&1 || true
     done
 fi

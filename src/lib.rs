@@ -17,13 +17,16 @@
 //!      file as enums. Reads the config file only; resolves secrets only when asked.
 //!    - [`exit`]: exit statuses, the mapping from errors to them, and their words.
 //!    - [`output`]: the only place that prints; stdout is data only.
+//!    - [`trust`]: the TLS roots every client connection trusts (built-in, the system's, a
+//!      `ca_file`).
 //! 2. Parts that each own one concern:
 //!    - [`oauth`]: the token lifecycle — [`oauth::store`] (files, locks; never the network),
 //!      [`oauth::refresh`] (one refresh request; never files), [`oauth::source`] (when to refresh,
-//!      locking, adopting a peer's token), [`oauth::login`] (first grants).
+//!      locking, adopting a peer's token), [`oauth::login`] (first grants), [`oauth::discovery`]
+//!      (the issuer's metadata).
 //!    - [`sasl`]: XOAUTH2 / OAUTHBEARER strings and server error challenges; pure.
-//!    - [`net`]: TCP (timeouts, `TCP_NODELAY`, `TCP_QUICKACK`) and TLS (rustls with ring, `ca_file`);
-//!      no protocol.
+//!    - [`net`]: TCP (timeouts, `TCP_NODELAY`, `TCP_QUICKACK`), proxies (HTTP CONNECT, SOCKS5) and
+//!      TLS (rustls with ring); no mail protocol.
 //!    - [`compose`]: drafts → RFC 5322 messages (lettre); templates; merge data; validates
 //!      addresses and header values; `compose::submission` makes what a `sendmail` caller hands
 //!      over sendable.
@@ -72,3 +75,4 @@ pub mod schedule;
 pub mod secret;
 pub mod send;
 pub mod smtp;
+pub mod trust;

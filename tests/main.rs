@@ -11,6 +11,7 @@ mod jobs;
 mod layers;
 mod login;
 mod merge;
+mod network;
 mod poll;
 mod relay;
 mod secrets;

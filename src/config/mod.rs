@@ -5,6 +5,7 @@
 //! described by a [`SecretSource`] and resolved only when a command needs them.
 
 mod provider;
+mod proxy;
 pub mod raw;
 mod secrets;
 mod spelled;
@@ -17,6 +18,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 
 pub use provider::{Provider, ServerPreset};
+pub use proxy::{Proxy, ProxyKind};
 pub use secrets::{SecretSource, MAX_SECRET_BYTES};
 pub use spelled::{
     ClientAuth, Cloud, Grant, JobKind, Mechanism, Protocol, ProviderKind, RewriteFrom, Spelled, Tls,
@@ -201,6 +203,11 @@ pub struct Account {
     pub scopes: Vec<String>,
     /// OAuth2 endpoints.
     pub endpoints: Endpoints,
+    /// The proxy its connections go through (its own `proxy`, else the file's); `None`: direct
+    /// (the OAuth endpoints then honour `HTTPS_PROXY`/`NO_PROXY`).
+    pub proxy: Option<Proxy>,
+    /// Extra root certificate for the OAuth endpoints (and the servers without their own).
+    pub ca_file: Option<PathBuf>,
     /// Extra parameters of the authorization request (`auth_params`), in order.
     pub auth_params: Vec<(String, String)>,
     /// The redirect URI of logins, when the client registration needs a given one.
@@ -255,6 +262,8 @@ pub struct Server {
     pub tls: Tls,
     /// Extra root certificate (absolute path).
     pub ca_file: Option<PathBuf>,
+    /// The proxy connections go through.
+    pub proxy: Option<Proxy>,
     /// SASL mechanism.
     pub mechanism: Mechanism,
 }

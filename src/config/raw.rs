@@ -62,6 +62,10 @@ pub struct RawAccount {
     pub auth_params: Option<std::collections::BTreeMap<String, String>>,
     /// The redirect URI of logins, when the client registration needs a given one.
     pub redirect_uri: Option<String>,
+    /// The proxy of this account's connections (`"direct"`: none, whatever the file's `proxy`).
+    pub proxy: Option<String>,
+    /// Extra root certificate (PEM) for the OAuth endpoints and servers without their own.
+    pub ca_file: Option<PathBuf>,
     /// Refresh when the access token has less than this left (`5m`).
     pub refresh_margin: Option<String>,
     /// Timeout of one token endpoint request (`30s`).

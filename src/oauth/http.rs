@@ -30,23 +30,37 @@ pub struct Endpoint {
 pub type CallError = HttpClientError<reqwest::Error>;
 
 impl Endpoint {
-    /// A client with the account's `token_timeout` for connecting and for the whole exchange.
+    /// A client with the account's `token_timeout` for connecting and for the whole exchange,
+    /// trusting what [`crate::trust`] says (with the account's `ca_file`), through the account's
+    /// `proxy` — or, without one, the proxy `HTTPS_PROXY`/`HTTP_PROXY`/`ALL_PROXY` name (unless
+    /// `NO_PROXY` exempts the host).
     ///
     /// # Errors
-    /// [`AuthError::Failed`] when the TLS stack cannot be initialised.
+    /// [`AuthError::Failed`] when the TLS stack cannot be initialised or the `ca_file` is
+    /// unusable.
     pub fn new(account: &Account) -> Result<Self, AuthError> {
-        let http = reqwest::Client::builder()
+        let failed = |reason: String, source: Option<crate::error::BoxError>| AuthError::Failed {
+            account: account.name.clone(),
+            reason,
+            hint: None,
+            source,
+        };
+        let tls = crate::trust::client_config(account.ca_file.as_deref())
+            .map_err(|reason| failed(reason, None))?;
+        let mut builder = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(account.token_timeout)
             .connect_timeout(account.token_timeout)
             .user_agent(concat!("mailpilot/", env!("CARGO_PKG_VERSION")))
+            .use_preconfigured_tls((*tls).clone());
+        if let Some(proxy) = &account.proxy {
+            let proxy = reqwest::Proxy::all(proxy.url().expose())
+                .map_err(|_| failed(format!("the proxy {proxy} is not usable"), None))?;
+            builder = builder.proxy(proxy);
+        }
+        let http = builder
             .build()
-            .map_err(|e| AuthError::Failed {
-                account: account.name.clone(),
-                reason: "failed to set up the HTTP client".into(),
-                hint: None,
-                source: Some(Box::new(e)),
-            })?;
+            .map_err(|e| failed("failed to set up the HTTP client".into(), Some(Box::new(e))))?;
         Ok(Self {
             http,
             status: Mutex::new(None),
@@ -125,6 +139,25 @@ impl Endpoint {
         let response = self.call(request).await?;
         let text = String::from_utf8_lossy(response.body()).into_owned();
         Ok((response.status().as_u16(), text))
+    }
+}
+
+/// A refusal of `url`'s TLS certificate (`problem`, as rustls words it): no retry fixes that,
+/// trusting the certificate's CA does.
+pub fn untrusted(
+    account: &Account,
+    url: &str,
+    problem: &str,
+    error: crate::error::BoxError,
+) -> AuthError {
+    AuthError::Failed {
+        account: account.name.clone(),
+        reason: format!("the TLS certificate of {url} is not trusted ({problem})"),
+        hint: Some(format!(
+            "if a private CA or a TLS-inspecting proxy signed it, set ca_file = \"/path/to/ca.pem\" in [accounts.{}] or add the CA to the system trust store (update-ca-certificates)",
+            account.name
+        )),
+        source: Some(error),
     }
 }
 

@@ -336,12 +336,18 @@ impl Login<'_> {
                 hint: format!("run `mailpilot auth login {account}` again"),
             }
             .into(),
-            RequestTokenError::Request(e) => AuthError::Transient {
-                account: account.clone(),
-                reason: format!("the request to {} failed", self.server.token_url),
-                source: Some(Box::new(e)),
+            RequestTokenError::Request(e) => {
+                if let Some(problem) = crate::trust::certificate_problem(&e) {
+                    let url = &self.server.token_url;
+                    return super::http::untrusted(self.account, url, &problem, Box::new(e)).into();
+                }
+                AuthError::Transient {
+                    account: account.clone(),
+                    reason: format!("the request to {} failed", self.server.token_url),
+                    source: Some(Box::new(e)),
+                }
+                .into()
             }
-            .into(),
             other => anyhow::anyhow!("{what}: {other}"),
         }
     }

@@ -354,6 +354,14 @@ impl<'a> Refresher<'a> {
                 }
             }
             RequestTokenError::Request(e) => {
+                if let Some(problem) = crate::trust::certificate_problem(&e) {
+                    return super::http::untrusted(
+                        self.account,
+                        url,
+                        &problem,
+                        super::http::cause(e),
+                    );
+                }
                 let reason = if is_timeout(&e) {
                     format!(
                         "the request to {url} timed out after {}",
@@ -565,6 +573,8 @@ mod tests {
             },
             auth_params: Vec::new(),
             redirect_uri: None,
+            proxy: None,
+            ca_file: None,
             scope_on_refresh: false,
             refresh_margin: Duration::from_secs(300),
             token_timeout: Duration::from_secs(30),

@@ -635,6 +635,7 @@ mod tests {
             tls: Tls::None,
             ca_file: None,
             mechanism: crate::config::Mechanism::Xoauth2,
+            proxy: None,
         };
         (server, task)
     }

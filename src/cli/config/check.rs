@@ -134,6 +134,8 @@ struct AccountJson {
     token_url: Option<String>,
     auth_params: std::collections::BTreeMap<String, String>,
     redirect_uri: Option<String>,
+    proxy: Option<String>,
+    ca_file: Option<String>,
     device_url: Option<String>,
     revoke_url: Option<String>,
     refresh_margin_secs: u64,
@@ -284,6 +286,8 @@ fn account_json(a: &Account) -> AccountJson {
         token_url: a.endpoints.token_url.clone(),
         auth_params: a.auth_params.iter().cloned().collect(),
         redirect_uri: a.redirect_uri.as_ref().map(ToString::to_string),
+        proxy: a.proxy.as_ref().map(ToString::to_string),
+        ca_file: a.ca_file.as_ref().map(|p| p.display().to_string()),
         device_url: a.endpoints.device_url.clone(),
         revoke_url: a.endpoints.revoke_url.clone(),
         refresh_margin_secs: a.refresh_margin.as_secs(),
@@ -340,6 +344,15 @@ fn human(a: &AccountJson) -> Vec<String> {
             }
             None => {}
         }
+    }
+    lines.push(field(
+        "proxy",
+        a.proxy
+            .as_deref()
+            .unwrap_or("(none: direct; HTTPS_PROXY honoured for the OAuth endpoints)"),
+    ));
+    if let Some(ca) = &a.ca_file {
+        lines.push(field("ca_file", ca));
     }
     if !a.auth_params.is_empty() {
         let params: Vec<String> = a

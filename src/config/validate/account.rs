@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use super::super::raw::{field_names, RawAccount, RawServer};
 use super::super::{
-    Account, ClientAuth, ClientCertificate, Cloud, Grant, Protocol, Provider, ProviderKind,
+    Account, ClientAuth, ClientCertificate, Cloud, Grant, Protocol, Provider, ProviderKind, Proxy,
     SecretSource, Server, Spelled,
 };
 use super::server::{server, ServerCtx};
@@ -39,6 +39,8 @@ pub(super) struct AccountCtx<'a> {
     pub dir: &'a Path,
     /// Whether the config file is world-readable (inline secrets are refused then).
     pub world_readable: bool,
+    /// The file's `proxy`, for accounts without their own.
+    pub proxy: Option<&'a Proxy>,
 }
 
 /// `[accounts.NAME]` → [`Account`], or `None` after recording its problems.
@@ -87,10 +89,33 @@ pub(super) fn account(
     let auth_params = endpoints::auth_params(&raw, at, problems);
     let redirect_uri = endpoints::redirect_uri(&raw, at, problems);
     let (refresh_margin, token_timeout, max_message_size) = limits(&raw, at, problems);
+    let proxy = match raw.proxy.as_deref() {
+        Some("direct") => None,
+        Some(text) => proxy(text, &format!("{at}.proxy"), ctx.world_readable, problems),
+        None => ctx.proxy.cloned(),
+    };
+    let ca_file = raw.ca_file.as_ref().map(|f| ctx.dir.join(f));
+    if let Some(f) = ca_file.as_ref().filter(|f| !f.is_file()) {
+        problems.push(
+            format!("{at}.ca_file"),
+            format!("{} is not a readable file", f.display()),
+        );
+    }
     let (smtp, imap) = match &provider {
         Some(p) => servers(&raw, p, ctx, problems),
         None => (None, None),
     };
+    // The account's proxy and ca_file serve its servers too (a server's own ca_file wins).
+    let inherit = |server: Option<Server>| {
+        server.map(|mut s| {
+            s.proxy.clone_from(&proxy);
+            if s.ca_file.is_none() {
+                s.ca_file.clone_from(&ca_file);
+            }
+            s
+        })
+    };
+    let (smtp, imap) = (inherit(smtp), inherit(imap));
     if problems.count() > before {
         return None;
     }
@@ -112,6 +137,8 @@ pub(super) fn account(
         endpoints: endpoints?,
         auth_params,
         redirect_uri,
+        proxy,
+        ca_file,
         refresh_margin,
         token_timeout,
         max_message_size,
@@ -389,6 +416,30 @@ fn servers(
         one(Protocol::Smtp, raw.smtp.as_ref(), provider.smtp()),
         one(Protocol::Imap, raw.imap.as_ref(), provider.imap()),
     )
+}
+
+/// A proxy URL at `path`; one with a password is refused in a world-readable file, as inline
+/// secrets are.
+pub(super) fn proxy(
+    text: &str,
+    path: &str,
+    world_readable: bool,
+    problems: &mut Problems,
+) -> Option<Proxy> {
+    match Proxy::parse(text) {
+        Ok(p) if world_readable && p.credentials.is_some() => {
+            problems.push(
+                path,
+                "the proxy password is in a world-readable file: `chmod 600` the file",
+            );
+            None
+        }
+        Ok(p) => Some(p),
+        Err(message) => {
+            problems.push(path, message);
+            None
+        }
+    }
 }
 
 /// An optional address key (`sign_in_as`, `from`): `addr` or `Name <addr>`.

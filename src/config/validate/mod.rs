@@ -28,7 +28,14 @@ use super::{Config, Problem, Spelled};
 use suggest::{choice_message, unknown_key_message};
 
 /// Top-level keys; later features add theirs here.
-const ROOT_KEYS: &[&str] = &["accounts", "templates_dir", "jobs", "sendmail", "relay"];
+const ROOT_KEYS: &[&str] = &[
+    "accounts",
+    "templates_dir",
+    "proxy",
+    "jobs",
+    "sendmail",
+    "relay",
+];
 
 /// Collects problems with their key paths.
 #[derive(Default)]
@@ -56,6 +63,19 @@ pub(super) fn parse(text: &str, path: &Path, world_readable: bool) -> Result<Con
     for key in table.keys().filter(|k| !ROOT_KEYS.contains(&k.as_str())) {
         problems.push(key.clone(), unknown_key_message(key, ROOT_KEYS));
     }
+    let proxy = match table.get("proxy") {
+        None => None,
+        Some(toml::Value::String(text)) => {
+            account::proxy(text, "proxy", world_readable, &mut problems)
+        }
+        Some(other) => {
+            problems.push(
+                "proxy",
+                format!("expected a proxy URL, found {}", other.type_str()),
+            );
+            None
+        }
+    };
     let mut accounts = BTreeMap::new();
     match table.get("accounts") {
         None => problems.push(
@@ -69,6 +89,7 @@ pub(super) fn parse(text: &str, path: &Path, world_readable: bool) -> Result<Con
                     name,
                     dir: &dir,
                     world_readable,
+                    proxy: proxy.as_ref(),
                 };
                 if let Some(account) = account::account(value.clone(), &ctx, &mut problems) {
                     accounts.insert(name.clone(), account);

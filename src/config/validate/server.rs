@@ -86,6 +86,7 @@ pub(super) fn server(
         tls,
         ca_file,
         mechanism,
+        proxy: None,
     })
 }
 

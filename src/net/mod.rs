@@ -1,5 +1,5 @@
-//! TCP and TLS for both protocols: connect with a timeout and `TCP_NODELAY`, and TLS with rustls
-//! (ring) trusting the Mozilla roots plus an account's `ca_file`.
+//! TCP and TLS for both protocols: connect with a timeout and `TCP_NODELAY` (directly or through
+//! the account's proxy, `proxy`), and TLS with rustls (ring) trusting what [`crate::trust`] says.
 //!
 //! `TCP_NODELAY` matters: SMTP clients write the message body and the final `.` separately, and
 //! with Nagle's algorithm the second write waits for the server's delayed ACK — 40 ms per message.
@@ -17,11 +17,13 @@ use rustls_pki_types::{CertificateDer, ServerName};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
-use tokio_rustls::rustls::{self, ClientConfig, RootCertStore};
+use tokio_rustls::rustls::{self, ClientConfig};
 use tokio_rustls::TlsConnector;
 
+mod proxy;
+
 use crate::config::Server;
-use crate::error::{BoxError, ServerError};
+use crate::error::ServerError;
 
 /// Connecting, the TLS handshake and the greeting, each: long enough for a slow network, short
 /// enough for cron.
@@ -136,12 +138,19 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// Opens a TCP connection with [`CONNECT_TIMEOUT`] and `TCP_NODELAY`.
+/// Opens a TCP connection with [`CONNECT_TIMEOUT`] and `TCP_NODELAY`, through the server's proxy
+/// when it has one.
 ///
 /// # Errors
-/// [`ServerError::Transient`]: refused, unreachable, timed out.
+/// [`ServerError::Transient`]: refused, unreachable, timed out; [`ServerError::Failed`]: the
+/// proxy refused.
 pub async fn connect(server: &Server) -> Result<TcpStream, ServerError> {
     let name = server.address();
+    if let Some(p) = &server.proxy {
+        let tunnel = proxy::tunnel(p, &server.host, server.port);
+        let what = format!("connecting through proxy {p}");
+        return timed(CONNECT_TIMEOUT, &name, &what, tunnel, |e| e).await;
+    }
     let connect = TcpStream::connect((server.host.as_str(), server.port));
     let tcp = timed(CONNECT_TIMEOUT, &name, "connecting", connect, |e| {
         ServerError::transient(&name, "connecting failed").with_source(e)
@@ -213,52 +222,9 @@ pub fn handshake_failed(server: &str, what: &str, e: &dyn std::fmt::Display) -> 
     .with_hint(TLS_HINT)
 }
 
-/// The certificates of a server's `ca_file` (none when it has no `ca_file`).
-///
-/// # Errors
-/// [`ServerError::Failed`]: the file is unreadable or holds no PEM certificate.
-pub fn ca_certs(server: &Server) -> Result<Vec<CertificateDer<'static>>, ServerError> {
-    let Some(ca) = &server.ca_file else {
-        return Ok(Vec::new());
-    };
-    let failed = |reason: String| ServerError::failed(server.address(), reason);
-    let certs = CertificateDer::pem_file_iter(ca)
-        .and_then(|it| it.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| failed(format!("failed to read ca_file {}", ca.display())).with_source(e))?;
-    if certs.is_empty() {
-        return Err(failed(format!(
-            "ca_file {} holds no PEM certificate",
-            ca.display()
-        )));
-    }
-    Ok(certs)
-}
-
 fn client_config(server: &Server) -> Result<Arc<ClientConfig>, ServerError> {
-    let failed = |reason: String, source: BoxError| {
-        ServerError::failed(server.address(), reason).with_source(source)
-    };
-    let mut roots = RootCertStore::empty();
-    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
-    for cert in ca_certs(server)? {
-        roots.add(cert).map_err(|e| {
-            let ca = server
-                .ca_file
-                .as_deref()
-                .unwrap_or(std::path::Path::new(""));
-            failed(
-                format!("ca_file {} holds an unusable certificate", ca.display()),
-                Box::new(e),
-            )
-        })?;
-    }
-    let config =
-        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .with_safe_default_protocol_versions()
-            .map_err(|e| failed("failed to set up TLS".into(), Box::new(e)))?
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-    Ok(Arc::new(config))
+    crate::trust::client_config(server.ca_file.as_deref())
+        .map_err(|reason| ServerError::failed(server.address(), reason))
 }
 
 /// The TLS setup of a server (the relay): its certificate chain and private key, read from PEM
