@@ -9,7 +9,7 @@ for tool in cargo rustfmt cargo-clippy; do
     command -v "$tool" >/dev/null || { echo "error: $tool not found; install the Rust toolchain (rustup) with rustfmt and clippy" >&2; exit 1; }
 done
 
-packages=(dovecot-core dovecot-imapd dovecot-lmtpd dovecot-submissiond postfix libsasl2-modules openssl python3 time s-nail swaks libnet-ssleay-perl tinyproxy microsocks socat)
+packages=(dovecot-core dovecot-imapd dovecot-lmtpd dovecot-submissiond postfix libsasl2-modules openssl python3 time s-nail swaks libnet-ssleay-perl tinyproxy microsocks socat man-db systemd adduser)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -41,6 +41,17 @@ impl Output {
             .context("failed to write to stdout")
     }
 
+    /// Writes a whole document (a man page, a completion script) to stdout as it is.
+    ///
+    /// # Errors
+    /// stdout is closed.
+    pub fn document(&self, bytes: &[u8]) -> Result<()> {
+        let mut out = io::stdout().lock();
+        out.write_all(bytes)
+            .and_then(|()| out.flush())
+            .context("failed to write to stdout")
+    }
+
     /// Writes a secret to stdout: only for commands whose purpose is to hand it to another program
     /// (`auth token`).
     ///

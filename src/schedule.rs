@@ -208,6 +208,67 @@ pub fn systemd_units(job: &Job, bin: &Path, config: &Path) -> Result<(String, St
     Ok((service, timer))
 }
 
+/// The system unit of `mailpilot daemon` (jobs, the sendmail outbox and its drop directory, the
+/// relay) for the Debian package and hand installs: its own system user, state in
+/// `/var/lib/mailpilot` (`StateDirectory`, mode 0700), the configuration read-only, and the
+/// sandbox systemd offers a network service that writes only its state (`systemd-analyze
+/// security` rates it). Binding relay ports under 1024 is the one capability it keeps.
+pub fn daemon_unit(bin: &Path, config: &Path) -> String {
+    format!(
+        "[Unit]
+Description=mailpilot daemon (scheduled jobs, the sendmail outbox, the relay)
+Documentation=man:mailpilot(1) man:mailpilot-daemon(1)
+After=network-online.target
+Wants=network-online.target
+
+[Service]
+Type=simple
+User=mailpilot
+Group=mailpilot
+ExecStart={bin} --config {config} daemon
+ExecReload=/bin/kill -HUP $MAINPID
+Restart=on-failure
+RestartSec=5s
+# Tokens, outbox, checkpoints: /var/lib/mailpilot, private to the service.
+Environment=XDG_STATE_HOME=%S
+StateDirectory=mailpilot
+StateDirectoryMode=0700
+UMask=0077
+# The sendmail drop directory of other local users (when it exists).
+ReadWritePaths=-/var/spool/mailpilot
+# Relay listeners on ports under 1024 (25, 465, 587); nothing else.
+AmbientCapabilities=CAP_NET_BIND_SERVICE
+CapabilityBoundingSet=CAP_NET_BIND_SERVICE
+NoNewPrivileges=yes
+ProtectSystem=strict
+ProtectHome=yes
+PrivateTmp=yes
+PrivateDevices=yes
+ProtectKernelTunables=yes
+ProtectKernelModules=yes
+ProtectKernelLogs=yes
+ProtectControlGroups=yes
+ProtectClock=yes
+ProtectHostname=yes
+ProtectProc=invisible
+RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX
+RestrictNamespaces=yes
+RestrictRealtime=yes
+RestrictSUIDSGID=yes
+LockPersonality=yes
+MemoryDenyWriteExecute=yes
+SystemCallArchitectures=native
+SystemCallFilter=@system-service
+SystemCallFilter=~@privileged
+
+[Install]
+WantedBy=multi-user.target
+",
+        bin = bin.display(),
+        config = config.display()
+    )
+}
+
 /// `m h dom mon dow` → `dow *-mon-dom h:m:00` for numbers, `*`, lists and `*/n` steps.
 fn on_calendar(pattern: &str) -> Option<String> {
     let fields: Vec<&str> = pattern.split_whitespace().collect();

@@ -5,6 +5,7 @@ mod support;
 
 mod auth;
 mod config;
+mod generated;
 mod hostile;
 mod identities;
 mod jobs;

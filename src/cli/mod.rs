@@ -4,6 +4,7 @@
 mod auth;
 mod config;
 mod daemon;
+mod generate;
 mod jobs;
 mod poll;
 pub(crate) mod queue;
@@ -96,6 +97,10 @@ pub enum Command {
     Queue(queue::QueueCommand),
     /// An SMTP submission port for programs that only know a password ([relay]); `relay passwd NAME`
     Relay(relay::Args),
+    /// Print shell completions: bash, zsh, fish (elvish, powershell)
+    Completions(generate::CompletionsArgs),
+    /// Print the man page, or write all pages into a directory (--dir)
+    Man(generate::ManArgs),
 }
 
 /// The command line of the binary run under the name `sendmail` (a symlink, as
@@ -140,6 +145,17 @@ impl Ctx {
         match &self.preloaded {
             Some(config) => Ok(config.clone()),
             None => Config::load(&self.env.config_path(self.config_flag.clone())?),
+        }
+    }
+
+    /// Where the configuration file is (or would be), without reading it.
+    ///
+    /// # Errors
+    /// See [`Env::config_path`].
+    pub fn config_path(&self) -> Result<PathBuf> {
+        match &self.preloaded {
+            Some(config) => Ok(config.path.clone()),
+            None => self.env.config_path(self.config_flag.clone()),
         }
     }
 
@@ -259,6 +275,8 @@ pub async fn run(cli: Cli, env: Env) -> Result<Exit> {
         Command::Sendmail(args) => args.run(&ctx).await,
         Command::Queue(cmd) => cmd.run(&ctx).await,
         Command::Relay(args) => args.run(&ctx).await,
+        Command::Completions(args) => args.run(&ctx),
+        Command::Man(args) => args.run(&ctx),
     }
 }
 
