@@ -51,6 +51,9 @@ if [ "${1:-}" = "--install" ]; then
     man -w mailpilot >/dev/null
     man -w mailpilot-auth-login >/dev/null
     getent passwd mailpilot >/dev/null
+    [ "$(stat -c '%U %a' /var/lib/mailpilot)" = "mailpilot 700" ] || { echo "error: /var/lib/mailpilot is not mailpilot's, 0700" >&2; exit 1; }
+    # The service user can sign in before the first start: its state directory is writable.
+    runuser -u mailpilot -- env XDG_STATE_HOME=/var/lib /usr/bin/mailpilot --config /usr/share/doc/mailpilot/examples/config.toml auth status >/dev/null
     systemd-analyze verify /usr/lib/systemd/system/mailpilot.service
     if systemctl is-enabled mailpilot.service >/dev/null 2>&1; then
         echo "error: the package enabled mailpilot.service; it must wait for a configuration" >&2
@@ -58,5 +61,6 @@ if [ "${1:-}" = "--install" ]; then
     fi
     DEBIAN_FRONTEND=noninteractive apt-get purge -y -qq mailpilot >/dev/null
     ! getent passwd mailpilot >/dev/null || { echo "error: purge left the mailpilot user" >&2; exit 1; }
+    [ ! -e /var/lib/mailpilot ] || { echo "error: purge left /var/lib/mailpilot" >&2; exit 1; }
     echo "ok: installed, checked (man, unit, user) and purged"
 fi

@@ -92,14 +92,28 @@ fn get(url: &str) -> (u16, Option<String>, String) {
     let (host, path) = rest
         .split_once('/')
         .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
-    let mut conn = TcpStream::connect(host).expect("connect");
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("write");
+    // As a browser does, try again when the connection is reset before an answer: under the full
+    // suite's load a fresh loopback connection is now and then reset at once (the listener alive
+    // and never seeing it).
     let mut text = String::new();
-    conn.read_to_string(&mut text).expect("read");
+    for attempt in 1.. {
+        let exchange = TcpStream::connect(host).and_then(|mut conn| {
+            write!(
+                conn,
+                "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+            )?;
+            text.clear();
+            conn.read_to_string(&mut text)
+        });
+        match exchange {
+            Ok(_) => break,
+            Err(e) if attempt < 3 => {
+                eprintln!("browser: {url}: {e}; trying again");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Err(e) => panic!("GET {url}: {e}"),
+        }
+    }
     let status = text
         .split_whitespace()
         .nth(1)

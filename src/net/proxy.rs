@@ -118,6 +118,12 @@ async fn socks5(
     port: u16,
     at: &str,
 ) -> Result<(), Refusal> {
+    socks5_login(tcp, proxy, at).await?;
+    socks5_open(tcp, proxy, host, port, at).await
+}
+
+/// The SOCKS5 greeting, and the user/password login (RFC 1929) when the proxy picks it.
+async fn socks5_login(tcp: &mut TcpStream, proxy: &Proxy, at: &str) -> Result<(), Refusal> {
     let refused = |reason: String| Refusal::Server(ServerError::failed(at, reason));
     let method = if proxy.credentials.is_some() { 2 } else { 0 };
     tcp.write_all(&[5, 1, method]).await?;
@@ -154,6 +160,18 @@ async fn socks5(
             ))
         }
     }
+    Ok(())
+}
+
+/// The CONNECT request for `host:port` and the proxy's answer.
+async fn socks5_open(
+    tcp: &mut TcpStream,
+    proxy: &Proxy,
+    host: &str,
+    port: u16,
+    at: &str,
+) -> Result<(), Refusal> {
+    let refused = |reason: String| Refusal::Server(ServerError::failed(at, reason));
     let mut request = vec![5, 1, 0];
     match proxy.kind {
         ProxyKind::Socks5h => domain(&mut request, host).map_err(refused)?,

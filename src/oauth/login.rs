@@ -89,17 +89,10 @@ pub async fn login(
         Flow::Device { timeout } => login.device(*timeout, prompt).await,
         Flow::Loopback { port, timeout } => {
             let port = login.port(*port)?;
-            let host = login.redirect_host();
-            let listener = TcpListener::bind((host, port.unwrap_or(0)))
-                .await
-                .with_context(|| format!("failed to listen on {host}:{}", port.unwrap_or(0)))?;
-            let bound = listener
-                .local_addr()
-                .context("failed to read the listening port")?
-                .port();
+            let (listeners, bound) = login.listen(port).await?;
             let (url, state, verifier, redirect) = login.authorize_url(bound)?;
             prompt.open_url(url.as_str(), port.map(|_| bound));
-            let query = tokio::time::timeout(*timeout, wait_for_redirect(&listener))
+            let query = tokio::time::timeout(*timeout, wait_for_redirect(&listeners))
                 .await
                 .map_err(|_| {
                     anyhow::anyhow!(
@@ -188,12 +181,44 @@ impl Login<'_> {
         }
     }
 
-    /// The address the loopback listener binds: `redirect_uri`'s host (`localhost` is
-    /// 127.0.0.1), else 127.0.0.1.
-    fn redirect_host(&self) -> &'static str {
-        match self.account.redirect_uri.as_ref().and_then(url::Url::host) {
-            Some(url::Host::Ipv6(_)) => "::1",
-            _ => "127.0.0.1",
+    /// The loopback listeners for the redirect, on `port` (else a free one), and that port:
+    /// 127.0.0.1, or [::1] for an IPv6 `redirect_uri`; for `localhost` both, on one port, since a
+    /// browser may resolve it to either.
+    async fn listen(&self, port: Option<u16>) -> Result<(Vec<TcpListener>, u16)> {
+        let host = self.account.redirect_uri.as_ref().and_then(url::Url::host);
+        let (first, both) = match host {
+            Some(url::Host::Ipv6(_)) => ("::1", false),
+            Some(url::Host::Domain(_)) => ("127.0.0.1", true),
+            _ => ("127.0.0.1", false),
+        };
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let v4 = TcpListener::bind((first, port.unwrap_or(0)))
+                .await
+                .with_context(|| format!("failed to listen on {first}:{}", port.unwrap_or(0)))?;
+            let bound = v4
+                .local_addr()
+                .context("failed to read the listening port")?
+                .port();
+            if !both {
+                return Ok((vec![v4], bound));
+            }
+            match TcpListener::bind(("::1", bound)).await {
+                Ok(v6) => return Ok((vec![v4, v6], bound)),
+                // The free IPv4 port is taken on IPv6: with a random port, take another.
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse
+                        && port.is_none()
+                        && attempts < 10 => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => {
+                    return Err(
+                        anyhow::Error::new(e).context(format!("failed to listen on [::1]:{bound}"))
+                    )
+                }
+                // No IPv6 on this host: browsers then resolve localhost to 127.0.0.1.
+                Err(_) => return Ok((vec![v4], bound)),
+            }
         }
     }
 
@@ -398,12 +423,11 @@ impl Login<'_> {
 
 /// Accepts browser requests on the loopback listener until one carries `code` or `error`;
 /// answers it with a small page. Returns its query string.
-async fn wait_for_redirect(listener: &TcpListener) -> Result<String> {
+async fn wait_for_redirect(listeners: &[TcpListener]) -> Result<String> {
     loop {
-        let (mut conn, _) = listener
-            .accept()
-            .await
-            .context("failed to accept the browser's connection")?;
+        let accepts = listeners.iter().map(|l| Box::pin(l.accept()));
+        let (accepted, _, _) = futures_util::future::select_all(accepts).await;
+        let (mut conn, _) = accepted.context("failed to accept the browser's connection")?;
         let mut buf = vec![0u8; 16 * 1024];
         let n = match tokio::time::timeout(Duration::from_secs(10), conn.read(&mut buf)).await {
             Ok(Ok(n)) => n,
@@ -443,6 +467,13 @@ async fn wait_for_redirect(listener: &TcpListener) -> Result<String> {
             .write_all(format!("HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{page}", page.len()).as_bytes())
             .await;
         let _ = conn.shutdown().await;
+        // A graceful close: whatever the browser still sends is read (briefly) before the socket
+        // is dropped, so it sees the page and an end, not a reset.
+        let drain = async {
+            let mut rest = [0u8; 1024];
+            while matches!(conn.read(&mut rest).await, Ok(n) if n > 0) {}
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), drain).await;
         return Ok(query);
     }
 }

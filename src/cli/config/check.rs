@@ -298,27 +298,10 @@ fn account_json(a: &Account) -> AccountJson {
     }
 }
 
-fn human(a: &AccountJson) -> Vec<String> {
+/// The authorization server, login and network lines of an account.
+fn endpoint_lines(a: &AccountJson) -> Vec<String> {
     let field = |name: &str, value: &str| format!("  {:<15} {value}", format!("{name}:"));
-    let provider = match (&a.tenant, a.cloud) {
-        (Some(t), Some(cloud)) if cloud != Cloud::Global.name() => {
-            format!("{} (tenant {t}, cloud {cloud})", a.provider)
-        }
-        (Some(t), _) => format!("{} (tenant {t})", a.provider),
-        (None, _) => a.provider.to_string(),
-    };
-    let mut lines = vec![
-        format!("[accounts.{}]", a.name),
-        field("provider", &provider),
-        field("grant", a.grant),
-        field("email", &a.email),
-        field("sign_in_as", a.sign_in_as.as_deref().unwrap_or("(email)")),
-        field("from", a.from.as_deref().unwrap_or("(email)")),
-        field("client_id", &a.client_id),
-        field("client_secret", &a.client_secret),
-        field("client_auth", a.client_auth),
-        field("scopes", &a.scopes.join(" ")),
-    ];
+    let mut lines = Vec::new();
     if let Some(issuer) = &a.issuer {
         lines.push(field("issuer", issuer));
     }
@@ -362,10 +345,36 @@ fn human(a: &AccountJson) -> Vec<String> {
             .collect();
         lines.push(field("auth_params", &params.join(" ")));
     }
+    lines
+}
+
+fn human(a: &AccountJson) -> Vec<String> {
+    let field = |name: &str, value: &str| format!("  {:<15} {value}", format!("{name}:"));
+    let provider = match (&a.tenant, a.cloud) {
+        (Some(t), Some(cloud)) if cloud != Cloud::Global.name() => {
+            format!("{} (tenant {t}, cloud {cloud})", a.provider)
+        }
+        (Some(t), _) => format!("{} (tenant {t})", a.provider),
+        (None, _) => a.provider.to_string(),
+    };
+    let mut lines = vec![
+        format!("[accounts.{}]", a.name),
+        field("provider", &provider),
+        field("grant", a.grant),
+        field("email", &a.email),
+        field("sign_in_as", a.sign_in_as.as_deref().unwrap_or("(email)")),
+        field("from", a.from.as_deref().unwrap_or("(email)")),
+        field("client_id", &a.client_id),
+        field("client_secret", &a.client_secret),
+        field("client_auth", a.client_auth),
+        field("scopes", &a.scopes.join(" ")),
+    ];
+    lines.extend(endpoint_lines(a));
     lines.push(field(
         "refresh_margin",
         &format!("{}s", a.refresh_margin_secs),
     ));
+
     lines.push(field(
         "token_timeout",
         &format!("{}s", a.token_timeout_secs),

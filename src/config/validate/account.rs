@@ -89,33 +89,11 @@ pub(super) fn account(
     let auth_params = endpoints::auth_params(&raw, at, problems);
     let redirect_uri = endpoints::redirect_uri(&raw, at, problems);
     let (refresh_margin, token_timeout, max_message_size) = limits(&raw, at, problems);
-    let proxy = match raw.proxy.as_deref() {
-        Some("direct") => None,
-        Some(text) => proxy(text, &format!("{at}.proxy"), ctx.world_readable, problems),
-        None => ctx.proxy.cloned(),
-    };
-    let ca_file = raw.ca_file.as_ref().map(|f| ctx.dir.join(f));
-    if let Some(f) = ca_file.as_ref().filter(|f| !f.is_file()) {
-        problems.push(
-            format!("{at}.ca_file"),
-            format!("{} is not a readable file", f.display()),
-        );
-    }
+    let (proxy, ca_file) = network(&raw, ctx, problems);
     let (smtp, imap) = match &provider {
-        Some(p) => servers(&raw, p, ctx, problems),
+        Some(p) => servers(&raw, p, ctx, (&proxy, &ca_file), problems),
         None => (None, None),
     };
-    // The account's proxy and ca_file serve its servers too (a server's own ca_file wins).
-    let inherit = |server: Option<Server>| {
-        server.map(|mut s| {
-            s.proxy.clone_from(&proxy);
-            if s.ca_file.is_none() {
-                s.ca_file.clone_from(&ca_file);
-            }
-            s
-        })
-    };
-    let (smtp, imap) = (inherit(smtp), inherit(imap));
     if problems.count() > before {
         return None;
     }
@@ -396,10 +374,12 @@ fn parse_size(text: &str) -> Option<u64> {
 }
 
 /// The account's SMTP and IMAP servers.
+/// The account's SMTP and IMAP servers, with its `network` settings (proxy, ca_file).
 fn servers(
     raw: &RawAccount,
     provider: &Provider,
     ctx: &AccountCtx<'_>,
+    network: (&Option<Proxy>, &Option<std::path::PathBuf>),
     problems: &mut Problems,
 ) -> (Option<Server>, Option<Server>) {
     let mut one = |protocol: Protocol, given: Option<&RawServer>, preset| {
@@ -412,10 +392,56 @@ fn servers(
         };
         server(given, preset, &server_ctx, problems)
     };
+    let (proxy, ca_file) = network;
     (
-        one(Protocol::Smtp, raw.smtp.as_ref(), provider.smtp()),
-        one(Protocol::Imap, raw.imap.as_ref(), provider.imap()),
+        inherit(
+            one(Protocol::Smtp, raw.smtp.as_ref(), provider.smtp()),
+            proxy,
+            ca_file,
+        ),
+        inherit(
+            one(Protocol::Imap, raw.imap.as_ref(), provider.imap()),
+            proxy,
+            ca_file,
+        ),
     )
+}
+
+/// The account's proxy and ca_file serve its servers too (a server's own ca_file wins).
+fn inherit(
+    server: Option<Server>,
+    proxy: &Option<Proxy>,
+    ca_file: &Option<std::path::PathBuf>,
+) -> Option<Server> {
+    server.map(|mut s| {
+        s.proxy.clone_from(proxy);
+        if s.ca_file.is_none() {
+            s.ca_file.clone_from(ca_file);
+        }
+        s
+    })
+}
+
+/// The account's `proxy` (its own, `"direct"` for none, else the file's) and `ca_file`.
+fn network(
+    raw: &RawAccount,
+    ctx: &AccountCtx<'_>,
+    problems: &mut Problems,
+) -> (Option<Proxy>, Option<std::path::PathBuf>) {
+    let at = ctx.at;
+    let proxy = match raw.proxy.as_deref() {
+        Some("direct") => None,
+        Some(text) => proxy(text, &format!("{at}.proxy"), ctx.world_readable, problems),
+        None => ctx.proxy.cloned(),
+    };
+    let ca_file = raw.ca_file.as_ref().map(|f| ctx.dir.join(f));
+    if let Some(f) = ca_file.as_ref().filter(|f| !f.is_file()) {
+        problems.push(
+            format!("{at}.ca_file"),
+            format!("{} is not a readable file", f.display()),
+        );
+    }
+    (proxy, ca_file)
 }
 
 /// A proxy URL at `path`; one with a password is refused in a world-readable file, as inline
