@@ -257,6 +257,17 @@ impl fmt::Display for Problem {
     }
 }
 
+/// The key that seals stored secrets is missing, unusable or not the one they were sealed with:
+/// a person must give the right key (or sign in again). Exit 77; nothing was overwritten.
+#[derive(Debug, thiserror::Error)]
+#[error("{reason}")]
+pub struct KeyError {
+    /// What is wrong.
+    pub reason: String,
+    /// The setting or command that fixes it.
+    pub hint: String,
+}
+
 /// Configuration failures a caller branches on (exit code 2).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -324,6 +335,9 @@ pub fn hint(err: &anyhow::Error) -> Option<String> {
         }
         if let Some(e) = cause.downcast_ref::<ServerError>() {
             return e.hint().map(str::to_string);
+        }
+        if let Some(e) = cause.downcast_ref::<KeyError>() {
+            return Some(e.hint.clone());
         }
         cause
             .downcast_ref::<ConfigError>()

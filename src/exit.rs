@@ -1,7 +1,7 @@
 //! Exit statuses, the mapping from an error to one, and the words that name them in run lines and
 //! `status` — decided here and nowhere else.
 
-use crate::error::{AuthError, Busy, ConfigError, ServerError, TimedOut, UsageError};
+use crate::error::{AuthError, Busy, ConfigError, KeyError, ServerError, TimedOut, UsageError};
 
 /// The process exit status. Documented in `--help` and the README.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -98,6 +98,9 @@ pub fn classify(err: &anyhow::Error) -> Exit {
                 ServerError::LoginRefused { .. } => Exit::NeedsAuthorization,
                 ServerError::Failed { .. } => Exit::Failure,
             };
+        }
+        if cause.downcast_ref::<KeyError>().is_some() {
+            return Exit::NeedsAuthorization;
         }
         if cause.downcast_ref::<Busy>().is_some() || cause.downcast_ref::<TimedOut>().is_some() {
             return Exit::Transient;

@@ -19,6 +19,7 @@
 //!    - [`output`]: the only place that prints; stdout is data only.
 //!    - [`trust`]: the TLS roots every client connection trusts (built-in, the system's, a
 //!      `ca_file`).
+//!    - [`seal`]: secrets at rest: tokens sealed (ChaCha20-Poly1305) under the state key.
 //! 2. Parts that each own one concern:
 //!    - [`oauth`]: the token lifecycle — [`oauth::store`] (files, locks; never the network),
 //!      [`oauth::refresh`] (one refresh request; never files), [`oauth::source`] (when to refresh,
@@ -72,6 +73,7 @@ pub mod poll;
 pub mod relay;
 pub mod sasl;
 pub mod schedule;
+pub mod seal;
 pub mod secret;
 pub mod send;
 pub mod smtp;

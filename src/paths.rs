@@ -19,6 +19,8 @@ pub struct Env {
     pub mailpilot_config: Option<OsString>,
     /// The system-wide config, used when the user has none ([`SYSTEM_CONFIG`]).
     pub system_config: Option<PathBuf>,
+    /// `$CREDENTIALS_DIRECTORY` (systemd's `LoadCredential=`/`LoadCredentialEncrypted=`).
+    pub credentials_directory: Option<PathBuf>,
 }
 
 /// The system-wide configuration: what every user's `sendmail` (and the service user) reads when
@@ -35,7 +37,16 @@ impl Env {
             xdg_state_home: var("XDG_STATE_HOME"),
             mailpilot_config: var("MAILPILOT_CONFIG"),
             system_config: Some(PathBuf::from(SYSTEM_CONFIG)),
+            credentials_directory: var("CREDENTIALS_DIRECTORY").map(PathBuf::from),
         }
+    }
+
+    /// The state key systemd passes as the credential `mailpilot.key`, if there is one.
+    pub fn credential_key(&self) -> Option<PathBuf> {
+        self.credentials_directory
+            .as_ref()
+            .map(|d| d.join("mailpilot.key"))
+            .filter(|p| p.is_file())
     }
 
     /// The config file: `--config`, else `$MAILPILOT_CONFIG`, else

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 /// table, with what each layer must not do, is in ARCHITECTURE.md.
 const LAYERS: &[&[&str]] = &[
     &["error", "secret", "clock", "paths", "fsutil"],
-    &["config", "exit", "output", "trust"],
+    &["config", "exit", "output", "trust", "seal"],
     &["oauth", "sasl", "net", "compose", "journal", "schedule"],
     &["mail_auth"],
     &["smtp", "imap"],

@@ -15,6 +15,7 @@ mod merge;
 mod network;
 mod poll;
 mod relay;
+mod sealed;
 mod secrets;
 mod send;
 mod sendmail;

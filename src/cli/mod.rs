@@ -13,6 +13,7 @@ pub(crate) mod run;
 mod schedule;
 mod send;
 pub mod sendmail;
+mod state;
 mod status;
 mod watch;
 
@@ -97,6 +98,9 @@ pub enum Command {
     Queue(queue::QueueCommand),
     /// An SMTP submission port for programs that only know a password ([relay]); `relay passwd NAME`
     Relay(relay::Args),
+    /// Protect the state: re-seal stored tokens under another key (rotate-key)
+    #[command(subcommand)]
+    State(state::StateCommand),
     /// Print shell completions: bash, zsh, fish (elvish, powershell)
     Completions(generate::CompletionsArgs),
     /// Print the man page, or write all pages into a directory (--dir)
@@ -134,6 +138,8 @@ pub struct Ctx {
     pub out: Output,
     /// "Now".
     pub clock: std::sync::Arc<dyn Clock>,
+    /// The state key, read once (`[state] key_file`, else the systemd credential).
+    key: std::sync::OnceLock<Option<std::sync::Arc<crate::seal::Key>>>,
 }
 
 impl Ctx {
@@ -168,6 +174,7 @@ impl Ctx {
             preloaded: Some(config),
             out: self.out,
             clock: self.clock.clone(),
+            key: std::sync::OnceLock::new(),
         }
     }
 
@@ -206,12 +213,33 @@ impl Ctx {
         self.env.state_dir()
     }
 
-    /// The token store.
+    /// The token store, sealing tokens with the state key when one is configured.
     ///
     /// # Errors
-    /// No `$XDG_STATE_HOME` or `$HOME`.
+    /// No `$XDG_STATE_HOME` or `$HOME`; the configured key is missing or unusable
+    /// ([`crate::error::KeyError`], exit 77).
     pub fn store(&self) -> Result<FileStore> {
-        Ok(FileStore::new(self.state_dir()?.join("tokens")))
+        Ok(FileStore::new(self.state_dir()?.join("tokens")).with_key(self.state_key()?))
+    }
+
+    /// The key that seals tokens at rest: `[state] key_file`, else the systemd credential
+    /// `mailpilot.key`, else none (plain tokens in 0600 files).
+    ///
+    /// # Errors
+    /// The configuration cannot be read, or the key file is unusable.
+    pub fn state_key(&self) -> Result<Option<std::sync::Arc<crate::seal::Key>>> {
+        if let Some(key) = self.key.get() {
+            return Ok(key.clone());
+        }
+        let path = self
+            .config()?
+            .state
+            .key_file
+            .or_else(|| self.env.credential_key());
+        let key = path
+            .map(|p| crate::seal::Key::load(&p).map(std::sync::Arc::new))
+            .transpose()?;
+        Ok(self.key.get_or_init(|| key).clone())
     }
 }
 
@@ -260,6 +288,7 @@ pub async fn run(cli: Cli, env: Env) -> Result<Exit> {
         out: Output::new(cli.json, cli.quiet),
         preloaded: None,
         clock: std::sync::Arc::new(SystemClock),
+        key: std::sync::OnceLock::new(),
     };
     match cli.command {
         Command::Auth(cmd) => cmd.run(&ctx).await,
@@ -275,6 +304,7 @@ pub async fn run(cli: Cli, env: Env) -> Result<Exit> {
         Command::Sendmail(args) => args.run(&ctx).await,
         Command::Queue(cmd) => cmd.run(&ctx).await,
         Command::Relay(args) => args.run(&ctx).await,
+        Command::State(cmd) => cmd.run(&ctx).await,
         Command::Completions(args) => args.run(&ctx),
         Command::Man(args) => args.run(&ctx),
     }

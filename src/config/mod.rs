@@ -42,6 +42,16 @@ pub struct Config {
     pub sendmail: Sendmail,
     /// The SMTP submission listener for programs that only know a password (`[relay]`).
     pub relay: Option<Relay>,
+    /// Where state lives and how it is protected (`[state]`).
+    pub state: State,
+}
+
+/// `[state]`: how the state is protected.
+#[derive(Debug, Clone, Default)]
+pub struct State {
+    /// The key file that seals tokens at rest (absolute); `None`: the systemd credential
+    /// `mailpilot.key` if there is one, else tokens are stored in plain (files 0600).
+    pub key_file: Option<PathBuf>,
 }
 
 /// `[relay]`: where the submission listener listens, its limits, and who may send through it.

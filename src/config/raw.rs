@@ -110,6 +110,13 @@ pub struct RawSendmail {
     pub drop_dir: Option<PathBuf>,
 }
 
+/// `[state]` as written.
+#[derive(Debug, Default, Deserialize)]
+pub struct RawState {
+    /// The key that seals tokens at rest (32 bytes, or their base64).
+    pub key_file: Option<PathBuf>,
+}
+
 /// `[relay]` as written.
 #[derive(Debug, Default, Deserialize)]
 pub struct RawRelay {

@@ -21,8 +21,10 @@ use crate::error::AuthErrorKind;
 use crate::fsutil::{read_optional, write_atomic};
 use crate::secret::Secret;
 
-/// The token file format this build reads and writes.
+/// The token file format of plain tokens.
 pub const FORMAT_VERSION: u32 = 1;
+/// The token file format of sealed tokens (with the id of the key that sealed them).
+pub const SEALED_VERSION: u32 = 2;
 
 /// Where grants live. A trait so that a shared backend (a database with advisory locks) can replace
 /// the files when several machines share accounts.
@@ -100,6 +102,8 @@ pub struct LastError {
 #[derive(Debug, Clone)]
 pub struct FileStore {
     dir: PathBuf,
+    /// The key tokens are sealed with; `None`: stored in plain (mode 0600 only).
+    key: Option<std::sync::Arc<crate::seal::Key>>,
 }
 
 /// A held `flock` on `<account>.lock`; released when dropped or when the process dies.
@@ -115,6 +119,9 @@ pub struct FileLock {
 struct TokenFileV1 {
     version: u32,
     account: String,
+    /// Version 2: the id of the key the two tokens are sealed with.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_id: Option<String>,
     access_token: String,
     expires_at: u64,
     refresh_token: String,
@@ -134,7 +141,21 @@ struct CachedMetadata {
 impl FileStore {
     /// A store in `dir` (created 0700 on first write).
     pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+        Self {
+            dir: dir.into(),
+            key: None,
+        }
+    }
+
+    /// The same store, sealing the tokens it writes with `key` (and opening sealed ones).
+    pub fn with_key(mut self, key: Option<std::sync::Arc<crate::seal::Key>>) -> Self {
+        self.key = key;
+        self
+    }
+
+    /// The id of the key tokens are sealed with, if any.
+    pub fn key_id(&self) -> Option<&str> {
+        self.key.as_deref().map(crate::seal::Key::id)
     }
 
     /// The directory holding the files.
@@ -231,7 +252,12 @@ fn check_token_file(path: &Path) -> Result<bool> {
 
 /// Parses a token file, checking its version before its shape so a newer format gets the right
 /// message.
-fn parse_token_file(bytes: &[u8], path: &Path, account: &str) -> Result<StoredToken> {
+fn parse_token_file(
+    bytes: &[u8],
+    path: &Path,
+    account: &str,
+    key: Option<&crate::seal::Key>,
+) -> Result<StoredToken> {
     #[derive(Deserialize)]
     struct Version {
         version: Option<u32>,
@@ -243,9 +269,9 @@ fn parse_token_file(bytes: &[u8], path: &Path, account: &str) -> Result<StoredTo
         )
     })?;
     match version.version {
-        Some(FORMAT_VERSION) => {}
+        Some(FORMAT_VERSION | SEALED_VERSION) => {}
         Some(v) => bail!(
-            "token file {} has format version {v}, but this mailpilot reads version {FORMAT_VERSION} (was it written by a newer mailpilot?)",
+            "token file {} has format version {v}, but this mailpilot reads versions {FORMAT_VERSION} and {SEALED_VERSION} (was it written by a newer mailpilot?)",
             path.display()
         ),
         None => bail!("token file {} is corrupt (no \"version\" field)", path.display()),
@@ -259,15 +285,74 @@ fn parse_token_file(bytes: &[u8], path: &Path, account: &str) -> Result<StoredTo
             file.account
         );
     }
+    let (access_token, refresh_token) = match (&file.key_id, version.version) {
+        (None, Some(FORMAT_VERSION)) => (
+            Secret::new(file.access_token),
+            Secret::new(file.refresh_token),
+        ),
+        (Some(sealed_with), Some(SEALED_VERSION)) => {
+            let key = key_for(key, sealed_with, path, account)?;
+            let open = |value: &str, field: &str| {
+                key.open(value, &context(account, field)).map_err(|e| {
+                    anyhow::anyhow!("token file {} is corrupt ({field}: {e})", path.display())
+                })
+            };
+            (
+                open(&file.access_token, "access_token")?,
+                open(&file.refresh_token, "refresh_token")?,
+            )
+        }
+        _ => bail!(
+            "token file {} is corrupt (version and key_id do not agree)",
+            path.display()
+        ),
+    };
     Ok(StoredToken {
         account: file.account,
-        access_token: Secret::new(file.access_token),
+        access_token,
         expires_at: file.expires_at,
-        refresh_token: Secret::new(file.refresh_token),
+        refresh_token,
         scope: file.scope,
         obtained_at: file.obtained_at,
         refreshed_at: file.refreshed_at,
     })
+}
+
+/// What a sealed token's field is bound to (a value cannot be moved to another account or field).
+fn context(account: &str, field: &str) -> String {
+    format!("mailpilot token {account} {field}")
+}
+
+/// The configured key, if it is the one `sealed_with` names.
+fn key_for<'k>(
+    key: Option<&'k crate::seal::Key>,
+    sealed_with: &str,
+    path: &Path,
+    account: &str,
+) -> Result<&'k crate::seal::Key> {
+    let fix = format!(
+        "set [state] key_file to the key with id {sealed_with} (or give it as the systemd credential mailpilot.key); without it, sign in again: mailpilot auth logout {account} && mailpilot auth login {account}"
+    );
+    match key {
+        Some(k) if k.id() == sealed_with => Ok(k),
+        Some(k) => Err(crate::error::KeyError {
+            reason: format!(
+                "the tokens in {} are sealed with key {sealed_with}, but the configured state key is {}",
+                path.display(),
+                k.id()
+            ),
+            hint: fix,
+        }
+        .into()),
+        None => Err(crate::error::KeyError {
+            reason: format!(
+                "the tokens in {} are sealed with key {sealed_with}, and no state key is configured",
+                path.display()
+            ),
+            hint: fix,
+        }
+        .into()),
+    }
 }
 
 impl TokenStore for FileStore {
@@ -279,18 +364,40 @@ impl TokenStore for FileStore {
             return Ok(None);
         }
         read_optional(&path)?
-            .map(|bytes| parse_token_file(&bytes, &path, account))
+            .map(|bytes| parse_token_file(&bytes, &path, account, self.key.as_deref()))
             .transpose()
     }
 
     fn save(&self, token: &StoredToken) -> Result<()> {
         self.ensure_dir()?;
+        let account = &token.account;
+        let (version, key_id, access_token, refresh_token) = match &self.key {
+            Some(key) => {
+                let seal = |value: &Secret, field: &str| {
+                    key.seal(value, &context(account, field))
+                        .map_err(|e| anyhow::anyhow!("failed to seal the {field}: {e}"))
+                };
+                (
+                    SEALED_VERSION,
+                    Some(key.id().to_string()),
+                    seal(&token.access_token, "access_token")?,
+                    seal(&token.refresh_token, "refresh_token")?,
+                )
+            }
+            None => (
+                FORMAT_VERSION,
+                None,
+                token.access_token.expose().to_string(),
+                token.refresh_token.expose().to_string(),
+            ),
+        };
         let file = TokenFileV1 {
-            version: FORMAT_VERSION,
-            account: token.account.clone(),
-            access_token: token.access_token.expose().to_string(),
+            version,
+            account: account.clone(),
+            key_id,
+            access_token,
             expires_at: token.expires_at,
-            refresh_token: token.refresh_token.expose().to_string(),
+            refresh_token,
             scope: token.scope.clone(),
             obtained_at: token.obtained_at,
             refreshed_at: token.refreshed_at,
@@ -420,10 +527,45 @@ mod tests {
             err.contains(&format!("token file {} is corrupt", path.display())),
             "{err}"
         );
-        fs::write(&path, "{\"version\": 2}").expect("write");
+        fs::write(&path, "{\"version\": 3}").expect("write");
         let err = format!("{:#}", store.load("work").expect_err("foreign"));
-        assert!(err.contains("has format version 2"), "{err}");
-        assert_eq!(fs::read_to_string(&path).expect("read"), "{\"version\": 2}");
+        assert!(err.contains("has format version 3"), "{err}");
+        assert_eq!(fs::read_to_string(&path).expect("read"), "{\"version\": 3}");
+    }
+
+    /// Sealed files round-trip with their key, hold neither token in clear, and say which key
+    /// they need; a value moved from another account's file does not open.
+    #[test]
+    fn sealed_files() {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let key = std::sync::Arc::new(crate::seal::Key::from_bytes(&[5u8; 32]).expect("key"));
+        let sealed = FileStore::new(tmp.path()).with_key(Some(key.clone()));
+        sealed.save(&token("work")).expect("save");
+        sealed.save(&token("other")).expect("save");
+        assert_eq!(sealed.load("work").expect("load"), Some(token("work")));
+        let text = fs::read_to_string(sealed.token_path("work")).expect("read");
+        assert!(!text.contains("rt-1") && !text.contains("at-1"), "{text}");
+        let err = FileStore::new(tmp.path()).load("work").expect_err("no key");
+        assert!(
+            err.downcast_ref::<crate::error::KeyError>().is_some(),
+            "{err:#}"
+        );
+        // Another account's sealed refresh token pasted into this file: refused as corrupt.
+        let other = fs::read_to_string(sealed.token_path("other")).expect("read");
+        let field = |t: &str| {
+            t.split("\"refresh_token\": \"")
+                .nth(1)
+                .and_then(|r| r.split('"').next())
+                .expect("field")
+                .to_string()
+        };
+        fs::write(
+            sealed.token_path("work"),
+            text.replace(&field(&text), &field(&other)),
+        )
+        .expect("write");
+        let err = format!("{:#}", sealed.load("work").expect_err("moved"));
+        assert!(err.contains("is corrupt (refresh_token:"), "{err}");
     }
 
     /// A second lock attempt on the same account fails while the first is held.

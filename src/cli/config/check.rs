@@ -18,6 +18,8 @@ struct ConfigJson {
     version: u32,
     config: String,
     state_dir: String,
+    /// The id of the key tokens are sealed with (`null`: plain 0600 files).
+    state_key: Option<String>,
     accounts: Vec<AccountJson>,
     sendmail: SendmailJson,
     /// `[relay]` (`null` without one).
@@ -182,6 +184,8 @@ impl Args {
             .into());
         }
         let state_dir = ctx.state_dir()?;
+        let key = ctx.state_key()?;
+        let key_id = key.as_ref().map(|k| k.id().to_string());
         let accounts: Vec<AccountJson> = config.accounts.values().map(account_json).collect();
         let only = match config.accounts.keys().collect::<Vec<_>>().as_slice() {
             [only] => Some((*only).clone()),
@@ -200,6 +204,7 @@ impl Args {
                 version: JSON_SCHEMA_VERSION,
                 config: config.path.display().to_string(),
                 state_dir: state_dir.display().to_string(),
+                state_key: key_id,
                 accounts,
                 sendmail,
                 relay,
@@ -208,7 +213,12 @@ impl Args {
         }
         ctx.out
             .data(&format!("config: {}", config.path.display()))?;
-        ctx.out.data(&format!("state:  {}", state_dir.display()))?;
+        let sealing = match &key_id {
+            Some(id) => format!("tokens sealed with key {id}"),
+            None => "tokens in plain files, mode 0600; [state] key_file seals them".into(),
+        };
+        ctx.out
+            .data(&format!("state:  {} ({sealing})", state_dir.display()))?;
         for a in &accounts {
             ctx.out.data("")?;
             for line in human(a) {

@@ -35,6 +35,7 @@ const ROOT_KEYS: &[&str] = &[
     "jobs",
     "sendmail",
     "relay",
+    "state",
 ];
 
 /// Collects problems with their key paths.
@@ -115,6 +116,7 @@ pub(super) fn parse(text: &str, path: &Path, world_readable: bool) -> Result<Con
     let jobs = job::jobs(table.get("jobs"), &accounts, &mut problems);
     let sendmail = sendmail::sendmail(table.get("sendmail"), &accounts, &mut problems);
     let relay = relay::relay(table.get("relay"), &accounts, &mut problems);
+    let state = state(table.get("state"), &dir, &mut problems);
     if problems.0.is_empty() {
         Ok(Config {
             path: path.to_path_buf(),
@@ -123,9 +125,23 @@ pub(super) fn parse(text: &str, path: &Path, world_readable: bool) -> Result<Con
             jobs,
             sendmail,
             relay,
+            state,
         })
     } else {
         Err(problems.0)
+    }
+}
+
+/// `[state]`: the key file, relative to the config file's directory.
+fn state(value: Option<&toml::Value>, dir: &Path, problems: &mut Problems) -> super::State {
+    let Some(value) = value else {
+        return super::State::default();
+    };
+    let known = |_: &str| super::raw::field_names::<super::raw::RawState>();
+    let raw: Option<super::raw::RawState> =
+        deserialize_collecting(value.clone(), "state", known, problems);
+    super::State {
+        key_file: raw.and_then(|r| r.key_file).map(|f| dir.join(f)),
     }
 }
 

@@ -1,0 +1,158 @@
+//! Tokens sealed at rest: with `[state] key_file` (or the systemd credential `mailpilot.key`) the
+//! token files hold no token in clear; a wrong or missing key is exit 77 with the file untouched;
+//! `state rotate-key` moves every grant to another key, or back to plain files.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::support::{OAuthServer, TestEnv};
+
+/// A key file of `byte` × 32, mode 0600.
+fn key_file(env: &TestEnv, name: &str, byte: u8) -> PathBuf {
+    let path = env.root().join(name);
+    std::fs::write(&path, [byte; 32]).expect("key");
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    path
+}
+
+/// The account `work` on `server`, sealing with `key` (none: plain).
+fn config(env: &TestEnv, server: &OAuthServer, key: Option<&Path>) {
+    let state = key.map_or(String::new(), |k| {
+        format!("\n[state]\nkey_file = \"{}\"\n", k.display())
+    });
+    env.config_for(server, &state);
+}
+
+fn token_text(env: &TestEnv) -> String {
+    std::fs::read_to_string(env.token_file("work")).expect("token file")
+}
+
+/// With a key, the token file is version 2 with sealed values: no token issued by the server
+/// appears in it, and `auth token`, a forced refresh and `config check` work.
+#[test]
+fn tokens_sealed_at_rest() {
+    let server = OAuthServer::start();
+    server.set_rotation(true);
+    let env = TestEnv::new();
+    let key = key_file(&env, "state.key", 0x11);
+    config(&env, &server, Some(&key));
+    env.import(&server);
+    env.run_with_secret(&server, &["auth", "refresh", "work", "--force"])
+        .expect_code(0);
+    let text = token_text(&env);
+    assert!(
+        text.contains("\"version\": 2") && text.contains("seal1:"),
+        "{text}"
+    );
+    for secret in server.all_secrets() {
+        assert!(!text.contains(&secret), "{secret} in clear:\n{text}");
+    }
+    let run = env.run(&["auth", "token", "work"]);
+    run.expect_code(0);
+    assert_eq!(
+        run.stdout.trim(),
+        server.last_access_token().expect("issued")
+    );
+    let check = env.run(&["config", "check"]);
+    check.expect_code(0);
+    let id = text
+        .split("\"key_id\": \"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("key_id")
+        .to_string();
+    assert!(
+        check
+            .stdout
+            .contains(&format!("(tokens sealed with key {id})")),
+        "{}",
+        check.stdout
+    );
+}
+
+/// A wrong key, a missing key file, no key at all, or a key others may read: exit 77 with the
+/// reason and what to set; the token file stays byte-identical.
+#[test]
+fn wrong_or_missing_key() {
+    let server = OAuthServer::start();
+    let env = TestEnv::new();
+    let key = key_file(&env, "state.key", 0x11);
+    config(&env, &server, Some(&key));
+    env.import(&server);
+    let before = token_text(&env);
+    let other = key_file(&env, "other.key", 0x22);
+    let loose = key_file(&env, "loose.key", 0x11);
+    std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).expect("chmod");
+    let cases: [(Option<PathBuf>, &str); 4] = [
+        (Some(other), "but the configured state key is"),
+        (Some(env.root().join("gone.key")), "cannot be read"),
+        (None, "and no state key is configured"),
+        (Some(loose), "may be read by others (mode 644)"),
+    ];
+    for (key, message) in cases {
+        config(&env, &server, key.as_deref());
+        let run = env.run_with_secret(&server, &["auth", "refresh", "work", "--force"]);
+        run.expect_code(77);
+        assert!(run.stderr.contains(message), "{message}: {}", run.stderr);
+        assert!(run.stderr.contains("hint: "), "{}", run.stderr);
+        assert_eq!(token_text(&env), before, "the token file was touched");
+    }
+}
+
+/// `state rotate-key`: plain → key A → key B → plain, each grant opened before any is
+/// rewritten; the systemd credential `mailpilot.key` serves as the key when the file names none.
+#[test]
+fn rotate_key_and_credential() {
+    let server = OAuthServer::start();
+    let env = TestEnv::new();
+    config(&env, &server, None);
+    env.import(&server);
+    assert!(token_text(&env).contains("\"version\": 1"));
+    let a = key_file(&env, "a.key", 0x11);
+    let b = key_file(&env, "b.key", 0x22);
+    let rotate = |args: &[&str]| {
+        let mut all = vec!["state", "rotate-key"];
+        all.extend_from_slice(args);
+        env.run(&all)
+    };
+    let run = rotate(&[a.to_str().expect("utf8")]);
+    run.expect_code(0);
+    assert!(
+        run.stderr.contains("sealed 1 grant(s) with key"),
+        "{}",
+        run.stderr
+    );
+    assert!(token_text(&env).contains("seal1:"));
+    config(&env, &server, Some(&a));
+    env.run(&["auth", "token", "work"]).expect_code(0);
+    rotate(&[b.to_str().expect("utf8")]).expect_code(0);
+    env.run(&["auth", "token", "work"]).expect_code(77);
+    config(&env, &server, Some(&b));
+    env.run(&["auth", "token", "work"]).expect_code(0);
+
+    // The same key as a systemd credential, with no key_file.
+    config(&env, &server, None);
+    let creds = env.root().join("creds");
+    std::fs::create_dir_all(&creds).expect("dir");
+    std::fs::copy(&b, creds.join("mailpilot.key")).expect("copy");
+    std::fs::set_permissions(
+        creds.join("mailpilot.key"),
+        std::fs::Permissions::from_mode(0o400),
+    )
+    .expect("chmod");
+    let dir = creds.to_str().expect("utf8");
+    env.run_full(
+        &["auth", "token", "work"],
+        &[("CREDENTIALS_DIRECTORY", dir)],
+        None,
+    )
+    .expect_code(0);
+    let run = env.run_full(
+        &["state", "rotate-key", "--plain"],
+        &[("CREDENTIALS_DIRECTORY", dir)],
+        None,
+    );
+    run.expect_code(0);
+    assert!(token_text(&env).contains("\"version\": 1"));
+    env.run(&["auth", "token", "work"]).expect_code(0);
+}
