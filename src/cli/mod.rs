@@ -138,8 +138,22 @@ pub struct Ctx {
     pub out: Output,
     /// "Now".
     pub clock: std::sync::Arc<dyn Clock>,
-    /// The state key, read once (`[state] key_file`, else the systemd credential).
-    key: std::sync::OnceLock<Option<std::sync::Arc<crate::seal::Key>>>,
+    /// The `[state] key_file` of the configuration last loaded (so `store` need not read the
+    /// file again), and the key last read: its path, modification time and the key.
+    key: std::sync::Mutex<KeyCache>,
+}
+
+/// What [`Ctx`] remembers about the state key.
+#[derive(Default)]
+struct KeyCache {
+    /// `Some(key_file)` once a configuration was loaded.
+    key_file: Option<Option<PathBuf>>,
+    /// The key read last: from which file, as modified when, and the key.
+    loaded: Option<(
+        PathBuf,
+        Option<std::time::SystemTime>,
+        std::sync::Arc<crate::seal::Key>,
+    )>,
 }
 
 impl Ctx {
@@ -148,10 +162,14 @@ impl Ctx {
     /// # Errors
     /// See [`Config::load`].
     pub fn config(&self) -> Result<Config> {
-        match &self.preloaded {
-            Some(config) => Ok(config.clone()),
-            None => Config::load(&self.env.config_path(self.config_flag.clone())?),
+        let config = match &self.preloaded {
+            Some(config) => config.clone(),
+            None => Config::load(&self.env.config_path(self.config_flag.clone())?)?,
+        };
+        if let Ok(mut cache) = self.key.lock() {
+            cache.key_file = Some(config.state.key_file.clone());
         }
+        Ok(config)
     }
 
     /// Where the configuration file is (or would be), without reading it.
@@ -174,7 +192,7 @@ impl Ctx {
             preloaded: Some(config),
             out: self.out,
             clock: self.clock.clone(),
-            key: std::sync::OnceLock::new(),
+            key: std::sync::Mutex::default(),
         }
     }
 
@@ -228,18 +246,28 @@ impl Ctx {
     /// # Errors
     /// The configuration cannot be read, or the key file is unusable.
     pub fn state_key(&self) -> Result<Option<std::sync::Arc<crate::seal::Key>>> {
-        if let Some(key) = self.key.get() {
-            return Ok(key.clone());
+        let known = self.key.lock().ok().and_then(|c| c.key_file.clone());
+        let key_file = match known {
+            Some(file) => file,
+            None => self.config()?.state.key_file,
+        };
+        let Some(path) = key_file.or_else(|| self.env.credential_key()) else {
+            return Ok(None);
+        };
+        // Read again only when the file changed (a reload may name a new key).
+        let modified = std::fs::metadata(&path).and_then(|m| m.modified()).ok();
+        if let Ok(cache) = self.key.lock() {
+            if let Some((p, m, key)) = &cache.loaded {
+                if *p == path && *m == modified && modified.is_some() {
+                    return Ok(Some(key.clone()));
+                }
+            }
         }
-        let path = self
-            .config()?
-            .state
-            .key_file
-            .or_else(|| self.env.credential_key());
-        let key = path
-            .map(|p| crate::seal::Key::load(&p).map(std::sync::Arc::new))
-            .transpose()?;
-        Ok(self.key.get_or_init(|| key).clone())
+        let key = std::sync::Arc::new(crate::seal::Key::load(&path)?);
+        if let Ok(mut cache) = self.key.lock() {
+            cache.loaded = Some((path, modified, key.clone()));
+        }
+        Ok(Some(key))
     }
 }
 
@@ -288,7 +316,7 @@ pub async fn run(cli: Cli, env: Env) -> Result<Exit> {
         out: Output::new(cli.json, cli.quiet),
         preloaded: None,
         clock: std::sync::Arc::new(SystemClock),
-        key: std::sync::OnceLock::new(),
+        key: std::sync::Mutex::default(),
     };
     match cli.command {
         Command::Auth(cmd) => cmd.run(&ctx).await,
