@@ -97,6 +97,9 @@ fn wrong_or_missing_key() {
         assert!(run.stderr.contains("hint: "), "{}", run.stderr);
         assert_eq!(token_text(&env), before, "the token file was touched");
     }
+    // Whatever the key, the grant can be forgotten (then signed in again).
+    env.run(&["auth", "logout", "work"]).expect_code(0);
+    assert!(!env.token_file("work").exists());
 }
 
 /// `state rotate-key`: plain → key A → key B → plain, each grant opened before any is

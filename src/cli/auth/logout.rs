@@ -27,7 +27,8 @@ impl Args {
     pub async fn run(self, ctx: &Ctx) -> Result<Exit> {
         let config = ctx.config()?;
         let account = config.account(&self.account)?;
-        let store = ctx.store()?;
+        // Deleting needs no key: a grant sealed with a lost key can still be forgotten.
+        let store = crate::oauth::FileStore::new(ctx.state_dir()?.join("tokens"));
         // Wait for a refresh in progress, so it cannot write the grant back after we delete it.
         let _lock = wait_for_lock(&store, &account.name, LOCK_WAIT).await?;
         if store.delete(&account.name)? {
