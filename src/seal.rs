@@ -197,6 +197,30 @@ mod tests {
         assert!(Key::from_bytes(&[0u8; 16]).is_err());
     }
 
+    proptest::proptest! {
+        /// Any text round-trips; any change to a sealed value, or to its context, is refused;
+        /// any string at all given to `open` is an error, never a panic.
+        #[test]
+        fn sealed_values_are_tamper_evident(
+            plain in "\\PC{0,64}",
+            flip in 0usize..200,
+            junk in "\\PC{0,80}",
+        ) {
+            let key = Key::from_bytes(&[3u8; KEY_LEN]).expect("key");
+            let sealed = key.seal(&Secret::new(plain.clone()), "ctx").expect("seal");
+            let opened = key.open(&sealed, "ctx").expect("open");
+            proptest::prop_assert_eq!(opened.expose(), plain.as_str());
+            proptest::prop_assert!(key.open(&sealed, "ctx2").is_err());
+            let mut raw = STANDARD.decode(&sealed[PREFIX.len()..]).expect("b64");
+            let at = flip % raw.len();
+            raw[at] ^= 0x01;
+            let tampered = format!("{PREFIX}{}", STANDARD.encode(raw));
+            proptest::prop_assert!(key.open(&tampered, "ctx").is_err());
+            let _ = key.open(&junk, "ctx");
+            let _ = key.open(&format!("{PREFIX}{junk}"), "ctx");
+        }
+    }
+
     /// Key files: raw or base64; refused when others may read them.
     #[test]
     fn key_files() {

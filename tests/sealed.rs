@@ -159,3 +159,77 @@ fn rotate_key_and_credential() {
     assert!(token_text(&env).contains("\"version\": 1"));
     env.run(&["auth", "token", "work"]).expect_code(0);
 }
+
+/// Sends one message to the relay on `port` from loopback without AUTH (Python's smtplib).
+fn relay_message(port: u16, from: &str, to: &str, subject: &str) {
+    let script = "import smtplib, sys\ns = smtplib.SMTP('127.0.0.1', int(sys.argv[1]), timeout=20)\ns.sendmail(sys.argv[2], [sys.argv[3]], 'Subject: %s\\r\\n\\r\\nx\\r\\n' % sys.argv[4])\ns.quit()\n";
+    let status = std::process::Command::new("python3")
+        .args(["-c", script, &port.to_string(), from, to, subject])
+        .status()
+        .expect("python3");
+    assert!(status.success(), "smtplib failed");
+}
+
+/// A running daemon that read the grant with key A, whose key then changes (rotate-key, key_file
+/// edited, SIGHUP), delivers with the new key: a message relayed afterwards (so the daemon's own
+/// outbox drain sends it, on a new session) opens the re-sealed grant.
+#[test]
+fn daemon_takes_a_new_key_on_reload() {
+    use crate::support::mailstack::{free_port, wait_for_port};
+    use crate::support::MailStack;
+    let stack = MailStack::get();
+    let (env, user, rcpt) =
+        TestEnv::for_sendmail(stack, "sealreload", stack.ports.postfix_submission);
+    let a = key_file(&env, "a.key", 0x31);
+    let b = key_file(&env, "b.key", 0x32);
+    let port = free_port();
+    let base = std::fs::read_to_string(env.config_path()).expect("config");
+    let with_key = |key: &Path| {
+        env.write_config(&format!(
+            "{base}\n[relay]\nlisten = [\"127.0.0.1:{port}\"]\nallow_loopback_without_auth = true\naccount = \"work\"\n\n[state]\nkey_file = \"{}\"\n",
+            key.display()
+        ));
+    };
+    env.run(&["state", "rotate-key", a.to_str().expect("utf8")])
+        .expect_code(0);
+    with_key(&a);
+    let daemon = env
+        .cmd(&["daemon"])
+        .env("MP_TEST_SECRET", stack.oauth.client_secret())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("daemon");
+    wait_for_port(port, String::new);
+    // The daemon has read the grant with key A (its start-up keep-alive check).
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    env.run(&["state", "rotate-key", b.to_str().expect("utf8")])
+        .expect_code(0);
+    with_key(&b);
+    std::process::Command::new("kill")
+        .args(["-HUP", &daemon.id().to_string()])
+        .status()
+        .expect("kill -HUP");
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    relay_message(port, &user, &rcpt, "sealed with b");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !stack
+        .delivered(&rcpt)
+        .iter()
+        .any(|m| String::from_utf8_lossy(m).contains("Subject: sealed with b"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the message relayed after the key change was not delivered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::process::Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .expect("kill");
+    let out = daemon.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("sealed with key"), "{stderr}");
+}
