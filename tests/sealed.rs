@@ -113,6 +113,19 @@ fn rotate_key_and_credential() {
     assert!(token_text(&env).contains("\"version\": 1"));
     let a = key_file(&env, "a.key", 0x11);
     let b = key_file(&env, "b.key", 0x22);
+    // A key configured over a plain grant: config check says how to seal it now.
+    config(&env, &server, Some(&a));
+    let check = env.run(&["config", "check"]);
+    check.expect_code(0);
+    assert!(
+        check.stderr.contains(&format!(
+            "warning: the grants of work are still stored unsealed (they are sealed at their next refresh); to seal them now: mailpilot state rotate-key {}",
+            a.display()
+        )),
+        "{}",
+        check.stderr
+    );
+    config(&env, &server, None);
     let rotate = |args: &[&str]| {
         let mut all = vec!["state", "rotate-key"];
         all.extend_from_slice(args);
@@ -128,6 +141,8 @@ fn rotate_key_and_credential() {
     assert!(token_text(&env).contains("seal1:"));
     config(&env, &server, Some(&a));
     env.run(&["auth", "token", "work"]).expect_code(0);
+    let check = env.run(&["config", "check"]);
+    assert!(!check.stderr.contains("unsealed"), "{}", check.stderr);
     rotate(&[b.to_str().expect("utf8")]).expect_code(0);
     env.run(&["auth", "token", "work"]).expect_code(77);
     config(&env, &server, Some(&b));

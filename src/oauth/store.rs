@@ -153,6 +153,25 @@ impl FileStore {
         self
     }
 
+    /// Whether `account`'s stored grant is sealed (`None`: no grant stored). Reads only the
+    /// file's version; never opens it.
+    ///
+    /// # Errors
+    /// The file cannot be read or is not JSON.
+    pub fn is_sealed(&self, account: &str) -> Result<Option<bool>> {
+        #[derive(Deserialize)]
+        struct Version {
+            version: Option<u32>,
+        }
+        let path = self.token_path(account);
+        let Some(bytes) = read_optional(&path)? else {
+            return Ok(None);
+        };
+        let version: Version = serde_json::from_slice(&bytes)
+            .with_context(|| format!("token file {} is corrupt", path.display()))?;
+        Ok(Some(version.version == Some(SEALED_VERSION)))
+    }
+
     /// The id of the key tokens are sealed with, if any.
     pub fn key_id(&self) -> Option<&str> {
         self.key.as_deref().map(crate::seal::Key::id)

@@ -186,6 +186,9 @@ impl Args {
         let state_dir = ctx.state_dir()?;
         let key = ctx.state_key()?;
         let key_id = key.as_ref().map(|k| k.id().to_string());
+        if key.is_some() {
+            warn_unsealed(ctx, &config)?;
+        }
         let accounts: Vec<AccountJson> = config.accounts.values().map(account_json).collect();
         let only = match config.accounts.keys().collect::<Vec<_>>().as_slice() {
             [only] => Some((*only).clone()),
@@ -257,6 +260,29 @@ fn sendmail_human(sendmail: &SendmailJson) -> String {
         humantime::format_duration(std::time::Duration::from_secs(sendmail.max_age_secs)),
         humantime::format_duration(std::time::Duration::from_secs(sendmail.warn_after_secs))
     )
+}
+
+/// With a state key: names the accounts whose grants are still stored unsealed.
+fn warn_unsealed(ctx: &Ctx, config: &crate::config::Config) -> Result<()> {
+    let store = ctx.store()?;
+    let plain: Vec<&str> = config
+        .accounts
+        .keys()
+        .filter(|name| matches!(store.is_sealed(name), Ok(Some(false))))
+        .map(String::as_str)
+        .collect();
+    if !plain.is_empty() {
+        ctx.out.warn(&format!(
+            "the grants of {} are still stored unsealed (they are sealed at their next refresh); to seal them now: mailpilot state rotate-key {}",
+            plain.join(", "),
+            config
+                .state
+                .key_file
+                .as_deref()
+                .map_or("KEY_FILE".into(), |p| p.display().to_string())
+        ));
+    }
+    Ok(())
 }
 
 fn account_json(a: &Account) -> AccountJson {
