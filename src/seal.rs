@@ -164,11 +164,6 @@ impl Key {
     }
 }
 
-/// Whether `value` is sealed.
-pub fn is_sealed(value: &str) -> bool {
-    value.starts_with(PREFIX)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -181,7 +176,7 @@ mod tests {
         let sealed = key
             .seal(&Secret::new("rt-secret"), "token work refresh_token")
             .expect("seal");
-        assert!(is_sealed(&sealed) && !sealed.contains("rt-secret"));
+        assert!(sealed.starts_with(PREFIX) && !sealed.contains("rt-secret"));
         assert_eq!(
             key.open(&sealed, "token work refresh_token")
                 .expect("open")

@@ -237,7 +237,16 @@ impl Ctx {
     /// No `$XDG_STATE_HOME` or `$HOME`; the configured key is missing or unusable
     /// ([`crate::error::KeyError`], exit 77).
     pub fn store(&self) -> Result<FileStore> {
-        Ok(FileStore::new(self.state_dir()?.join("tokens")).with_key(self.state_key()?))
+        Ok(self.unsealed_store()?.with_key(self.state_key()?))
+    }
+
+    /// The token store without the state key: for work that never opens a grant (deleting one
+    /// sealed with a lost key).
+    ///
+    /// # Errors
+    /// No `$XDG_STATE_HOME` or `$HOME`.
+    pub fn unsealed_store(&self) -> Result<FileStore> {
+        Ok(FileStore::new(self.state_dir()?.join("tokens")))
     }
 
     /// The key that seals tokens at rest: `[state] key_file`, else the systemd credential

@@ -222,8 +222,6 @@ pub struct Account {
     pub auth_params: Vec<(String, String)>,
     /// The redirect URI of logins, when the client registration needs a given one.
     pub redirect_uri: Option<url::Url>,
-    /// Whether refresh requests repeat the scopes.
-    pub scope_on_refresh: bool,
     /// A token with less than this left is refreshed before use.
     pub refresh_margin: Duration,
     /// Timeout of one token endpoint request.

@@ -183,14 +183,8 @@ async fn fetch(account: &Account, issuer: &str, now: u64) -> Result<Metadata, Au
     for url in metadata_urls(issuer) {
         tracing::debug!(account = %account.name, url = %url, "fetching authorization server metadata");
         let (status, body) = endpoint.get(&url).await.map_err(|e| {
-            if let Some(problem) = crate::trust::certificate_problem(&e) {
-                return super::http::untrusted(account, &url, &problem, super::http::cause(e));
-            }
-            AuthError::Transient {
-                account: account.name.clone(),
-                reason: format!("the metadata of {issuer} could not be fetched from {url}"),
-                source: Some(super::http::cause(e)),
-            }
+            let reason = format!("the metadata of {issuer} could not be fetched from {url}");
+            super::http::unanswered(account, &url, reason, super::http::cause(e))
         })?;
         match status {
             200 => return parse(account, issuer, &body, now),

@@ -142,9 +142,27 @@ impl Endpoint {
     }
 }
 
+/// A request to `url` that got no answer: a refused TLS certificate is a failure no retry fixes
+/// (exit 1, with the `ca_file` hint); anything else is transient, for `reason`.
+pub fn unanswered(
+    account: &Account,
+    url: &str,
+    reason: String,
+    error: crate::error::BoxError,
+) -> AuthError {
+    match crate::trust::certificate_problem(error.as_ref()) {
+        Some(problem) => untrusted(account, url, &problem, error),
+        None => AuthError::Transient {
+            account: account.name.clone(),
+            reason,
+            source: Some(error),
+        },
+    }
+}
+
 /// A refusal of `url`'s TLS certificate (`problem`, as rustls words it): no retry fixes that,
 /// trusting the certificate's CA does.
-pub fn untrusted(
+fn untrusted(
     account: &Account,
     url: &str,
     problem: &str,

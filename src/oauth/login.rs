@@ -362,16 +362,9 @@ impl Login<'_> {
             }
             .into(),
             RequestTokenError::Request(e) => {
-                if let Some(problem) = crate::trust::certificate_problem(&e) {
-                    let url = &self.server.token_url;
-                    return super::http::untrusted(self.account, url, &problem, Box::new(e)).into();
-                }
-                AuthError::Transient {
-                    account: account.clone(),
-                    reason: format!("the request to {} failed", self.server.token_url),
-                    source: Some(Box::new(e)),
-                }
-                .into()
+                let url = &self.server.token_url;
+                let reason = format!("the request to {url} failed");
+                super::http::unanswered(self.account, url, reason, Box::new(e)).into()
             }
             other => anyhow::anyhow!("{what}: {other}"),
         }

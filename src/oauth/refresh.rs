@@ -354,14 +354,6 @@ impl<'a> Refresher<'a> {
                 }
             }
             RequestTokenError::Request(e) => {
-                if let Some(problem) = crate::trust::certificate_problem(&e) {
-                    return super::http::untrusted(
-                        self.account,
-                        url,
-                        &problem,
-                        super::http::cause(e),
-                    );
-                }
                 let reason = if is_timeout(&e) {
                     format!(
                         "the request to {url} timed out after {}",
@@ -370,7 +362,7 @@ impl<'a> Refresher<'a> {
                 } else {
                     format!("the request to {url} failed")
                 };
-                self.transient(reason, Some(super::http::cause(e)))
+                super::http::unanswered(self.account, url, reason, super::http::cause(e))
             }
             RequestTokenError::Parse(e, _body) => {
                 let reason =
@@ -575,7 +567,6 @@ mod tests {
             redirect_uri: None,
             proxy: None,
             ca_file: None,
-            scope_on_refresh: false,
             refresh_margin: Duration::from_secs(300),
             token_timeout: Duration::from_secs(30),
             max_message_size: 50_000_000,

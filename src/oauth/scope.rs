@@ -30,7 +30,7 @@ pub fn missing(account: &Account, granted: Option<&str>) -> Vec<String> {
 /// need them (RFC 6749 §6: the scopes originally granted), else the account's scopes less the
 /// ones the grant lacks.
 pub fn on_refresh(account: &Account, granted: Option<&str>) -> Vec<String> {
-    if !account.scope_on_refresh {
+    if !account.provider.scope_on_refresh() {
         return Vec::new();
     }
     let missing = missing(account, granted);

@@ -159,22 +159,11 @@ impl FileStore {
     /// # Errors
     /// The file cannot be read or is not JSON.
     pub fn is_sealed(&self, account: &str) -> Result<Option<bool>> {
-        #[derive(Deserialize)]
-        struct Version {
-            version: Option<u32>,
-        }
         let path = self.token_path(account);
         let Some(bytes) = read_optional(&path)? else {
             return Ok(None);
         };
-        let version: Version = serde_json::from_slice(&bytes)
-            .with_context(|| format!("token file {} is corrupt", path.display()))?;
-        Ok(Some(version.version == Some(SEALED_VERSION)))
-    }
-
-    /// The id of the key tokens are sealed with, if any.
-    pub fn key_id(&self) -> Option<&str> {
-        self.key.as_deref().map(crate::seal::Key::id)
+        Ok(Some(file_version(&bytes, &path)? == SEALED_VERSION))
     }
 
     /// The directory holding the files.
@@ -269,14 +258,9 @@ fn check_token_file(path: &Path) -> Result<bool> {
     Ok(true)
 }
 
-/// Parses a token file, checking its version before its shape so a newer format gets the right
+/// A token file's format version, checked before its shape so a newer format gets the right
 /// message.
-fn parse_token_file(
-    bytes: &[u8],
-    path: &Path,
-    account: &str,
-    key: Option<&crate::seal::Key>,
-) -> Result<StoredToken> {
+fn file_version(bytes: &[u8], path: &Path) -> Result<u32> {
     #[derive(Deserialize)]
     struct Version {
         version: Option<u32>,
@@ -288,13 +272,24 @@ fn parse_token_file(
         )
     })?;
     match version.version {
-        Some(FORMAT_VERSION | SEALED_VERSION) => {}
+        Some(v @ (FORMAT_VERSION | SEALED_VERSION)) => Ok(v),
         Some(v) => bail!(
             "token file {} has format version {v}, but this mailpilot reads versions {FORMAT_VERSION} and {SEALED_VERSION} (was it written by a newer mailpilot?)",
             path.display()
         ),
         None => bail!("token file {} is corrupt (no \"version\" field)", path.display()),
     }
+}
+
+/// Parses a token file, checking its version before its shape so a newer format gets the right
+/// message.
+fn parse_token_file(
+    bytes: &[u8],
+    path: &Path,
+    account: &str,
+    key: Option<&crate::seal::Key>,
+) -> Result<StoredToken> {
+    let version = file_version(bytes, path)?;
     let file: TokenFileV1 = serde_json::from_slice(bytes)
         .with_context(|| format!("token file {} is corrupt", path.display()))?;
     if file.account != account {
@@ -304,12 +299,12 @@ fn parse_token_file(
             file.account
         );
     }
-    let (access_token, refresh_token) = match (&file.key_id, version.version) {
-        (None, Some(FORMAT_VERSION)) => (
+    let (access_token, refresh_token) = match (&file.key_id, version) {
+        (None, FORMAT_VERSION) => (
             Secret::new(file.access_token),
             Secret::new(file.refresh_token),
         ),
-        (Some(sealed_with), Some(SEALED_VERSION)) => {
+        (Some(sealed_with), SEALED_VERSION) => {
             let key = key_for(key, sealed_with, path, account)?;
             let open = |value: &str, field: &str| {
                 key.open(value, &context(account, field)).map_err(|e| {

@@ -28,7 +28,7 @@ impl Args {
         let config = ctx.config()?;
         let account = config.account(&self.account)?;
         // Deleting needs no key: a grant sealed with a lost key can still be forgotten.
-        let store = crate::oauth::FileStore::new(ctx.state_dir()?.join("tokens"));
+        let store = ctx.unsealed_store()?;
         // Wait for a refresh in progress, so it cannot write the grant back after we delete it.
         let _lock = wait_for_lock(&store, &account.name, LOCK_WAIT).await?;
         if store.delete(&account.name)? {

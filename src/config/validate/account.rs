@@ -100,7 +100,6 @@ pub(super) fn account(
     let provider = provider?;
     Some(Account {
         name: ctx.name.to_string(),
-        scope_on_refresh: provider.scope_on_refresh(),
         provider,
         grant,
         email: email?,
@@ -664,7 +663,7 @@ mod tests {
             ("smtp.gmail.com", 465, Tls::Implicit)
         );
         assert_eq!(a.refresh_margin, DEFAULT_REFRESH_MARGIN);
-        assert!(!a.scope_on_refresh);
+        assert!(!a.provider.scope_on_refresh());
     }
 
     /// Sizes take units; nonsense and out-of-range sizes are problems with the key path.
