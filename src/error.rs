@@ -268,6 +268,52 @@ pub struct KeyError {
     pub hint: String,
 }
 
+/// The shared state database could not do what was asked. The text names the database
+/// (`host:port/name`), never its password.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Unreachable, restarting, out of connections, or a query ran out of time: nothing was
+    /// changed; retry later (exit 75). mailpilot never falls back to local files.
+    #[error("the state database {target} is unavailable (temporary; retry later)")]
+    Unavailable {
+        /// `host:port/database`.
+        target: String,
+    },
+    /// The server refused the login (wrong user or password, not allowed by `pg_hba.conf`): a
+    /// person must fix the credentials (exit 77).
+    #[error("the state database {target} refused the login")]
+    LoginRefused {
+        /// `host:port/database`.
+        target: String,
+    },
+    /// The schema is missing, older or newer than this mailpilot, or a query failed for a reason
+    /// a retry will not change (exit 1).
+    #[error("the state database {target}: {reason}")]
+    Failed {
+        /// `host:port/database`.
+        target: String,
+        /// What is wrong.
+        reason: String,
+        /// The command that fixes it, if one does.
+        hint: Option<String>,
+    },
+}
+
+impl StateError {
+    /// The `hint:` line.
+    pub fn hint(&self) -> Option<String> {
+        match self {
+            StateError::Unavailable { .. } => Some(
+                "check that PostgreSQL is running and reachable; `mailpilot state check` tests the connection".into(),
+            ),
+            StateError::LoginRefused { .. } => Some(
+                "check [state] url (the user) and password_env/password_file/password_cmd, and the server's pg_hba.conf".into(),
+            ),
+            StateError::Failed { hint, .. } => hint.clone(),
+        }
+    }
+}
+
 /// Configuration failures a caller branches on (exit code 2).
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -338,6 +384,9 @@ pub fn hint(err: &anyhow::Error) -> Option<String> {
         }
         if let Some(e) = cause.downcast_ref::<KeyError>() {
             return Some(e.hint.clone());
+        }
+        if let Some(e) = cause.downcast_ref::<StateError>() {
+            return e.hint();
         }
         cause
             .downcast_ref::<ConfigError>()

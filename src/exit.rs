@@ -1,7 +1,9 @@
 //! Exit statuses, the mapping from an error to one, and the words that name them in run lines and
 //! `status` — decided here and nowhere else.
 
-use crate::error::{AuthError, Busy, ConfigError, KeyError, ServerError, TimedOut, UsageError};
+use crate::error::{
+    AuthError, Busy, ConfigError, KeyError, ServerError, StateError, TimedOut, UsageError,
+};
 
 /// The process exit status. Documented in `--help` and the README.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,6 +103,13 @@ pub fn classify(err: &anyhow::Error) -> Exit {
         }
         if cause.downcast_ref::<KeyError>().is_some() {
             return Exit::NeedsAuthorization;
+        }
+        if let Some(e) = cause.downcast_ref::<StateError>() {
+            return match e {
+                StateError::Unavailable { .. } => Exit::Transient,
+                StateError::LoginRefused { .. } => Exit::NeedsAuthorization,
+                StateError::Failed { .. } => Exit::Failure,
+            };
         }
         if cause.downcast_ref::<Busy>().is_some() || cause.downcast_ref::<TimedOut>().is_some() {
             return Exit::Transient;

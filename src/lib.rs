@@ -20,7 +20,10 @@
 //!    - [`trust`]: the TLS roots every client connection trusts (built-in, the system's, a
 //!      `ca_file`).
 //!    - [`seal`]: secrets at rest: tokens sealed (ChaCha20-Poly1305) under the state key.
-//! 2. Parts that each own one concern:
+//! 2. [`db`]: the shared state database (`[state] backend = "postgres"`): sessions with timeouts,
+//!    versioned schema migrations, advisory locks, and what a failure means (outage 75, refused
+//!    login 77); knows nothing of tokens or mail.
+//! 3. Parts that each own one concern:
 //!    - [`oauth`]: the token lifecycle — [`oauth::store`] (files, locks; never the network),
 //!      [`oauth::refresh`] (one refresh request; never files), [`oauth::source`] (when to refresh,
 //!      locking, adopting a peer's token), [`oauth::login`] (first grants), [`oauth::discovery`]
@@ -34,30 +37,31 @@
 //!    - [`journal`]: the append-only send journal of a mail merge; never talks to the network.
 //!    - [`schedule`]: job timing (cron, intervals), job locks and last outcomes, on_failure hooks,
 //!      crontab/systemd text; never runs a job's command itself.
-//! 3. [`mail_auth`]: what SMTP and IMAP logins share: the one refresh-and-retry on a rejected
+//! 4. [`mail_auth`]: what SMTP and IMAP logins share: the one refresh-and-retry on a rejected
 //!    token, and the error for a refused login.
-//! 4. The protocols; neither stores tokens (they ask a `TokenSource`):
+//! 5. The protocols; neither stores tokens (they ask a `TokenSource`):
 //!    - [`smtp`]: connect, TLS/STARTTLS, AUTH, send; `smtp::wire` is the client protocol itself
 //!      (bounded replies, PIPELINING, dot-stuffing).
 //!    - [`imap`]: connect, TLS/STARTTLS, AUTHENTICATE (async-imap), STATUS, SELECT/EXAMINE, search,
 //!      fetch with `BODY.PEEK` (one message, or many streamed), flag/move/delete, IDLE.
-//! 5. The work:
+//! 6. The work:
 //!    - [`send`]: mail merge: check every row, then render and send them one at a time over one
 //!      session with the journal (`send::batch`).
 //!    - [`outbox`]: the durable outbox local programs' mail waits in (`sendmail`), delivered
 //!      over one session per account; a message leaves it only after the server's 250.
 //!    - [`poll`]: checkpointed polling and watching, handlers, actions; reports to a [`poll::Sink`].
-//! 6. [`relay`]: the SMTP submission listener for programs that only know a password: the protocol
+//! 7. [`relay`]: the SMTP submission listener for programs that only know a password: the protocol
 //!    without I/O (`relay::proto`), argon2 passwords and the login throttle (`relay::auth`), and
 //!    the hand-off into the outbox (250 only once the message is on disk); reports to a
 //!    [`relay::Report`].
-//! 7. [`cli`]: clap definitions, one file per subcommand; resolves flags into a [`cli::Ctx`] and
+//! 8. [`cli`]: clap definitions, one file per subcommand; resolves flags into a [`cli::Ctx`] and
 //!    calls the library. Prints only through [`output`].
 
 pub mod cli;
 pub mod clock;
 pub mod compose;
 pub mod config;
+pub mod db;
 pub mod error;
 pub mod exit;
 pub mod fsutil;

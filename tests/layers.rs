@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[&[&str]] = &[
     &["error", "secret", "clock", "paths", "fsutil"],
     &["config", "exit", "output", "trust", "seal"],
+    &["db"],
     &["oauth", "sasl", "net", "compose", "journal", "schedule"],
     &["mail_auth"],
     &["smtp", "imap"],

@@ -354,7 +354,7 @@ async fn keep_alive(ctx: &Ctx, config: &Config) {
     let now = ctx.clock.now();
     // An app's grant cannot go idle; only people's refresh tokens need the keep-alive.
     for account in config.accounts.values().filter(|a| a.grant.needs_person()) {
-        let Ok(Some(token)) = store.load(&account.name) else {
+        let Ok(Some(token)) = store.load(&account.name).await else {
             continue;
         };
         if now.saturating_sub(token.refreshed_at) < KEEPALIVE_AGE.as_secs() {

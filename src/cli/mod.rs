@@ -23,9 +23,12 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 use crate::clock::{Clock, SystemClock};
+use crate::config::Backend;
 use crate::config::Config;
+use crate::db::Db;
 use crate::exit::Exit;
-use crate::oauth::FileStore;
+use crate::oauth::pg::PgStore;
+use crate::oauth::{FileStore, Store};
 use crate::output::Output;
 use crate::paths::Env;
 
@@ -98,7 +101,7 @@ pub enum Command {
     Queue(queue::QueueCommand),
     /// An SMTP submission port for programs that only know a password ([relay]); `relay passwd NAME`
     Relay(relay::Args),
-    /// Protect the state: re-seal stored tokens under another key (rotate-key)
+    /// The state: create the database schema (init), check, migrate files <-> PostgreSQL, rotate-key
     #[command(subcommand)]
     State(state::StateCommand),
     /// Print shell completions: bash, zsh, fish (elvish, powershell)
@@ -138,16 +141,26 @@ pub struct Ctx {
     pub out: Output,
     /// "Now".
     pub clock: std::sync::Arc<dyn Clock>,
-    /// The `[state] key_file` of the configuration last loaded (so `store` need not read the
-    /// file again), and the key last read: its path, modification time and the key.
+    /// The `[state]` of the configuration last loaded (so `store` need not read the file again),
+    /// and the key last read: its path, modification time and the key.
     key: std::sync::Mutex<KeyCache>,
+    /// The state database, once opened, with the settings it was opened with; shared with the
+    /// contexts of the daemon's jobs so they use the process's one session.
+    db: std::sync::Arc<std::sync::Mutex<Option<OpenDb>>>,
 }
+
+/// The state database opened, and the settings (url, schema, trust, password source) it was
+/// opened with.
+type OpenDb = (String, std::sync::Arc<Db>);
+
+/// How long a `password_cmd` of the state database may take.
+const DB_PASSWORD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// What [`Ctx`] remembers about the state key.
 #[derive(Default)]
 struct KeyCache {
-    /// `Some(key_file)` once a configuration was loaded.
-    key_file: Option<Option<PathBuf>>,
+    /// `Some([state])` once a configuration was loaded.
+    state: Option<crate::config::State>,
     /// The key read last: from which file, as modified when, and the key.
     loaded: Option<(
         PathBuf,
@@ -167,7 +180,7 @@ impl Ctx {
             None => Config::load(&self.env.config_path(self.config_flag.clone())?)?,
         };
         if let Ok(mut cache) = self.key.lock() {
-            cache.key_file = Some(config.state.key_file.clone());
+            cache.state = Some(config.state.clone());
         }
         Ok(config)
     }
@@ -193,6 +206,7 @@ impl Ctx {
             out: self.out,
             clock: self.clock.clone(),
             key: std::sync::Mutex::default(),
+            db: self.db.clone(),
         }
     }
 
@@ -236,17 +250,73 @@ impl Ctx {
     /// # Errors
     /// No `$XDG_STATE_HOME` or `$HOME`; the configured key is missing or unusable
     /// ([`crate::error::KeyError`], exit 77).
-    pub fn store(&self) -> Result<FileStore> {
-        Ok(self.unsealed_store()?.with_key(self.state_key()?))
+    pub fn store(&self) -> Result<Store> {
+        self.store_with(self.state_key()?)
     }
 
     /// The token store without the state key: for work that never opens a grant (deleting one
     /// sealed with a lost key).
     ///
     /// # Errors
+    /// No `$XDG_STATE_HOME` or `$HOME`; the database password cannot be read.
+    pub fn unsealed_store(&self) -> Result<Store> {
+        self.store_with(None)
+    }
+
+    fn store_with(&self, key: Option<std::sync::Arc<crate::seal::Key>>) -> Result<Store> {
+        Ok(match self.state_settings()?.backend {
+            Backend::Files => Store::Files(self.token_files()?.with_key(key)),
+            Backend::Postgres(pg) => Store::Postgres(PgStore::new(self.db(&pg)?, key)),
+        })
+    }
+
+    /// The token files of this host (whatever the backend: `state migrate` reads them).
+    ///
+    /// # Errors
     /// No `$XDG_STATE_HOME` or `$HOME`.
-    pub fn unsealed_store(&self) -> Result<FileStore> {
+    pub fn token_files(&self) -> Result<FileStore> {
         Ok(FileStore::new(self.state_dir()?.join("tokens")))
+    }
+
+    /// `[state]` of the configuration last loaded (loading it if none was).
+    fn state_settings(&self) -> Result<crate::config::State> {
+        let known = self.key.lock().ok().and_then(|c| c.state.clone());
+        match known {
+            Some(state) => Ok(state),
+            None => Ok(self.config()?.state),
+        }
+    }
+
+    /// The state database of `settings`, opened once per process (again when the settings
+    /// change).
+    ///
+    /// # Errors
+    /// The password cannot be read; TLS cannot be set up.
+    pub fn db(&self, settings: &crate::config::Postgres) -> Result<std::sync::Arc<Db>> {
+        let id = format!(
+            "{}|{}|{:?}|{:?}",
+            settings.url,
+            settings.schema,
+            settings.ca_file,
+            settings.password.as_ref().map(|p| p.describe())
+        );
+        if let Ok(cache) = self.db.lock() {
+            if let Some((known, db)) = cache.as_ref() {
+                if *known == id {
+                    return Ok(db.clone());
+                }
+            }
+        }
+        let password = settings
+            .password
+            .as_ref()
+            .map(|source| source.resolve("state database password", DB_PASSWORD_TIMEOUT))
+            .transpose()?;
+        let db = std::sync::Arc::new(Db::new(settings, password)?);
+        if let Ok(mut cache) = self.db.lock() {
+            *cache = Some((id, db.clone()));
+        }
+        Ok(db)
     }
 
     /// The key that seals tokens at rest: `[state] key_file`, else the systemd credential
@@ -255,11 +325,7 @@ impl Ctx {
     /// # Errors
     /// The configuration cannot be read, or the key file is unusable.
     pub fn state_key(&self) -> Result<Option<std::sync::Arc<crate::seal::Key>>> {
-        let known = self.key.lock().ok().and_then(|c| c.key_file.clone());
-        let key_file = match known {
-            Some(file) => file,
-            None => self.config()?.state.key_file,
-        };
+        let key_file = self.state_settings()?.key_file;
         let Some(path) = key_file.or_else(|| self.env.credential_key()) else {
             return Ok(None);
         };
@@ -326,17 +392,18 @@ pub async fn run(cli: Cli, env: Env) -> Result<Exit> {
         preloaded: None,
         clock: std::sync::Arc::new(SystemClock),
         key: std::sync::Mutex::default(),
+        db: std::sync::Arc::default(),
     };
     match cli.command {
         Command::Auth(cmd) => cmd.run(&ctx).await,
-        Command::Config(cmd) => cmd.run(&ctx),
+        Command::Config(cmd) => cmd.run(&ctx).await,
         Command::Send(args) => args.run(&ctx).await,
         Command::Poll(args) => args.run(&ctx).await,
         Command::Watch(args) => args.run(&ctx).await,
         Command::Run(args) => args.run(&ctx).await,
         Command::Daemon(args) => args.run(&ctx).await,
         Command::Jobs(args) => args.run(&ctx),
-        Command::Status(args) => args.run(&ctx),
+        Command::Status(args) => args.run(&ctx).await,
         Command::Schedule(cmd) => cmd.run(&ctx),
         Command::Sendmail(args) => args.run(&ctx).await,
         Command::Queue(cmd) => cmd.run(&ctx).await,

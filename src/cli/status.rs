@@ -6,7 +6,7 @@ use serde::Serialize;
 use super::Ctx;
 use crate::error::AuthErrorKind;
 use crate::exit::Exit;
-use crate::oauth::{FileStore, TokenStore};
+use crate::oauth::{Store, TokenStore};
 use crate::output::JSON_SCHEMA_VERSION;
 use crate::schedule::{local_time, JobFiles, LastRun};
 
@@ -183,7 +183,7 @@ impl Args {
     ///
     /// # Errors
     /// Bad configuration.
-    pub fn run(self, ctx: &Ctx) -> Result<Exit> {
+    pub async fn run(self, ctx: &Ctx) -> Result<Exit> {
         let config = ctx.config()?;
         let store = ctx.store()?;
         let state_dir = ctx.state_dir()?;
@@ -192,7 +192,7 @@ impl Args {
         for account in config.accounts.values() {
             let (state, detail) = match certificate_state(account, ctx.clock.now()) {
                 Some(expiring) => expiring,
-                None => account_state(&store, account),
+                None => account_state(&store, account).await,
             };
             match state {
                 AccountState::NeedsAuthorization => worst = worst.worst(Exit::NeedsAuthorization),
@@ -274,12 +274,16 @@ fn job_state(last: Option<&LastRun>) -> (JobState, String) {
     }
 }
 
-fn account_state(store: &FileStore, account: &crate::config::Account) -> (AccountState, String) {
+async fn account_state(store: &Store, account: &crate::config::Account) -> (AccountState, String) {
     let name = &account.name;
-    match (store.load(name), store.last_error(name)) {
+    match (store.load(name).await, store.last_error(name).await) {
+        (Err(e), _) if crate::exit::classify(&e) == crate::exit::Exit::Transient => (
+            AccountState::Degraded,
+            format!("stored grant not reachable now: {e:#}"),
+        ),
         (Err(e), _) => (
             AccountState::NeedsAuthorization,
-            format!("token file unreadable: {e:#}"),
+            format!("stored grant unreadable: {e:#}"),
         ),
         (Ok(None), Ok(None)) if !account.grant.needs_person() => (
             AccountState::Ok,

@@ -46,13 +46,41 @@ pub struct Config {
     pub state: State,
 }
 
-/// `[state]`: how the state is protected.
+/// `[state]`: where the state lives and how it is protected.
 #[derive(Debug, Clone, Default)]
 pub struct State {
     /// The key file that seals tokens at rest (absolute); `None`: the systemd credential
     /// `mailpilot.key` if there is one, else tokens are stored in plain (files 0600).
     pub key_file: Option<PathBuf>,
+    /// Where the state is kept.
+    pub backend: Backend,
 }
+
+/// `[state] backend`: files on this host, or a PostgreSQL database shared by several.
+#[derive(Debug, Clone, Default)]
+pub enum Backend {
+    /// `$XDG_STATE_HOME/mailpilot` (the default): one host.
+    #[default]
+    Files,
+    /// A PostgreSQL database: any number of hosts share grants, locks and queues.
+    Postgres(Postgres),
+}
+
+/// `[state] backend = "postgres"`: how to reach the database.
+#[derive(Debug, Clone)]
+pub struct Postgres {
+    /// The connection URL as written (it holds no password: that is refused at validation).
+    pub url: String,
+    /// Where the password comes from, if the server asks for one.
+    pub password: Option<SecretSource>,
+    /// The schema of mailpilot's tables (a plain lowercase identifier).
+    pub schema: String,
+    /// Extra CA certificates for the server's TLS certificate (absolute).
+    pub ca_file: Option<PathBuf>,
+}
+
+/// The schema used when `[state] schema` is not set.
+pub const DEFAULT_SCHEMA: &str = "mailpilot";
 
 /// `[relay]`: where the submission listener listens, its limits, and who may send through it.
 #[derive(Debug, Clone)]

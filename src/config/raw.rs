@@ -115,6 +115,20 @@ pub struct RawSendmail {
 pub struct RawState {
     /// The key that seals tokens at rest (32 bytes, or their base64).
     pub key_file: Option<PathBuf>,
+    /// `files` (default) or `postgres`.
+    pub backend: Option<String>,
+    /// The PostgreSQL connection URL (`postgresql://user@host:port/db?sslmode=require`).
+    pub url: Option<String>,
+    /// The database password, from the environment.
+    pub password_env: Option<String>,
+    /// The database password, from a file.
+    pub password_file: Option<PathBuf>,
+    /// The database password, from a command's stdout.
+    pub password_cmd: Option<String>,
+    /// The schema that holds mailpilot's tables.
+    pub schema: Option<String>,
+    /// Extra CA certificates (PEM) for the database's TLS certificate.
+    pub ca_file: Option<PathBuf>,
 }
 
 /// `[relay]` as written.

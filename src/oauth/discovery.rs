@@ -119,7 +119,7 @@ pub async fn resolve<S: TokenStore>(
         return AuthServer::from(endpoints, None)
             .ok_or_else(|| failed(account, "no token_url is configured".into()));
     };
-    let cached = store.load_metadata(issuer).unwrap_or_else(|e| {
+    let cached = store.load_metadata(issuer).await.unwrap_or_else(|e| {
         tracing::warn!(account = %account.name, "ignoring the cached metadata of {issuer}: {e:#}");
         None
     });
@@ -127,7 +127,7 @@ pub async fn resolve<S: TokenStore>(
         Some(m) if now.saturating_sub(m.fetched_at) < MAX_AGE => m,
         stale => match fetch(account, issuer, now).await {
             Ok(m) => {
-                if let Err(e) = store.save_metadata(issuer, &m) {
+                if let Err(e) = store.save_metadata(issuer, &m).await {
                     tracing::warn!(account = %account.name, "failed to cache the metadata of {issuer}: {e:#}");
                 }
                 m

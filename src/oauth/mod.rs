@@ -2,7 +2,11 @@
 //! decide when to refresh.
 //!
 //! - [`token`]: the stored grant and expiry arithmetic; pure.
-//! - [`store`]: token files, lock files, error records; never talks to the network.
+//! - [`record`]: the stored form of a grant (plain or sealed), shared by every backend; no I/O.
+//! - [`store`]: the `TokenStore` interface, and token files, lock files, error records; never
+//!   talks to the network.
+//! - [`pg`]: the same interface on the shared state database (advisory locks across hosts).
+//! - [`backend`]: the configured one of the two, as one type.
 //! - [`http`]: bounded HTTP to the OAuth endpoints; never touches files.
 //! - [`discovery`]: the authorization server resolved: configured endpoints, the rest from the
 //!   issuer's metadata (cached in the store).
@@ -15,15 +19,19 @@
 //! - [`source`]: "give me a valid access token": read, lock, re-read, adopt or refresh, persist.
 
 pub mod assertion;
+pub mod backend;
 pub mod discovery;
 pub mod http;
 pub mod login;
+pub mod pg;
+pub mod record;
 pub mod refresh;
 pub mod scope;
 pub mod source;
 pub mod store;
 pub mod token;
 
+pub use backend::{Store, StoreLock};
 pub use discovery::AuthServer;
 pub use refresh::{Refreshed, Refresher};
 pub use source::{Fetch, Obtained, TokenSource};

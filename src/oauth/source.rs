@@ -20,8 +20,6 @@ use crate::config::{Account, Grant};
 use crate::error::{AuthError, TimedOut};
 use crate::secret::Secret;
 
-/// How often a waiting process retries the lock.
-const LOCK_POLL: Duration = Duration::from_millis(20);
 /// How long to wait for a peer's refresh beyond the account's request timeout (file I/O, start-up).
 const LOCK_SLACK: Duration = Duration::from_secs(15);
 /// A peer's freshly refreshed token is adopted if it is valid for at least this long, even when that
@@ -75,8 +73,7 @@ pub async fn wait_for_lock<S: TokenStore>(
     account: &str,
     wait: Duration,
 ) -> Result<S::Lock> {
-    let lock = crate::fsutil::wait_for_lock(|| store.try_lock(account), Some(wait), LOCK_POLL);
-    lock.await?.ok_or_else(|| {
+    store.lock(account, wait).await?.ok_or_else(|| {
         AuthError::Transient {
             account: account.to_string(),
             reason: format!(
@@ -112,7 +109,7 @@ impl<'a, S: TokenStore> TokenSource<'a, S> {
     /// [`AuthError`] for refresh failures and a missing grant; store errors with their paths.
     pub async fn access_token(&self, fetch: Fetch) -> Result<Obtained> {
         let margin = self.account.refresh_margin;
-        let first = self.load_for_use()?;
+        let first = self.load_for_use().await?;
         if let Some(token) = first.as_ref().filter(|_| fetch == Fetch::IfNeeded) {
             if token.fresh(self.clock.now(), margin) {
                 return Ok(Obtained {
@@ -122,7 +119,7 @@ impl<'a, S: TokenStore> TokenSource<'a, S> {
             }
         }
         let _lock = self.lock().await?;
-        let current = self.load_for_use()?;
+        let current = self.load_for_use().await?;
         let now = self.clock.now();
         if let Some(token) = &current {
             let peer_refreshed = current != first && token.fresh(now, MIN_ADOPT);
@@ -163,7 +160,7 @@ impl<'a, S: TokenStore> TokenSource<'a, S> {
             let now = self.clock.now();
             self.merge(previous.as_ref(), Secret::new(""), r, now)
         });
-        self.settle(result)
+        self.settle(result).await
     }
 
     /// Stores a new grant from a refresh token obtained elsewhere, after proving it with one refresh.
@@ -176,8 +173,8 @@ impl<'a, S: TokenStore> TokenSource<'a, S> {
         let refreshed = self.request(&refresh_token, None, None).await?;
         let now = self.clock.now();
         let token = self.merge(None, refresh_token, refreshed, now);
-        self.store.save(&token)?;
-        self.clear_error();
+        self.store.save(&token).await?;
+        self.clear_error().await;
         Ok(token)
     }
 
@@ -197,8 +194,8 @@ impl<'a, S: TokenStore> TokenSource<'a, S> {
         };
         let _lock = self.lock().await?;
         let token = self.merge(None, refresh_token, tokens, self.clock.now());
-        self.store.save(&token)?;
-        self.clear_error();
+        self.store.save(&token).await?;
+        self.clear_error().await;
         Ok(token)
     }
 
@@ -246,8 +243,8 @@ impl<'a, S: TokenStore> TokenSource<'a, S> {
     }
 
     /// The stored token; an app (client credentials) may have none yet, a person's grant must.
-    fn load_for_use(&self) -> Result<Option<StoredToken>> {
-        match self.store.load(&self.account.name)? {
+    async fn load_for_use(&self) -> Result<Option<StoredToken>> {
+        match self.store.load(&self.account.name).await? {
             Some(token) => Ok(Some(token)),
             None if !self.account.grant.needs_person() => Ok(None),
             None => Err(AuthError::NeedsAuthorization {
@@ -278,7 +275,7 @@ impl<'a, S: TokenStore> TokenSource<'a, S> {
         if let Err(AuthError::NeedsAuthorization { .. }) = &result {
             // A process that does not honour our lock (another host on a shared disk, an older
             // build) may have rotated the refresh token: give the newest one a single chance.
-            if let Some(latest) = self.store.load(&self.account.name)? {
+            if let Some(latest) = self.store.load(&self.account.name).await? {
                 if latest.refresh_token != used {
                     tracing::info!(account = %self.account.name, "refresh token changed on disk; retrying once with it");
                     used = latest.refresh_token.clone();
@@ -292,20 +289,20 @@ impl<'a, S: TokenStore> TokenSource<'a, S> {
             let now = self.clock.now();
             self.merge(Some(&current), used, refreshed, now)
         });
-        self.settle(result)
+        self.settle(result).await
     }
 
     /// Persists a new grant (clearing the error record), or records why there is none.
-    fn settle(&self, result: Result<StoredToken, AuthError>) -> Result<StoredToken> {
+    async fn settle(&self, result: Result<StoredToken, AuthError>) -> Result<StoredToken> {
         match result {
             Ok(token) => {
-                self.store.save(&token)?;
-                self.clear_error();
+                self.store.save(&token).await?;
+                self.clear_error().await;
                 Ok(token)
             }
             Err(e) => {
-                let (e, since) = self.escalate(e);
-                self.record_error(&e, since);
+                let (e, since) = self.escalate(e).await;
+                self.record_error(&e, since).await;
                 Err(e.into())
             }
         }
@@ -359,13 +356,13 @@ impl<'a, S: TokenStore> TokenSource<'a, S> {
 
     /// Turns a transient "not a token response" that has lasted [`UNEXPECTED_FOR`] into a
     /// failure; returns the error and, for such answers, when their streak began.
-    fn escalate(&self, e: AuthError) -> (AuthError, Option<u64>) {
+    async fn escalate(&self, e: AuthError) -> (AuthError, Option<u64>) {
         let unexpected = is_unexpected(&e);
         if !unexpected {
             return (e, None);
         }
         let now = self.clock.now();
-        let since = match self.store.last_error(&self.account.name) {
+        let since = match self.store.last_error(&self.account.name).await {
             Ok(Some(last)) if last.unexpected => last.since.unwrap_or(last.at),
             _ => now,
         };
@@ -401,7 +398,7 @@ impl<'a, S: TokenStore> TokenSource<'a, S> {
         (failed, Some(since))
     }
 
-    fn record_error(&self, e: &AuthError, since: Option<u64>) {
+    async fn record_error(&self, e: &AuthError, since: Option<u64>) {
         let record = LastError {
             at: self.clock.now(),
             kind: e.kind(),
@@ -409,13 +406,17 @@ impl<'a, S: TokenStore> TokenSource<'a, S> {
             since,
             unexpected: since.is_some(),
         };
-        if let Err(err) = self.store.set_last_error(&self.account.name, Some(&record)) {
+        if let Err(err) = self
+            .store
+            .set_last_error(&self.account.name, Some(&record))
+            .await
+        {
             tracing::warn!(account = %self.account.name, error = %format!("{err:#}"), "could not record the refresh error");
         }
     }
 
-    fn clear_error(&self) {
-        if let Err(err) = self.store.set_last_error(&self.account.name, None) {
+    async fn clear_error(&self) {
+        if let Err(err) = self.store.set_last_error(&self.account.name, None).await {
             tracing::warn!(account = %self.account.name, error = %format!("{err:#}"), "could not clear the refresh error record");
         }
     }

@@ -11,23 +11,26 @@ use std::fs::{self, File};
 use std::io::ErrorKind;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
 use super::discovery::Metadata;
+use super::record;
 use super::token::StoredToken;
 use crate::error::AuthErrorKind;
 use crate::fsutil::{read_optional, write_atomic};
-use crate::secret::Secret;
 
-/// The token file format of plain tokens.
-pub const FORMAT_VERSION: u32 = 1;
-/// The token file format of sealed tokens (with the id of the key that sealed them).
-pub const SEALED_VERSION: u32 = 2;
+pub use super::record::{FORMAT_VERSION, SEALED_VERSION};
 
-/// Where grants live. A trait so that a shared backend (a database with advisory locks) can replace
-/// the files when several machines share accounts.
+/// Where grants live: files on this host ([`FileStore`]) or the shared database
+/// ([`super::pg::PgStore`]). Both keep the same records and give the same guarantees; the database
+/// makes them hold across hosts.
+#[allow(
+    async_fn_in_trait,
+    reason = "used through generics on a current-thread runtime; no Send bound is wanted"
+)]
 pub trait TokenStore {
     /// Proof of holding an account's refresh lock; dropping it releases the lock.
     type Lock;
@@ -35,50 +38,57 @@ pub trait TokenStore {
     /// The stored grant of `account`, if any.
     ///
     /// # Errors
-    /// The file cannot be read, is corrupt, or has a foreign format version.
-    fn load(&self, account: &str) -> Result<Option<StoredToken>>;
+    /// The record cannot be read, is corrupt, or has a foreign format version; the store is down.
+    async fn load(&self, account: &str) -> Result<Option<StoredToken>>;
 
-    /// Replaces the grant of `token.account` atomically.
+    /// Replaces the grant of `token.account` atomically (durable when this returns).
     ///
     /// # Errors
-    /// Any filesystem failure, with the path.
-    fn save(&self, token: &StoredToken) -> Result<()>;
+    /// Any storage failure, with its place.
+    async fn save(&self, token: &StoredToken) -> Result<()>;
 
     /// Deletes the grant and its error record; `false` when there was none.
     ///
     /// # Errors
-    /// Any filesystem failure, with the path.
-    fn delete(&self, account: &str) -> Result<bool>;
+    /// Any storage failure, with its place.
+    async fn delete(&self, account: &str) -> Result<bool>;
 
-    /// Takes the account's exclusive refresh lock if nobody holds it.
+    /// Takes the account's exclusive refresh lock, waiting up to `wait` for a holder to release
+    /// it; `None` when the wait ran out.
     ///
     /// # Errors
-    /// The lock file cannot be created or locked for a reason other than contention.
-    fn try_lock(&self, account: &str) -> Result<Option<Self::Lock>>;
+    /// The lock cannot be taken for a reason other than contention.
+    async fn lock(&self, account: &str, wait: Duration) -> Result<Option<Self::Lock>>;
 
     /// The last recorded refresh failure.
     ///
     /// # Errors
     /// The record cannot be read or parsed.
-    fn last_error(&self, account: &str) -> Result<Option<LastError>>;
+    async fn last_error(&self, account: &str) -> Result<Option<LastError>>;
 
     /// Records (or with `None` clears) the last refresh failure.
     ///
     /// # Errors
-    /// Any filesystem failure, with the path.
-    fn set_last_error(&self, account: &str, error: Option<&LastError>) -> Result<()>;
+    /// Any storage failure, with its place.
+    async fn set_last_error(&self, account: &str, error: Option<&LastError>) -> Result<()>;
 
     /// The cached metadata of authorization server `issuer`, if any.
     ///
     /// # Errors
     /// The cache cannot be read or is corrupt.
-    fn load_metadata(&self, issuer: &str) -> Result<Option<Metadata>>;
+    async fn load_metadata(&self, issuer: &str) -> Result<Option<Metadata>>;
 
     /// Caches the metadata of `issuer`, replacing what was there.
     ///
     /// # Errors
-    /// Any filesystem failure, with the path.
-    fn save_metadata(&self, issuer: &str, metadata: &Metadata) -> Result<()>;
+    /// Any storage failure, with its place.
+    async fn save_metadata(&self, issuer: &str, metadata: &Metadata) -> Result<()>;
+
+    /// Whether `account`'s stored grant is sealed (`None`: none stored). Never opens it.
+    ///
+    /// # Errors
+    /// The record cannot be read or is not JSON.
+    async fn is_sealed(&self, account: &str) -> Result<Option<bool>>;
 }
 
 /// A refresh failure as remembered for `auth status`.
@@ -98,6 +108,9 @@ pub struct LastError {
     pub unexpected: bool,
 }
 
+/// How often a process waiting for a token lock file retries it.
+const LOCK_POLL: Duration = Duration::from_millis(20);
+
 /// The file-backed store under `$XDG_STATE_HOME/mailpilot/tokens`.
 #[derive(Debug, Clone)]
 pub struct FileStore {
@@ -110,25 +123,6 @@ pub struct FileStore {
 #[derive(Debug)]
 pub struct FileLock {
     _file: File,
-}
-
-/// The on-disk shape, version 1. Separate from [`StoredToken`] so that the secret-bearing strings
-/// exist in plain form only inside this module.
-#[derive(Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TokenFileV1 {
-    version: u32,
-    account: String,
-    /// Version 2: the id of the key the two tokens are sealed with.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    key_id: Option<String>,
-    access_token: String,
-    expires_at: u64,
-    refresh_token: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    scope: Option<String>,
-    obtained_at: u64,
-    refreshed_at: u64,
 }
 
 /// A metadata cache file: the configured issuer it was fetched for, and the document.
@@ -153,17 +147,56 @@ impl FileStore {
         self
     }
 
-    /// Whether `account`'s stored grant is sealed (`None`: no grant stored). Reads only the
-    /// file's version; never opens it.
+    /// The raw record of `account`, as stored (for migration between backends).
     ///
     /// # Errors
-    /// The file cannot be read or is not JSON.
-    pub fn is_sealed(&self, account: &str) -> Result<Option<bool>> {
+    /// The file is unsafe to use or unreadable.
+    pub fn record(&self, account: &str) -> Result<Option<String>> {
         let path = self.token_path(account);
-        let Some(bytes) = read_optional(&path)? else {
+        if !check_token_file(&path)? {
             return Ok(None);
+        }
+        read_optional(&path)?
+            .map(|bytes| {
+                String::from_utf8(bytes)
+                    .with_context(|| format!("token file {} is not UTF-8", path.display()))
+            })
+            .transpose()
+    }
+
+    /// Stores a record as it is (already encoded, maybe sealed), replacing the file atomically.
+    ///
+    /// # Errors
+    /// Any filesystem failure, with the path.
+    pub fn put_record(&self, account: &str, record: &str) -> Result<()> {
+        self.ensure_dir()?;
+        write_atomic(&self.token_path(account), record.as_bytes())
+    }
+
+    /// The accounts with a token file.
+    ///
+    /// # Errors
+    /// The directory cannot be read.
+    pub fn accounts(&self) -> Result<Vec<String>> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => {
+                return Err(e).with_context(|| format!("failed to read {}", self.dir.display()))
+            }
         };
-        Ok(Some(file_version(&bytes, &path)? == SEALED_VERSION))
+        let mut names = Vec::new();
+        for entry in entries {
+            let entry = entry.with_context(|| format!("failed to read {}", self.dir.display()))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if let Some(account) = name.strip_suffix(".json") {
+                if !account.ends_with(".error") && !account.starts_with('.') {
+                    names.push(account.to_string());
+                }
+            }
+        }
+        names.sort();
+        Ok(names)
     }
 
     /// The directory holding the files.
@@ -258,170 +291,27 @@ fn check_token_file(path: &Path) -> Result<bool> {
     Ok(true)
 }
 
-/// A token file's format version, checked before its shape so a newer format gets the right
-/// message.
-fn file_version(bytes: &[u8], path: &Path) -> Result<u32> {
-    #[derive(Deserialize)]
-    struct Version {
-        version: Option<u32>,
-    }
-    let version: Version = serde_json::from_slice(bytes).with_context(|| {
-        format!(
-            "token file {} is corrupt (not a JSON object)",
-            path.display()
-        )
-    })?;
-    match version.version {
-        Some(v @ (FORMAT_VERSION | SEALED_VERSION)) => Ok(v),
-        Some(v) => bail!(
-            "token file {} has format version {v}, but this mailpilot reads versions {FORMAT_VERSION} and {SEALED_VERSION} (was it written by a newer mailpilot?)",
-            path.display()
-        ),
-        None => bail!("token file {} is corrupt (no \"version\" field)", path.display()),
-    }
-}
-
-/// Parses a token file, checking its version before its shape so a newer format gets the right
-/// message.
-fn parse_token_file(
-    bytes: &[u8],
-    path: &Path,
-    account: &str,
-    key: Option<&crate::seal::Key>,
-) -> Result<StoredToken> {
-    let version = file_version(bytes, path)?;
-    let file: TokenFileV1 = serde_json::from_slice(bytes)
-        .with_context(|| format!("token file {} is corrupt", path.display()))?;
-    if file.account != account {
-        bail!(
-            "token file {} belongs to account \"{}\", not \"{account}\"",
-            path.display(),
-            file.account
-        );
-    }
-    let (access_token, refresh_token) = match (&file.key_id, version) {
-        (None, FORMAT_VERSION) => (
-            Secret::new(file.access_token),
-            Secret::new(file.refresh_token),
-        ),
-        (Some(sealed_with), SEALED_VERSION) => {
-            let key = key_for(key, sealed_with, path, account)?;
-            let open = |value: &str, field: &str| {
-                key.open(value, &context(account, field)).map_err(|e| {
-                    anyhow::anyhow!("token file {} is corrupt ({field}: {e})", path.display())
-                })
-            };
-            (
-                open(&file.access_token, "access_token")?,
-                open(&file.refresh_token, "refresh_token")?,
-            )
-        }
-        _ => bail!(
-            "token file {} is corrupt (version and key_id do not agree)",
-            path.display()
-        ),
-    };
-    Ok(StoredToken {
-        account: file.account,
-        access_token,
-        expires_at: file.expires_at,
-        refresh_token,
-        scope: file.scope,
-        obtained_at: file.obtained_at,
-        refreshed_at: file.refreshed_at,
-    })
-}
-
-/// What a sealed token's field is bound to (a value cannot be moved to another account or field).
-fn context(account: &str, field: &str) -> String {
-    format!("mailpilot token {account} {field}")
-}
-
-/// The configured key, if it is the one `sealed_with` names.
-fn key_for<'k>(
-    key: Option<&'k crate::seal::Key>,
-    sealed_with: &str,
-    path: &Path,
-    account: &str,
-) -> Result<&'k crate::seal::Key> {
-    let fix = format!(
-        "set [state] key_file to the key with id {sealed_with} (or give it as the systemd credential mailpilot.key); without it, sign in again: mailpilot auth logout {account} && mailpilot auth login {account}"
-    );
-    match key {
-        Some(k) if k.id() == sealed_with => Ok(k),
-        Some(k) => Err(crate::error::KeyError {
-            reason: format!(
-                "the tokens in {} are sealed with key {sealed_with}, but the configured state key is {}",
-                path.display(),
-                k.id()
-            ),
-            hint: fix,
-        }
-        .into()),
-        None => Err(crate::error::KeyError {
-            reason: format!(
-                "the tokens in {} are sealed with key {sealed_with}, and no state key is configured",
-                path.display()
-            ),
-            hint: fix,
-        }
-        .into()),
-    }
-}
-
 impl TokenStore for FileStore {
     type Lock = FileLock;
 
-    fn load(&self, account: &str) -> Result<Option<StoredToken>> {
+    async fn load(&self, account: &str) -> Result<Option<StoredToken>> {
         let path = self.token_path(account);
         if !check_token_file(&path)? {
             return Ok(None);
         }
+        let what = format!("token file {}", path.display());
         read_optional(&path)?
-            .map(|bytes| parse_token_file(&bytes, &path, account, self.key.as_deref()))
+            .map(|bytes| record::decode(&bytes, &what, account, self.key.as_deref()))
             .transpose()
     }
 
-    fn save(&self, token: &StoredToken) -> Result<()> {
+    async fn save(&self, token: &StoredToken) -> Result<()> {
         self.ensure_dir()?;
-        let account = &token.account;
-        let (version, key_id, access_token, refresh_token) = match &self.key {
-            Some(key) => {
-                let seal = |value: &Secret, field: &str| {
-                    key.seal(value, &context(account, field))
-                        .map_err(|e| anyhow::anyhow!("failed to seal the {field}: {e}"))
-                };
-                (
-                    SEALED_VERSION,
-                    Some(key.id().to_string()),
-                    seal(&token.access_token, "access_token")?,
-                    seal(&token.refresh_token, "refresh_token")?,
-                )
-            }
-            None => (
-                FORMAT_VERSION,
-                None,
-                token.access_token.expose().to_string(),
-                token.refresh_token.expose().to_string(),
-            ),
-        };
-        let file = TokenFileV1 {
-            version,
-            account: account.clone(),
-            key_id,
-            access_token,
-            expires_at: token.expires_at,
-            refresh_token,
-            scope: token.scope.clone(),
-            obtained_at: token.obtained_at,
-            refreshed_at: token.refreshed_at,
-        };
-        let mut bytes = serde_json::to_vec_pretty(&file).context("failed to encode token file")?;
-        bytes.push(b'\n');
+        let bytes = record::encode(token, self.key.as_deref())?;
         write_atomic(&self.token_path(&token.account), &bytes)
     }
 
-    fn delete(&self, account: &str) -> Result<bool> {
+    async fn delete(&self, account: &str) -> Result<bool> {
         remove_optional(&self.error_path(account))?;
         let existed = remove_optional(&self.token_path(account))?;
         if existed {
@@ -432,12 +322,24 @@ impl TokenStore for FileStore {
         Ok(existed)
     }
 
-    fn try_lock(&self, account: &str) -> Result<Option<FileLock>> {
+    async fn lock(&self, account: &str, wait: Duration) -> Result<Option<FileLock>> {
         self.ensure_dir()?;
-        Ok(crate::fsutil::try_lock(&self.lock_path(account))?.map(|file| FileLock { _file: file }))
+        let lock = self.lock_path(account);
+        let taken =
+            crate::fsutil::wait_for_lock(|| crate::fsutil::try_lock(&lock), Some(wait), LOCK_POLL);
+        Ok(taken.await?.map(|file| FileLock { _file: file }))
     }
 
-    fn last_error(&self, account: &str) -> Result<Option<LastError>> {
+    async fn is_sealed(&self, account: &str) -> Result<Option<bool>> {
+        let path = self.token_path(account);
+        let Some(bytes) = read_optional(&path)? else {
+            return Ok(None);
+        };
+        let what = format!("token file {}", path.display());
+        Ok(Some(record::version(&bytes, &what)? == SEALED_VERSION))
+    }
+
+    async fn last_error(&self, account: &str) -> Result<Option<LastError>> {
         let path = self.error_path(account);
         read_optional(&path)?
             .map(|bytes| {
@@ -447,7 +349,7 @@ impl TokenStore for FileStore {
             .transpose()
     }
 
-    fn load_metadata(&self, issuer: &str) -> Result<Option<Metadata>> {
+    async fn load_metadata(&self, issuer: &str) -> Result<Option<Metadata>> {
         let path = self.metadata_path(issuer);
         let Some(bytes) = read_optional(&path)? else {
             return Ok(None);
@@ -457,7 +359,7 @@ impl TokenStore for FileStore {
         Ok((cached.issuer == issuer).then_some(cached.metadata))
     }
 
-    fn save_metadata(&self, issuer: &str, metadata: &Metadata) -> Result<()> {
+    async fn save_metadata(&self, issuer: &str, metadata: &Metadata) -> Result<()> {
         let path = self.metadata_path(issuer);
         if let Some(dir) = path.parent() {
             crate::fsutil::private_dir(dir)?;
@@ -470,7 +372,7 @@ impl TokenStore for FileStore {
         write_atomic(&path, &bytes)
     }
 
-    fn set_last_error(&self, account: &str, error: Option<&LastError>) -> Result<()> {
+    async fn set_last_error(&self, account: &str, error: Option<&LastError>) -> Result<()> {
         let path = self.error_path(account);
         match error {
             None => remove_optional(&path).map(|_| ()),
@@ -487,6 +389,7 @@ impl TokenStore for FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secret::Secret;
 
     fn token(account: &str) -> StoredToken {
         StoredToken {
@@ -501,12 +404,12 @@ mod tests {
     }
 
     /// Save then load round-trips; files are 0600 in a 0700 directory; no temp file remains.
-    #[test]
-    fn round_trip_and_modes() {
+    #[tokio::test]
+    async fn round_trip_and_modes() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let store = FileStore::new(tmp.path().join("state/tokens"));
-        store.save(&token("work")).expect("save");
-        assert_eq!(store.load("work").expect("load"), Some(token("work")));
+        store.save(&token("work")).await.expect("save");
+        assert_eq!(store.load("work").await.expect("load"), Some(token("work")));
         let mode = |p: &Path| fs::metadata(p).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode(&store.token_path("work")), 0o600);
         assert_eq!(mode(store.dir()), 0o700);
@@ -519,47 +422,53 @@ mod tests {
     }
 
     /// An existing parent directory keeps its mode (it may be /tmp or a home directory).
-    #[test]
-    fn existing_parent_untouched() {
+    #[tokio::test]
+    async fn existing_parent_untouched() {
         let tmp = tempfile::tempdir().expect("tempdir");
         fs::set_permissions(tmp.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
         let store = FileStore::new(tmp.path().join("tokens"));
-        store.save(&token("work")).expect("save");
+        store.save(&token("work")).await.expect("save");
         let mode = fs::metadata(tmp.path()).expect("meta").permissions().mode() & 0o777;
         assert_eq!(mode, 0o755);
     }
 
     /// Corrupt and foreign-version files are errors naming the file, and are left as they were.
-    #[test]
-    fn corrupt_and_foreign_files() {
+    #[tokio::test]
+    async fn corrupt_and_foreign_files() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let store = FileStore::new(tmp.path());
         let path = store.token_path("work");
         fs::write(&path, "{\"access_tok").expect("write");
-        let err = format!("{:#}", store.load("work").expect_err("corrupt"));
+        let err = format!("{:#}", store.load("work").await.expect_err("corrupt"));
         assert!(
             err.contains(&format!("token file {} is corrupt", path.display())),
             "{err}"
         );
         fs::write(&path, "{\"version\": 3}").expect("write");
-        let err = format!("{:#}", store.load("work").expect_err("foreign"));
+        let err = format!("{:#}", store.load("work").await.expect_err("foreign"));
         assert!(err.contains("has format version 3"), "{err}");
         assert_eq!(fs::read_to_string(&path).expect("read"), "{\"version\": 3}");
     }
 
     /// Sealed files round-trip with their key, hold neither token in clear, and say which key
     /// they need; a value moved from another account's file does not open.
-    #[test]
-    fn sealed_files() {
+    #[tokio::test]
+    async fn sealed_files() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let key = std::sync::Arc::new(crate::seal::Key::from_bytes(&[5u8; 32]).expect("key"));
         let sealed = FileStore::new(tmp.path()).with_key(Some(key.clone()));
-        sealed.save(&token("work")).expect("save");
-        sealed.save(&token("other")).expect("save");
-        assert_eq!(sealed.load("work").expect("load"), Some(token("work")));
+        sealed.save(&token("work")).await.expect("save");
+        sealed.save(&token("other")).await.expect("save");
+        assert_eq!(
+            sealed.load("work").await.expect("load"),
+            Some(token("work"))
+        );
         let text = fs::read_to_string(sealed.token_path("work")).expect("read");
         assert!(!text.contains("rt-1") && !text.contains("at-1"), "{text}");
-        let err = FileStore::new(tmp.path()).load("work").expect_err("no key");
+        let err = FileStore::new(tmp.path())
+            .load("work")
+            .await
+            .expect_err("no key");
         assert!(
             err.downcast_ref::<crate::error::KeyError>().is_some(),
             "{err:#}"
@@ -578,29 +487,45 @@ mod tests {
             text.replace(&field(&text), &field(&other)),
         )
         .expect("write");
-        let err = format!("{:#}", sealed.load("work").expect_err("moved"));
+        let err = format!("{:#}", sealed.load("work").await.expect_err("moved"));
         assert!(err.contains("is corrupt (refresh_token:"), "{err}");
     }
 
     /// A second lock attempt on the same account fails while the first is held.
-    #[test]
-    fn lock_is_exclusive() {
+    #[tokio::test]
+    async fn lock_is_exclusive() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let store = FileStore::new(tmp.path());
-        let held = store.try_lock("work").expect("lock").expect("free");
-        assert!(store.try_lock("work").expect("lock").is_none());
-        assert!(store.try_lock("other").expect("lock").is_some());
+        let held = store
+            .lock("work", Duration::ZERO)
+            .await
+            .expect("lock")
+            .expect("free");
+        assert!(store
+            .lock("work", Duration::ZERO)
+            .await
+            .expect("lock")
+            .is_none());
+        assert!(store
+            .lock("other", Duration::ZERO)
+            .await
+            .expect("lock")
+            .is_some());
         drop(held);
-        assert!(store.try_lock("work").expect("lock").is_some());
+        assert!(store
+            .lock("work", Duration::ZERO)
+            .await
+            .expect("lock")
+            .is_some());
     }
 
     /// Stale temp files from a killed writer are cleaned up by the next write.
-    #[test]
-    fn stale_temp_files_removed() {
+    #[tokio::test]
+    async fn stale_temp_files_removed() {
         let tmp = tempfile::tempdir().expect("tempdir");
         let store = FileStore::new(tmp.path());
         fs::write(tmp.path().join(".work.json.tmp.99999"), "half").expect("write");
-        store.save(&token("work")).expect("save");
+        store.save(&token("work")).await.expect("save");
         assert!(!tmp.path().join(".work.json.tmp.99999").exists());
     }
 }

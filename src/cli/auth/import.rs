@@ -56,7 +56,7 @@ impl Args {
         ctx.out.info(&format!(
             "stored the grant of account \"{}\" in {} (access token valid for {})",
             account.name,
-            store.token_path(&account.name).display(),
+            store.place(&account.name),
             span(u64::try_from(token.remaining(ctx.clock.now())).unwrap_or(0)),
         ));
         Ok(Exit::Success)

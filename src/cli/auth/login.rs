@@ -134,7 +134,7 @@ impl Args {
             "signed in: stored the grant of account \"{}\" ({}) in {} (access token valid for {})",
             account.name,
             account.email,
-            store.token_path(&account.name).display(),
+            store.place(&account.name),
             span(u64::try_from(token.remaining(ctx.clock.now())).unwrap_or(0)),
         ));
         Ok(Exit::Success)

@@ -31,7 +31,7 @@ impl Args {
         let store = ctx.unsealed_store()?;
         // Wait for a refresh in progress, so it cannot write the grant back after we delete it.
         let _lock = wait_for_lock(&store, &account.name, LOCK_WAIT).await?;
-        if store.delete(&account.name)? {
+        if store.delete(&account.name).await? {
             ctx.out.info(&format!(
                 "deleted the stored tokens of account \"{}\" (the grant stays valid at the provider until revoked there)",
                 account.name

@@ -61,7 +61,7 @@ impl AuthCommand {
             AuthCommand::Login(args) => args.run(ctx).await,
             AuthCommand::Import(args) => args.run(ctx).await,
             AuthCommand::Token(args) => args.run(ctx).await,
-            AuthCommand::Status(args) => args.run(ctx),
+            AuthCommand::Status(args) => args.run(ctx).await,
             AuthCommand::Refresh(args) => args.run(ctx).await,
             AuthCommand::Logout(args) => args.run(ctx).await,
             AuthCommand::Test(args) => args.run(ctx).await,

@@ -11,7 +11,7 @@ use crate::clock::span;
 use crate::config::Account;
 use crate::error::error_text;
 use crate::exit::{classify, Exit};
-use crate::oauth::{Fetch, FileStore, TokenSource, TokenStore};
+use crate::oauth::{Fetch, Store, TokenSource, TokenStore};
 use crate::output::{report_error, JSON_SCHEMA_VERSION};
 
 /// Refreshes one account's token, or every account that has a stored grant.
@@ -72,7 +72,7 @@ impl Args {
             None => {
                 let mut with_grant = Vec::new();
                 for account in config.accounts.values() {
-                    if store.load(&account.name)?.is_some() {
+                    if store.load(&account.name).await?.is_some() {
                         with_grant.push(account);
                     }
                 }
@@ -113,12 +113,7 @@ impl Args {
         Ok(worst)
     }
 
-    async fn refresh_one(
-        &self,
-        ctx: &Ctx,
-        account: &Account,
-        store: &FileStore,
-    ) -> Result<Outcome> {
+    async fn refresh_one(&self, ctx: &Ctx, account: &Account, store: &Store) -> Result<Outcome> {
         let now = ctx.clock.now();
         let source = TokenSource::new(account, store, ctx.clock.as_ref());
         let fetch = match self.if_older_than {

@@ -30,7 +30,7 @@ impl Args {
             );
         }
         let store = ctx.store()?;
-        let Some(token) = store.load(&account.name)? else {
+        let Some(token) = store.load(&account.name).await? else {
             bail!("account \"{}\" has no stored grant to revoke", account.name);
         };
         let tokens = TokenSource::new(account, &store, ctx.clock.as_ref());
@@ -48,6 +48,7 @@ impl Args {
             .await?;
         store
             .delete(&account.name)
+            .await
             .context("the grant was revoked, but deleting the local tokens failed")?;
         ctx.out.info(&format!(
             "revoked the grant of account \"{}\" at {url} and deleted its stored tokens",

@@ -8,7 +8,7 @@ use crate::clock::{rfc3339, span};
 use crate::config::{Account, Grant, Spelled};
 use crate::error::error_text;
 use crate::exit::Exit;
-use crate::oauth::{FileStore, LastError, StoredToken, TokenStore};
+use crate::oauth::{LastError, Store, StoredToken, TokenStore};
 use crate::output::JSON_SCHEMA_VERSION;
 
 /// Shows, per account: whether a refresh token is stored, when the access token expires, the
@@ -51,7 +51,7 @@ impl Args {
     ///
     /// # Errors
     /// Bad configuration or an unknown account name.
-    pub fn run(self, ctx: &Ctx) -> Result<Exit> {
+    pub async fn run(self, ctx: &Ctx) -> Result<Exit> {
         let config = ctx.config()?;
         let accounts: Vec<&Account> = match &self.account {
             Some(name) => vec![config.account(name)?],
@@ -59,7 +59,10 @@ impl Args {
         };
         let store = ctx.store()?;
         let now = ctx.clock.now();
-        let rows: Vec<AccountStatus> = accounts.iter().map(|a| status(a, &store, now)).collect();
+        let mut rows: Vec<AccountStatus> = Vec::new();
+        for account in accounts {
+            rows.push(status(account, &store, now).await);
+        }
         if ctx.out.is_json() {
             ctx.out.json(&StatusJson {
                 version: JSON_SCHEMA_VERSION,
@@ -79,7 +82,7 @@ impl Args {
     }
 }
 
-fn status(account: &Account, store: &FileStore, now: u64) -> AccountStatus {
+async fn status(account: &Account, store: &Store, now: u64) -> AccountStatus {
     let mut row = AccountStatus {
         account: account.name.clone(),
         provider: account.provider.name(),
@@ -100,12 +103,12 @@ fn status(account: &Account, store: &FileStore, now: u64) -> AccountStatus {
             Err(e) => row.store_error = Some(error_text(e.as_ref())),
         }
     }
-    match store.load(&account.name) {
+    match store.load(&account.name).await {
         Ok(Some(token)) => fill(&mut row, &token, now),
         Ok(None) => {}
         Err(e) => row.store_error = Some(error_text(e.as_ref())),
     }
-    match store.last_error(&account.name) {
+    match store.last_error(&account.name).await {
         Ok(last) => row.last_error = last,
         Err(e) => row.store_error = Some(error_text(e.as_ref())),
     }

@@ -6,6 +6,7 @@ use serde::Serialize;
 use crate::cli::Ctx;
 use crate::config::{Account, Cloud, Protocol, Server, Spelled};
 use crate::exit::Exit;
+use crate::oauth::TokenStore;
 use crate::output::JSON_SCHEMA_VERSION;
 
 /// Validates the configuration (reporting every problem with its key path) and prints it with
@@ -18,6 +19,10 @@ struct ConfigJson {
     version: u32,
     config: String,
     state_dir: String,
+    /// `files` or `postgres`.
+    state_backend: &'static str,
+    /// The database (`host:port/db`) and schema, with backend `postgres`.
+    state_database: Option<String>,
     /// The id of the key tokens are sealed with (`null`: plain 0600 files).
     state_key: Option<String>,
     accounts: Vec<AccountJson>,
@@ -161,7 +166,7 @@ impl Args {
     ///
     /// # Errors
     /// The configuration is missing or invalid (exit 2, every problem listed).
-    pub fn run(self, ctx: &Ctx) -> Result<Exit> {
+    pub async fn run(self, ctx: &Ctx) -> Result<Exit> {
         let config = ctx.config()?;
         let problems: Vec<crate::error::Problem> = config
             .jobs
@@ -186,8 +191,18 @@ impl Args {
         let state_dir = ctx.state_dir()?;
         let key = ctx.state_key()?;
         let key_id = key.as_ref().map(|k| k.id().to_string());
+        let (state_backend, state_database) = match &config.state.backend {
+            crate::config::Backend::Files => ("files", None),
+            crate::config::Backend::Postgres(pg) => {
+                let db = ctx.db(pg)?;
+                (
+                    "postgres",
+                    Some(format!("{}, schema {}", db.target(), db.schema())),
+                )
+            }
+        };
         if key.is_some() {
-            warn_unsealed(ctx, &config)?;
+            warn_unsealed(ctx, &config).await?;
         }
         let accounts: Vec<AccountJson> = config.accounts.values().map(account_json).collect();
         let only = match config.accounts.keys().collect::<Vec<_>>().as_slice() {
@@ -207,6 +222,8 @@ impl Args {
                 version: JSON_SCHEMA_VERSION,
                 config: config.path.display().to_string(),
                 state_dir: state_dir.display().to_string(),
+                state_backend,
+                state_database,
                 state_key: key_id,
                 accounts,
                 sendmail,
@@ -216,12 +233,16 @@ impl Args {
         }
         ctx.out
             .data(&format!("config: {}", config.path.display()))?;
-        let sealing = match &key_id {
-            Some(id) => format!("tokens sealed with key {id}"),
-            None => "tokens in plain files, mode 0600; [state] key_file seals them".into(),
+        let sealing = match (&key_id, &state_database) {
+            (Some(id), _) => format!("tokens sealed with key {id}"),
+            (None, None) => "tokens in plain files, mode 0600; [state] key_file seals them".into(),
+            (None, Some(_)) => "tokens in plain rows; [state] key_file seals them".into(),
         };
-        ctx.out
-            .data(&format!("state:  {} ({sealing})", state_dir.display()))?;
+        let place = match &state_database {
+            Some(db) => format!("PostgreSQL {db}"),
+            None => state_dir.display().to_string(),
+        };
+        ctx.out.data(&format!("state:  {place} ({sealing})"))?;
         for a in &accounts {
             ctx.out.data("")?;
             for line in human(a) {
@@ -263,14 +284,14 @@ fn sendmail_human(sendmail: &SendmailJson) -> String {
 }
 
 /// With a state key: names the accounts whose grants are still stored unsealed.
-fn warn_unsealed(ctx: &Ctx, config: &crate::config::Config) -> Result<()> {
+async fn warn_unsealed(ctx: &Ctx, config: &crate::config::Config) -> Result<()> {
     let store = ctx.store()?;
-    let plain: Vec<&str> = config
-        .accounts
-        .keys()
-        .filter(|name| matches!(store.is_sealed(name), Ok(Some(false))))
-        .map(String::as_str)
-        .collect();
+    let mut plain: Vec<&str> = Vec::new();
+    for name in config.accounts.keys() {
+        if matches!(store.is_sealed(name).await, Ok(Some(false))) {
+            plain.push(name);
+        }
+    }
     if !plain.is_empty() {
         ctx.out.warn(&format!(
             "the grants of {} are still stored unsealed (they are sealed at their next refresh); to seal them now: mailpilot state rotate-key {}",

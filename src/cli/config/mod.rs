@@ -20,9 +20,9 @@ impl ConfigCommand {
     ///
     /// # Errors
     /// As the subcommand.
-    pub fn run(self, ctx: &Ctx) -> Result<Exit> {
+    pub async fn run(self, ctx: &Ctx) -> Result<Exit> {
         match self {
-            ConfigCommand::Check(args) => args.run(ctx),
+            ConfigCommand::Check(args) => args.run(ctx).await,
         }
     }
 }

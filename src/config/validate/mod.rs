@@ -24,7 +24,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Config, Problem, Spelled};
+use super::{Config, Problem, SecretSource, Spelled};
 use suggest::{choice_message, unknown_key_message};
 
 /// Top-level keys; later features add theirs here.
@@ -140,9 +140,107 @@ fn state(value: Option<&toml::Value>, dir: &Path, problems: &mut Problems) -> su
     let known = |_: &str| super::raw::field_names::<super::raw::RawState>();
     let raw: Option<super::raw::RawState> =
         deserialize_collecting(value.clone(), "state", known, problems);
+    let Some(raw) = raw else {
+        return super::State::default();
+    };
+    let backend = match raw.backend.as_deref() {
+        None | Some("files") => {
+            let extra = [
+                ("url", raw.url.is_some()),
+                ("password_env", raw.password_env.is_some()),
+                ("password_file", raw.password_file.is_some()),
+                ("password_cmd", raw.password_cmd.is_some()),
+                ("schema", raw.schema.is_some()),
+                ("ca_file", raw.ca_file.is_some()),
+            ];
+            for (key, _) in extra.iter().filter(|(_, set)| *set) {
+                problems.push(
+                    format!("state.{key}"),
+                    "only used with backend = \"postgres\"",
+                );
+            }
+            super::Backend::Files
+        }
+        Some("postgres") => {
+            postgres(&raw, dir, problems).map_or(super::Backend::Files, super::Backend::Postgres)
+        }
+        Some(other) => {
+            problems.push(
+                "state.backend",
+                format!("unknown backend \"{other}\": expected \"files\" or \"postgres\""),
+            );
+            super::Backend::Files
+        }
+    };
     super::State {
-        key_file: raw.and_then(|r| r.key_file).map(|f| dir.join(f)),
+        key_file: raw.key_file.map(|f| dir.join(f)),
+        backend,
     }
+}
+
+/// `[state] backend = "postgres"`: the URL must parse and hold no password (it would sit in the
+/// config in clear and show in `ps`-like places); the schema must be a plain identifier, since it
+/// is spelled into SQL.
+fn postgres(
+    raw: &super::raw::RawState,
+    dir: &Path,
+    problems: &mut Problems,
+) -> Option<super::Postgres> {
+    let Some(url) = raw.url.clone() else {
+        problems.push(
+            "state.url",
+            "backend = \"postgres\" needs url = \"postgresql://USER@HOST:PORT/DATABASE\"",
+        );
+        return None;
+    };
+    match url.parse::<tokio_postgres::Config>() {
+        Ok(parsed) if parsed.get_password().is_some() => problems.push(
+            "state.url",
+            "the URL holds a password: remove it and use password_env, password_file or password_cmd",
+        ),
+        Ok(parsed) if parsed.get_hosts().is_empty() => {
+            problems.push("state.url", "the URL names no host")
+        }
+        Ok(_) => {}
+        Err(e) => problems.push("state.url", format!("not a PostgreSQL URL: {e}")),
+    }
+    let mut sources = Vec::new();
+    if let Some(var) = &raw.password_env {
+        sources.push(SecretSource::Env(var.clone()));
+    }
+    if let Some(file) = &raw.password_file {
+        sources.push(SecretSource::File(dir.join(file)));
+    }
+    if let Some(cmd) = &raw.password_cmd {
+        sources.push(SecretSource::Cmd(cmd.clone()));
+    }
+    if sources.len() > 1 {
+        problems.push(
+            "state",
+            "give the database password one way: password_env, password_file or password_cmd",
+        );
+    }
+    let schema = raw
+        .schema
+        .clone()
+        .unwrap_or_else(|| super::DEFAULT_SCHEMA.to_string());
+    let plain = schema.len() <= 63
+        && schema.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+        && schema
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+    if !plain {
+        problems.push(
+            "state.schema",
+            format!("\"{schema}\" is not a plain identifier: lowercase letters, digits and _, at most 63, not starting with a digit"),
+        );
+    }
+    Some(super::Postgres {
+        url,
+        password: sources.pop(),
+        schema,
+        ca_file: raw.ca_file.as_ref().map(|f| dir.join(f)),
+    })
 }
 
 fn syntax_problem(text: &str, e: &toml::de::Error) -> Problem {

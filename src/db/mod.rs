@@ -1,0 +1,355 @@
+//! The shared state database (`[state] backend = "postgres"`): connections with timeouts, the
+//! schema and its migrations ([`schema`]), transaction-scoped advisory locks, and what a failure
+//! means — an outage is transient (exit 75, nothing changed, never a silent fall back to local
+//! files), a refused login needs a person (77), anything else fails (1). Knows nothing of tokens or
+//! mail: the stores built on it do.
+
+pub mod schema;
+pub mod tls;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use sha2::{Digest, Sha256};
+use tokio::task::JoinHandle;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, Row};
+
+use crate::config::Postgres;
+use crate::error::StateError;
+use crate::secret::Secret;
+
+/// How long a connection attempt (TCP, TLS, login) may take: a database that does not answer in
+/// that time is treated as down (exit 75).
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one query may take. State queries touch one row or a few; a query this slow means an
+/// overloaded or stuck server, which is transient.
+pub const QUERY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The database of one configuration: how to reach it, and the process's shared session (queries
+/// from one process are pipelined on it; locks take their own sessions).
+pub struct Db {
+    config: tokio_postgres::Config,
+    tls: tls::MakeRustls,
+    target: String,
+    schema: String,
+    shared: Mutex<Option<Arc<Client>>>,
+}
+
+impl std::fmt::Debug for Db {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("target", &self.target)
+            .field("schema", &self.schema)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A held advisory lock: a session of its own in an open transaction. Dropping it closes the
+/// session, which ends the transaction and frees the lock — as does the death of the process.
+pub struct Lock {
+    _client: Client,
+    task: JoinHandle<()>,
+}
+
+impl Drop for Lock {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl std::fmt::Debug for Lock {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Lock")
+    }
+}
+
+impl Db {
+    /// The database of `settings`, logging in with `password` if the server asks for one. No
+    /// connection is made yet.
+    ///
+    /// # Errors
+    /// The URL does not parse (validation already checked it) or the TLS setup fails.
+    pub fn new(settings: &Postgres, password: Option<Secret>) -> Result<Db> {
+        let mut config: tokio_postgres::Config = settings
+            .url
+            .parse()
+            .context("failed to parse [state] url")?;
+        if let Some(password) = password {
+            config.password(password.expose());
+        }
+        let search_path = format!("-c search_path={}", settings.schema);
+        let options = match config.get_options() {
+            Some(given) => format!("{given} {search_path}"),
+            None => search_path,
+        };
+        config
+            .options(options)
+            .application_name("mailpilot")
+            .connect_timeout(CONNECT_TIMEOUT);
+        let trust = crate::trust::client_config(settings.ca_file.as_deref())
+            .map_err(anyhow::Error::msg)
+            .context("failed to set up TLS for the state database")?;
+        Ok(Db {
+            target: target(&config),
+            config,
+            tls: tls::MakeRustls::new(trust),
+            schema: settings.schema.clone(),
+            shared: Mutex::new(None),
+        })
+    }
+
+    /// `host:port/database`, for messages.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// The schema of mailpilot's tables.
+    pub fn schema(&self) -> &str {
+        &self.schema
+    }
+
+    /// A new session, its connection driven by a task of its own.
+    async fn connect(&self) -> Result<(Client, JoinHandle<()>)> {
+        let connecting = self.config.connect(self.tls.clone());
+        let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT, connecting)
+            .await
+            .map_err(|_| self.unavailable("the connection timed out"))?
+            .map_err(|e| self.error(e))?;
+        let task = tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!("state database connection ended: {e}");
+            }
+        });
+        Ok((client, task))
+    }
+
+    /// The process's shared session, (re)connecting when there is none or it was lost; a new one
+    /// is checked to hold the schema this mailpilot knows.
+    async fn client(&self) -> Result<Arc<Client>> {
+        if let Some(client) = self.cached() {
+            return Ok(client);
+        }
+        let (client, _task) = self.connect().await?;
+        schema::check(self, &client).await?;
+        let client = Arc::new(client);
+        if let Ok(mut shared) = self.shared.lock() {
+            *shared = Some(client.clone());
+        }
+        Ok(client)
+    }
+
+    fn cached(&self) -> Option<Arc<Client>> {
+        let shared = self.shared.lock().ok()?;
+        shared.as_ref().filter(|c| !c.is_closed()).cloned()
+    }
+
+    /// The rows of `sql`.
+    ///
+    /// # Errors
+    /// [`StateError`] in the chain.
+    pub async fn query(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<Vec<Row>> {
+        let client = self.client().await?;
+        self.timed(client.query(sql, params)).await
+    }
+
+    /// The one row of `sql`, if any.
+    ///
+    /// # Errors
+    /// [`StateError`] in the chain; more than one row.
+    pub async fn query_opt(
+        &self,
+        sql: &str,
+        params: &[&(dyn ToSql + Sync)],
+    ) -> Result<Option<Row>> {
+        let client = self.client().await?;
+        self.timed(client.query_opt(sql, params)).await
+    }
+
+    /// Runs `sql`; the number of rows it changed.
+    ///
+    /// # Errors
+    /// [`StateError`] in the chain.
+    pub async fn execute(&self, sql: &str, params: &[&(dyn ToSql + Sync)]) -> Result<u64> {
+        let client = self.client().await?;
+        self.timed(client.execute(sql, params)).await
+    }
+
+    async fn timed<T>(
+        &self,
+        work: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(QUERY_TIMEOUT, work).await {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(e)) => Err(self.error(e)),
+            Err(_) => {
+                // The session may be stuck: start a fresh one next time.
+                if let Ok(mut shared) = self.shared.lock() {
+                    *shared = None;
+                }
+                Err(self.unavailable("a query timed out"))
+            }
+        }
+    }
+
+    /// Takes the transaction-scoped advisory lock `name`, waiting up to `wait` for its holder (the
+    /// server wakes the waiter the moment it is freed); `None` when the wait ran out.
+    ///
+    /// # Errors
+    /// [`StateError`] in the chain.
+    pub async fn lock(&self, name: &str, wait: Duration) -> Result<Option<Lock>> {
+        let (client, task) = self.connect().await?;
+        let lock = Lock {
+            _client: client,
+            task,
+        };
+        let millis = wait.as_millis().clamp(1, i32::MAX as u128);
+        let begin = format!("BEGIN; SET LOCAL lock_timeout = {millis}");
+        self.timed(lock._client.batch_execute(&begin)).await?;
+        let key = lock_key(&self.schema, name);
+        let params: [&(dyn ToSql + Sync); 1] = [&key];
+        let taking = lock
+            ._client
+            .execute("SELECT pg_advisory_xact_lock($1)", &params);
+        match tokio::time::timeout(wait + QUERY_TIMEOUT, taking).await {
+            Ok(Ok(_)) => Ok(Some(lock)),
+            Ok(Err(e)) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => Ok(None),
+            Ok(Err(e)) => Err(self.error(e)),
+            Err(_) => Err(self.unavailable("taking a lock timed out")),
+        }
+    }
+
+    fn unavailable(&self, why: &str) -> anyhow::Error {
+        anyhow::Error::msg(why.to_string()).context(StateError::Unavailable {
+            target: self.target.clone(),
+        })
+    }
+
+    /// What a driver error means for the caller.
+    pub fn error(&self, e: tokio_postgres::Error) -> anyhow::Error {
+        let target = self.target.clone();
+        let kind = match e.code() {
+            Some(code) if login_refused(code) => StateError::LoginRefused { target },
+            Some(code) if transient(code) => StateError::Unavailable { target },
+            Some(code)
+                if code == &SqlState::UNDEFINED_TABLE || code == &SqlState::INVALID_SCHEMA_NAME =>
+            {
+                StateError::Failed {
+                    reason: format!("mailpilot's tables are missing from schema {}", self.schema),
+                    target,
+                    hint: Some("run `mailpilot state init` to create them".into()),
+                }
+            }
+            Some(_) => StateError::Failed {
+                target,
+                reason: "a query failed".into(),
+                hint: None,
+            },
+            None => self.without_code(&e, target),
+        };
+        anyhow::Error::new(e).context(kind)
+    }
+
+    /// A failure the server did not give a code for: the network, TLS, the login exchange, or a
+    /// value that did not convert.
+    fn without_code(&self, e: &tokio_postgres::Error, target: String) -> StateError {
+        if let Some(problem) = crate::trust::certificate_problem(e) {
+            return StateError::Failed {
+                target,
+                reason: format!("its TLS certificate is not trusted ({problem})"),
+                hint: Some("set [state] ca_file to the CA that signed it, or add `sslmode=disable` to the url for a server on this host".into()),
+            };
+        }
+        let text = e.to_string();
+        if text.starts_with("authentication error") {
+            StateError::LoginRefused { target }
+        } else if text.starts_with("error serializing")
+            || text.starts_with("error deserializing")
+            || text.starts_with("invalid")
+            || text.starts_with("query returned")
+        {
+            StateError::Failed {
+                target,
+                reason: "a value did not convert".into(),
+                hint: None,
+            }
+        } else {
+            StateError::Unavailable { target }
+        }
+    }
+}
+
+/// Refused credentials (SQLSTATE class 28).
+fn login_refused(code: &SqlState) -> bool {
+    code.code().starts_with("28")
+}
+
+/// Connection trouble (08), too many connections or out of memory (53), a shutting-down or
+/// starting server (57P), a lost serialization race or deadlock (40), a lock wait that ran out
+/// (55P03): a retry may succeed.
+fn transient(code: &SqlState) -> bool {
+    let code = code.code();
+    ["08", "53", "57P", "40", "55P03"]
+        .iter()
+        .any(|class| code.starts_with(class))
+}
+
+/// The 64-bit advisory lock key of `name` in `schema` (so two schemas in one database do not share
+/// locks).
+fn lock_key(schema: &str, name: &str) -> i64 {
+    let digest = Sha256::digest(format!("mailpilot {schema} {name}").as_bytes());
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    i64::from_be_bytes(first)
+}
+
+/// `host:port/database` of `config`.
+fn target(config: &tokio_postgres::Config) -> String {
+    let host = match config.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(host)) => host.clone(),
+        Some(tokio_postgres::config::Host::Unix(dir)) => dir.display().to_string(),
+        None => "localhost".into(),
+    };
+    let port = config.get_ports().first().copied().unwrap_or(5432);
+    let db = config
+        .get_dbname()
+        .or(config.get_user())
+        .unwrap_or("postgres");
+    format!("{host}:{port}/{db}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Lock keys differ by schema and name and are stable.
+    #[test]
+    fn lock_keys() {
+        assert_eq!(lock_key("a", "token work"), lock_key("a", "token work"));
+        assert_ne!(lock_key("a", "token work"), lock_key("b", "token work"));
+        assert_ne!(lock_key("a", "token work"), lock_key("a", "token home"));
+    }
+
+    /// Outages are transient; refused logins are not.
+    #[test]
+    fn codes() {
+        assert!(transient(&SqlState::ADMIN_SHUTDOWN));
+        assert!(transient(&SqlState::CONNECTION_FAILURE));
+        assert!(transient(&SqlState::TOO_MANY_CONNECTIONS));
+        assert!(transient(&SqlState::T_R_SERIALIZATION_FAILURE));
+        assert!(!transient(&SqlState::UNDEFINED_TABLE));
+        assert!(login_refused(&SqlState::INVALID_PASSWORD));
+        assert!(!login_refused(&SqlState::ADMIN_SHUTDOWN));
+    }
+
+    /// The target names host, port and database, never a password.
+    #[test]
+    fn target_text() {
+        let config: tokio_postgres::Config =
+            "postgresql://u@db.example:6543/state".parse().expect("url");
+        assert_eq!(target(&config), "db.example:6543/state");
+    }
+}

@@ -1,0 +1,178 @@
+//! mailpilot's tables in the state database and their versioned migrations. `mailpilot state init`
+//! applies the ones a database lacks, in one transaction under an advisory lock (two hosts running
+//! it at once do the work once); every new session checks that the schema is the one this
+//! mailpilot knows, so an older binary never writes into a newer layout.
+
+use anyhow::Result;
+use tokio_postgres::Client;
+
+use super::Db;
+use crate::error::StateError;
+
+/// One step of the schema: its number, what it adds, and its SQL (unqualified names: the session's
+/// `search_path` is the configured schema).
+pub struct Migration {
+    /// Applied in increasing order; recorded in `schema_migrations`.
+    pub version: i32,
+    /// What it adds, for `state init` output.
+    pub summary: &'static str,
+    /// The statements.
+    pub sql: &'static str,
+}
+
+/// Every migration, oldest first. Never edit a released one: add the next.
+pub const MIGRATIONS: &[Migration] = &[Migration {
+    version: 1,
+    summary: "grants, refresh failures and authorization server metadata",
+    sql: "
+        CREATE TABLE tokens (
+            account    text PRIMARY KEY,
+            record     jsonb NOT NULL,
+            updated_at timestamptz NOT NULL DEFAULT now()
+        );
+        CREATE TABLE token_errors (
+            account text PRIMARY KEY,
+            record  jsonb NOT NULL
+        );
+        CREATE TABLE auth_metadata (
+            issuer text PRIMARY KEY,
+            record jsonb NOT NULL
+        );
+    ",
+}];
+
+/// The schema version this mailpilot reads and writes.
+pub fn latest() -> i32 {
+    MIGRATIONS.last().map_or(0, |m| m.version)
+}
+
+/// The version recorded in the database; 0 when the schema or its table does not exist.
+async fn version(db: &Db, client: &Client) -> Result<i32> {
+    let exists = client
+        .query_one(
+            "SELECT to_regclass(current_schema() || '.schema_migrations') IS NOT NULL",
+            &[],
+        )
+        .await
+        .map_err(|e| db.error(e))?;
+    if !exists.get::<_, bool>(0) {
+        return Ok(0);
+    }
+    let row = client
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM schema_migrations",
+            &[],
+        )
+        .await
+        .map_err(|e| db.error(e))?;
+    Ok(row.get(0))
+}
+
+/// Refuses a session whose schema is missing, older or newer than this mailpilot's.
+///
+/// # Errors
+/// [`StateError::Failed`] with the command that fixes it.
+pub async fn check(db: &Db, client: &Client) -> Result<()> {
+    match mismatch(db, version(db, client).await?) {
+        Some(e) => Err(e.into()),
+        None => Ok(()),
+    }
+}
+
+/// Why a schema at version `found` is unusable here, if it is.
+fn mismatch(db: &Db, found: i32) -> Option<StateError> {
+    let want = latest();
+    let (reason, hint) = if found == want {
+        return None;
+    } else if found == 0 {
+        (
+            format!("schema {} holds no mailpilot tables", db.schema()),
+            "run `mailpilot state init` once to create them",
+        )
+    } else if found < want {
+        (
+            format!(
+                "schema {} is at version {found}; this mailpilot needs version {want}",
+                db.schema()
+            ),
+            "run `mailpilot state init` to upgrade it (after every host runs this mailpilot)",
+        )
+    } else {
+        (
+            format!(
+                "schema {} is at version {found}, written by a newer mailpilot (this one knows {want})",
+                db.schema()
+            ),
+            "upgrade mailpilot on this host",
+        )
+    };
+    Some(StateError::Failed {
+        target: db.target().to_string(),
+        reason,
+        hint: Some(hint.into()),
+    })
+}
+
+/// What `state init` did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Applied {
+    /// The version before.
+    pub from: i32,
+    /// The version now.
+    pub to: i32,
+    /// The summaries of the migrations applied.
+    pub steps: Vec<&'static str>,
+}
+
+/// Creates the schema or brings it up to [`latest`], in one transaction.
+///
+/// # Errors
+/// [`StateError`] in the chain; a schema newer than this mailpilot.
+pub async fn init(db: &Db) -> Result<Applied> {
+    let (mut client, _task) = db.connect().await?;
+    let tx = client.transaction().await.map_err(|e| db.error(e))?;
+    let key = super::lock_key(db.schema(), "schema");
+    let setup = format!(
+        "CREATE SCHEMA IF NOT EXISTS {schema};
+         SET LOCAL search_path TO {schema};
+         CREATE TABLE IF NOT EXISTS schema_migrations (
+             version    integer PRIMARY KEY,
+             applied_at timestamptz NOT NULL DEFAULT now()
+         );",
+        schema = db.schema()
+    );
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&key])
+        .await
+        .map_err(|e| db.error(e))?;
+    tx.batch_execute(&setup).await.map_err(|e| db.error(e))?;
+    let row = tx
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM schema_migrations",
+            &[],
+        )
+        .await
+        .map_err(|e| db.error(e))?;
+    let from: i32 = row.get(0);
+    if from > latest() {
+        return Err(mismatch(db, from).map_or_else(|| anyhow::anyhow!("newer schema"), Into::into));
+    }
+    let mut steps = Vec::new();
+    for migration in MIGRATIONS.iter().filter(|m| m.version > from) {
+        tx.batch_execute(migration.sql)
+            .await
+            .map_err(|e| db.error(e))?;
+        tx.execute(
+            "INSERT INTO schema_migrations (version) VALUES ($1)",
+            &[&migration.version],
+        )
+        .await
+        .map_err(|e| db.error(e))?;
+        steps.push(migration.summary);
+    }
+    tx.commit().await.map_err(|e| db.error(e))?;
+    Ok(Applied {
+        from,
+        to: latest().max(from),
+        steps,
+    })
+}
