@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs on a fresh Debian machine, without starting or enabling system
-# services: the tests start their own Dovecot and Postfix instances on loopback ports.
+# services: the tests start their own Dovecot, Postfix and PostgreSQL instances on loopback ports.
 # Idempotent; run as root (CI does). Usage: scripts/install-test-deps.sh
 set -euo pipefail
 
@@ -9,7 +9,7 @@ for tool in cargo rustfmt cargo-clippy; do
     command -v "$tool" >/dev/null || { echo "error: $tool not found; install the Rust toolchain (rustup) with rustfmt and clippy" >&2; exit 1; }
 done
 
-packages=(dovecot-core dovecot-imapd dovecot-lmtpd dovecot-submissiond postfix libsasl2-modules openssl python3 time s-nail swaks libnet-ssleay-perl tinyproxy microsocks socat man-db systemd adduser)
+packages=(dovecot-core dovecot-imapd dovecot-lmtpd dovecot-submissiond postfix libsasl2-modules openssl python3 time s-nail swaks libnet-ssleay-perl tinyproxy microsocks socat man-db systemd adduser postgresql)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -34,7 +34,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
     # If a system instance got started anyway, stop it: it would hold the default ports.
-    for svc in dovecot postfix tinyproxy; do
+    for svc in dovecot postfix tinyproxy postgresql; do
         command -v systemctl >/dev/null && systemctl disable --now "$svc" >/dev/null 2>&1 || true
     done
 fi
@@ -42,4 +42,7 @@ fi
 for bin in /usr/sbin/dovecot /usr/sbin/postfix /usr/bin/openssl; do
     [ -x "$bin" ] || { echo "error: $bin missing after install" >&2; exit 1; }
 done
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { echo "error: PostgreSQL's initdb missing after install" >&2; exit 1; }
+# The test clusters run as the `postgres` user (initdb refuses root); the package creates it.
+id postgres >/dev/null 2>&1 || { echo "error: no postgres user after installing postgresql" >&2; exit 1; }
 echo "test dependencies: ok ($(dovecot --version | cut -d' ' -f1) dovecot, postfix $(postconf -d -h mail_version 2>/dev/null))"

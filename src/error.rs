@@ -278,6 +278,9 @@ pub enum StateError {
     Unavailable {
         /// `host:port/database`.
         target: String,
+        /// What the driver saw.
+        #[source]
+        source: Option<BoxError>,
     },
     /// The server refused the login (wrong user or password, not allowed by `pg_hba.conf`): a
     /// person must fix the credentials (exit 77).
@@ -285,6 +288,9 @@ pub enum StateError {
     LoginRefused {
         /// `host:port/database`.
         target: String,
+        /// What the driver saw.
+        #[source]
+        source: Option<BoxError>,
     },
     /// The schema is missing, older or newer than this mailpilot, or a query failed for a reason
     /// a retry will not change (exit 1).
@@ -296,6 +302,9 @@ pub enum StateError {
         reason: String,
         /// The command that fixes it, if one does.
         hint: Option<String>,
+        /// What the driver saw.
+        #[source]
+        source: Option<BoxError>,
     },
 }
 

@@ -19,5 +19,6 @@ mod sealed;
 mod secrets;
 mod send;
 mod sendmail;
+mod shared_state;
 mod stack;
 mod watch;

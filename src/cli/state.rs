@@ -152,7 +152,7 @@ async fn migrate(ctx: &Ctx, from: Place, to: Place) -> Result<Exit> {
     for (list, what) in [
         (&done.copied, "copied"),
         (&done.same, "already there"),
-        (&done.kept_newer, "kept (newer in the target)"),
+        (&done.kept, "kept (the target's grant is as new or newer)"),
     ] {
         for account in list {
             ctx.out.info(&format!("{account}: {what}"));
@@ -162,7 +162,7 @@ async fn migrate(ctx: &Ctx, from: Place, to: Place) -> Result<Exit> {
         "{} copied, {} already there, {} kept newer, from {} to {}",
         done.copied.len(),
         done.same.len(),
-        done.kept_newer.len(),
+        done.kept.len(),
         source.describe(),
         target.describe()
     ))?;

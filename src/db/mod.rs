@@ -72,7 +72,7 @@ impl Db {
     /// connection is made yet.
     ///
     /// # Errors
-    /// The URL does not parse (validation already checked it) or the TLS setup fails.
+    /// The URL does not parse (validation already checked it).
     pub fn new(settings: &Postgres, password: Option<Secret>) -> Result<Db> {
         let mut config: tokio_postgres::Config = settings
             .url
@@ -90,13 +90,10 @@ impl Db {
             .options(options)
             .application_name("mailpilot")
             .connect_timeout(CONNECT_TIMEOUT);
-        let trust = crate::trust::client_config(settings.ca_file.as_deref())
-            .map_err(anyhow::Error::msg)
-            .context("failed to set up TLS for the state database")?;
         Ok(Db {
             target: target(&config),
             config,
-            tls: tls::MakeRustls::new(trust),
+            tls: tls::MakeRustls::new(settings.ca_file.clone()),
             schema: settings.schema.clone(),
             shared: Mutex::new(None),
         })
@@ -223,62 +220,73 @@ impl Db {
     }
 
     fn unavailable(&self, why: &str) -> anyhow::Error {
-        anyhow::Error::msg(why.to_string()).context(StateError::Unavailable {
+        StateError::Unavailable {
             target: self.target.clone(),
-        })
+            source: Some(why.into()),
+        }
+        .into()
     }
 
     /// What a driver error means for the caller.
     pub fn error(&self, e: tokio_postgres::Error) -> anyhow::Error {
         let target = self.target.clone();
         let kind = match e.code() {
-            Some(code) if login_refused(code) => StateError::LoginRefused { target },
-            Some(code) if transient(code) => StateError::Unavailable { target },
+            Some(code) if login_refused(code) => Kind::LoginRefused,
+            Some(code) if transient(code) => Kind::Unavailable,
             Some(code)
                 if code == &SqlState::UNDEFINED_TABLE || code == &SqlState::INVALID_SCHEMA_NAME =>
             {
-                StateError::Failed {
-                    reason: format!("mailpilot's tables are missing from schema {}", self.schema),
-                    target,
-                    hint: Some("run `mailpilot state init` to create them".into()),
-                }
+                Kind::Failed(
+                    format!("mailpilot's tables are missing from schema {}", self.schema),
+                    Some("run `mailpilot state init` to create them".into()),
+                )
             }
-            Some(_) => StateError::Failed {
-                target,
-                reason: "a query failed".into(),
-                hint: None,
-            },
-            None => self.without_code(&e, target),
+            Some(_) => Kind::Failed("a query failed".into(), None),
+            None => without_code(&e),
         };
-        anyhow::Error::new(e).context(kind)
+        let source = Some(Box::new(e) as crate::error::BoxError);
+        match kind {
+            Kind::Unavailable => StateError::Unavailable { target, source },
+            Kind::LoginRefused => StateError::LoginRefused { target, source },
+            Kind::Failed(reason, hint) => StateError::Failed {
+                target,
+                reason,
+                hint,
+                source,
+            },
+        }
+        .into()
     }
+}
 
-    /// A failure the server did not give a code for: the network, TLS, the login exchange, or a
-    /// value that did not convert.
-    fn without_code(&self, e: &tokio_postgres::Error, target: String) -> StateError {
-        if let Some(problem) = crate::trust::certificate_problem(e) {
-            return StateError::Failed {
-                target,
-                reason: format!("its TLS certificate is not trusted ({problem})"),
-                hint: Some("set [state] ca_file to the CA that signed it, or add `sslmode=disable` to the url for a server on this host".into()),
-            };
-        }
-        let text = e.to_string();
-        if text.starts_with("authentication error") {
-            StateError::LoginRefused { target }
-        } else if text.starts_with("error serializing")
-            || text.starts_with("error deserializing")
-            || text.starts_with("invalid")
-            || text.starts_with("query returned")
-        {
-            StateError::Failed {
-                target,
-                reason: "a value did not convert".into(),
-                hint: None,
-            }
-        } else {
-            StateError::Unavailable { target }
-        }
+/// What a driver error means, before it is wrapped.
+enum Kind {
+    Unavailable,
+    LoginRefused,
+    /// The reason and the hint.
+    Failed(String, Option<String>),
+}
+
+/// A failure the server did not give a code for: the network, TLS, the login exchange, or a value
+/// that did not convert.
+fn without_code(e: &tokio_postgres::Error) -> Kind {
+    if let Some(problem) = crate::trust::certificate_problem(e) {
+        return Kind::Failed(
+            format!("its TLS certificate is not trusted ({problem})"),
+            Some("set [state] ca_file to the CA that signed it, or add `sslmode=disable` to the url for a server on this host".into()),
+        );
+    }
+    let text = e.to_string();
+    if text.starts_with("authentication error") {
+        Kind::LoginRefused
+    } else if text.starts_with("error serializing")
+        || text.starts_with("error deserializing")
+        || text.starts_with("invalid")
+        || text.starts_with("query returned")
+    {
+        Kind::Failed("a value did not convert".into(), None)
+    } else {
+        Kind::Unavailable
     }
 }
 

@@ -110,6 +110,7 @@ fn mismatch(db: &Db, found: i32) -> Option<StateError> {
         target: db.target().to_string(),
         reason,
         hint: Some(hint.into()),
+        source: None,
     })
 }
 

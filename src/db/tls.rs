@@ -4,8 +4,9 @@
 
 use std::future::Future;
 use std::io;
+use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 
 use rustls_pki_types::ServerName;
@@ -13,22 +14,27 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect};
 use tokio_rustls::{rustls, TlsConnector};
 
-/// Makes one TLS connector per database host.
+/// Makes one TLS connector per database host. The trust (reading the system store costs a few
+/// milliseconds) is set up only when a server actually agrees to TLS, once per process.
 #[derive(Clone)]
 pub struct MakeRustls {
-    config: Arc<rustls::ClientConfig>,
+    ca_file: Option<PathBuf>,
+    config: Arc<OnceLock<Result<Arc<rustls::ClientConfig>, String>>>,
 }
 
 impl MakeRustls {
-    /// A maker with `config`'s trust.
-    pub fn new(config: Arc<rustls::ClientConfig>) -> Self {
-        MakeRustls { config }
+    /// A maker trusting the usual roots plus `ca_file`.
+    pub fn new(ca_file: Option<PathBuf>) -> Self {
+        MakeRustls {
+            ca_file,
+            config: Arc::default(),
+        }
     }
 }
 
 /// The connector for one host name.
 pub struct Connect {
-    config: Arc<rustls::ClientConfig>,
+    maker: MakeRustls,
     name: ServerName<'static>,
 }
 
@@ -47,7 +53,7 @@ where
         let name = ServerName::try_from(domain.to_string())
             .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
         Ok(Connect {
-            config: self.config.clone(),
+            maker: self.clone(),
             name,
         })
     }
@@ -62,8 +68,16 @@ where
     type Future = Pin<Box<dyn Future<Output = io::Result<Stream<S>>> + Send>>;
 
     fn connect(self, stream: S) -> Self::Future {
-        let connector = TlsConnector::from(self.config);
-        Box::pin(async move { Ok(Stream(connector.connect(self.name, stream).await?)) })
+        let maker = self.maker;
+        let config = maker
+            .config
+            .get_or_init(|| crate::trust::client_config(maker.ca_file.as_deref()))
+            .clone();
+        Box::pin(async move {
+            let config = config.map_err(io::Error::other)?;
+            let connector = TlsConnector::from(config);
+            Ok(Stream(connector.connect(self.name, stream).await?))
+        })
     }
 }
 

@@ -162,8 +162,9 @@ pub struct Copied {
     pub copied: Vec<String>,
     /// Already the same in both.
     pub same: Vec<String>,
-    /// Kept, since the target's grant is newer (a refresh happened there since).
-    pub kept_newer: Vec<String>,
+    /// Kept, since the target's grant differs and is at least as new (a refresh happened there
+    /// since).
+    pub kept: Vec<String>,
 }
 
 /// How long a copy waits for a refresh in progress on one account.
@@ -171,9 +172,9 @@ const COPY_LOCK_WAIT: Duration = Duration::from_secs(30);
 
 /// Copies every grant of `from` into `to` as stored (sealed records stay sealed, so no key is
 /// needed), each under the refresh locks of both stores so no refresh runs in between. Idempotent:
-/// a grant already there is left alone, and one refreshed in `to` since (newer `refreshed_at`) is
-/// never overwritten by an older copy — that would bring back a refresh token the provider may
-/// already have rotated away.
+/// a grant already there is left alone, and a different one in `to` is replaced only by a strictly
+/// newer copy (`refreshed_at`), since an older one would bring back a refresh token the provider
+/// may already have rotated away.
 ///
 /// # Errors
 /// Either store fails, a lock is held too long, or a record is not JSON.
@@ -188,9 +189,7 @@ pub async fn copy_grants(from: &Store, to: &Store) -> Result<Copied> {
         let incoming = freshness(&record, &account)?;
         match to.record(&account).await? {
             Some(there) if same_record(&there, &record) => done.same.push(account),
-            Some(there) if freshness(&there, &account)?.0 > incoming.0 => {
-                done.kept_newer.push(account)
-            }
+            Some(there) if freshness(&there, &account)?.0 >= incoming.0 => done.kept.push(account),
             _ => {
                 to.put_record(&account, &record).await?;
                 done.copied.push(account);

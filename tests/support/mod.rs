@@ -9,6 +9,7 @@
 pub mod fake_imap;
 pub mod mailstack;
 pub mod oauth_server;
+pub mod postgres;
 pub mod proxies;
 pub mod proxy;
 

@@ -39,6 +39,9 @@ pub enum Fault {
     Json(u16, String),
     /// 200 with a JSON-looking body of this many bytes, streamed (a hostile or broken server).
     Huge(usize),
+    /// Read the request and wait this long; then answer normally if the client is still there,
+    /// else drop the request unprocessed (as a server that cancels abandoned requests does).
+    Stall(Duration),
 }
 
 /// Per-user behaviour, so tests sharing one server (and one Dovecot) stay independent.
@@ -123,6 +126,9 @@ struct State {
     fault: Fault,
     token_len: usize,
     refresh_requests: u64,
+    /// Refresh grants answered with `invalid_grant` for an unknown (used or revoked) refresh
+    /// token: a client reusing a rotated token.
+    refused_refreshes: u64,
     introspections: u64,
     last_token_request: Option<Seen>,
     issued_access: Vec<String>,
@@ -218,6 +224,7 @@ impl OAuthServer {
             introspections: 0,
             last_token_request: None,
             issued_access: Vec::new(),
+            refused_refreshes: 0,
             issued_refresh: Vec::new(),
             policies: HashMap::new(),
             rt_owner: HashMap::new(),
@@ -489,6 +496,16 @@ impl OAuthServer {
     /// Fault mode of the token endpoint.
     pub fn set_fault(&self, fault: Fault) {
         self.st().fault = fault;
+    }
+
+    /// Refresh requests refused for an unknown refresh token (a rotated one reused).
+    pub fn refused_refreshes(&self) -> u64 {
+        self.st().refused_refreshes
+    }
+
+    /// How many access tokens were issued so far (every grant kind).
+    pub fn issued_count(&self) -> usize {
+        self.st().issued_access.len()
     }
 
     /// Requests to the token endpoint so far (including failed ones).
@@ -1026,6 +1043,19 @@ fn token(conn: &TcpStream, state: &Mutex<State>, req: &Request, form: HashMap<St
         Fault::None => {}
         Fault::Http(status, ct, body) => return respond(conn, status, ct, body),
         Fault::Hang(d) => return thread::sleep(d),
+        Fault::Stall(d) => {
+            thread::sleep(d);
+            let _ = conn.set_nonblocking(true);
+            let mut probe = [0u8; 1];
+            let gone = match conn.peek(&mut probe) {
+                Ok(n) => n == 0,
+                Err(e) => e.kind() != std::io::ErrorKind::WouldBlock,
+            };
+            let _ = conn.set_nonblocking(false);
+            if gone {
+                return;
+            }
+        }
         Fault::Garbage => return respond(conn, 200, "application/json", "<html>this is not json"),
         Fault::Reset => return,
         Fault::Json(status, body) => return respond(conn, status, "application/json", &body),
@@ -1068,6 +1098,7 @@ fn token(conn: &TcpStream, state: &Mutex<State>, req: &Request, form: HashMap<St
     }
     let rt = form.get("refresh_token").cloned().unwrap_or_default();
     let Some(grant) = st.grants.get(&rt).cloned() else {
+        st.refused_refreshes += 1;
         return json(
             conn,
             400,

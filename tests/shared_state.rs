@@ -1,0 +1,495 @@
+//! `[state] backend = "postgres"` against a real PostgreSQL (Debian's, started by the suite): the
+//! schema and its commands, grants shared by "hosts" (separate local directories) with one refresh
+//! per expiry, outages and refusals with the right exit codes, migration both ways, and sealing.
+
+use std::collections::BTreeMap;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::support::postgres::PgServer;
+use crate::support::{Fault, OAuthServer, TestEnv};
+
+/// A schema name unique to `test` in this run (tests share one server).
+fn schema(test: &str) -> String {
+    format!("t_{test}_{}", std::process::id())
+}
+
+/// Accounts `a00`… against `server`, refreshing only when a token has expired (margin 0), with
+/// `state` as the `[state]` table.
+fn config(server: &OAuthServer, accounts: usize, state: &str) -> String {
+    let mut text = state.to_string();
+    for i in 0..accounts {
+        text.push_str(&format!(
+            "\n[accounts.a{i:02}]\nprovider = \"custom\"\nemail = \"user{i}@example.com\"\nclient_id = \"test-client\"\nclient_secret_env = \"MP_TEST_SECRET\"\ntoken_url = \"{}\"\nrefresh_margin = \"0s\"\n",
+            server.token_url()
+        ));
+    }
+    text
+}
+
+/// A "host": its own HOME and state directory, the shared configuration.
+fn host(config: &str) -> TestEnv {
+    let env = TestEnv::new();
+    env.write_config(config);
+    env
+}
+
+/// A state key file (mode 0600) of 32 bytes `byte`.
+fn write_key(path: &std::path::Path, byte: u8) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, [byte; 32]).expect("key");
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+}
+
+/// Imports a fresh grant for account `a{i}` through `env`.
+fn import(env: &TestEnv, server: &OAuthServer, i: usize) {
+    let rt = server.issue_grant(&format!("user{i}@example.com"));
+    env.run_full(
+        &["auth", "import", &format!("a{i:02}")],
+        &[("MP_TEST_SECRET", &server.client_secret())],
+        Some(&rt),
+    )
+    .expect_code(0);
+}
+
+/// `state init`, then the server's own view: the tables exist in the schema.
+#[test]
+fn init_creates_and_upgrades_once() {
+    let pg = PgServer::shared();
+    let server = OAuthServer::start();
+    let name = schema("init");
+    let env = TestEnv::new();
+    let state = pg.state_config(&name, &env.root().join("db-password"));
+    env.write_config(&config(&server, 1, &state));
+    // Before init: a clear error naming the command, exit 1.
+    let run = env.run_with_secret(&server, &["auth", "token", "a00"]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("holds no mailpilot tables")
+            && run.stderr.contains("mailpilot state init"),
+        "{}",
+        run.stderr
+    );
+    let first = env.run(&["state", "init"]);
+    first.expect_code(0);
+    assert!(first.stdout.contains("version 0 -> 1"), "{}", first.stdout);
+    let again = env.run(&["state", "init"]);
+    again.expect_code(0);
+    assert!(
+        again.stdout.contains("already at version 1"),
+        "{}",
+        again.stdout
+    );
+    let tables = pg.psql(
+        "mailpilot",
+        &format!("SELECT string_agg(table_name, ',' ORDER BY table_name) FROM information_schema.tables WHERE table_schema = '{name}'"),
+    );
+    assert_eq!(
+        tables.trim(),
+        "auth_metadata,schema_migrations,token_errors,tokens"
+    );
+}
+
+/// A grant imported on one host is used on another with an empty disk; nothing is written to
+/// either host's files; `state check` opens it; `auth status` and `config check` name the database.
+#[test]
+fn grant_shared_between_hosts() {
+    let pg = PgServer::shared();
+    let server = OAuthServer::start();
+    let a = TestEnv::new();
+    let state = pg.state_config(&schema("shared"), &a.root().join("db-password"));
+    let text = config(&server, 1, &state);
+    a.write_config(&text);
+    a.run(&["state", "init"]).expect_code(0);
+    import(&a, &server, 0);
+    let b = host(&text);
+    let token = b.run_with_secret(&server, &["auth", "token", "a00"]);
+    token.expect_code(0);
+    assert_eq!(
+        token.stdout.trim(),
+        server.last_access_token().expect("issued")
+    );
+    for env in [&a, &b] {
+        assert!(
+            !env.state_dir().join("tokens").join("a00.json").exists(),
+            "no token file on a host using the database"
+        );
+    }
+    let check = b.run(&["state", "check"]);
+    check.expect_code(0);
+    assert!(
+        check.stdout.contains("state database 127.0.0.1:")
+            && check.stdout.contains("a00: grant opens (plain)"),
+        "{}",
+        check.stdout
+    );
+    let config = b.run(&["config", "check"]);
+    config.expect_code(0);
+    assert!(
+        config.stdout.contains(&format!(
+            "state:  PostgreSQL 127.0.0.1:{}/mailpilot",
+            pg.port
+        )),
+        "{}",
+        config.stdout
+    );
+}
+
+/// The database down is transient (75) and nothing falls back to files; a wrong password needs a
+/// person (77); neither shows the password.
+#[test]
+fn outage_and_refused_login() {
+    let pg = PgServer::shared();
+    let server = OAuthServer::start();
+    let env = TestEnv::new();
+    let password_file = env.root().join("db-password");
+    let state = pg.state_config(&schema("outage"), &password_file);
+    env.write_config(&config(&server, 1, &state));
+    env.run(&["state", "init"]).expect_code(0);
+    import(&env, &server, 0);
+    // Nothing listens on the port any more.
+    let closed = crate::support::mailstack::free_port();
+    env.write_config(&config(
+        &server,
+        1,
+        &state.replace(&format!(":{}/", pg.port), &format!(":{closed}/")),
+    ));
+    let run = env.run_with_secret(&server, &["auth", "token", "a00"]);
+    run.expect_code(75);
+    assert!(
+        run.stderr.contains(&format!(
+            "the state database 127.0.0.1:{closed}/mailpilot is unavailable"
+        )) && run.stderr.contains("hint:"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        !env.state_dir().join("tokens").exists(),
+        "no fall back to files"
+    );
+    // The right port, the wrong password.
+    env.write_config(&config(&server, 1, &state));
+    std::fs::write(&password_file, "not-the-password").expect("write");
+    let run = env.run_with_secret(&server, &["auth", "token", "a00"]);
+    run.expect_code(77);
+    assert!(
+        run.stderr.contains("refused the login") && !run.stderr.contains("not-the-password"),
+        "{}",
+        run.stderr
+    );
+}
+
+/// Files → PostgreSQL → files: the grants arrive unchanged (sealed ones still sealed), a second run
+/// copies nothing, and a grant refreshed in the target since is not overwritten by an older copy.
+#[test]
+fn migrate_round_trip() {
+    let pg = PgServer::shared();
+    let server = OAuthServer::start();
+    let env = TestEnv::new();
+    let key = env.root().join("state.key");
+    write_key(&key, 7);
+    let key_line = format!("key_file = \"{}\"\n", key.display());
+    // On files first, two grants (sealed).
+    env.write_config(&config(&server, 2, &format!("[state]\n{key_line}")));
+    import(&env, &server, 0);
+    import(&env, &server, 1);
+    let files_before: Vec<String> = (0..2)
+        .map(|i| std::fs::read_to_string(env.token_file(&format!("a{i:02}"))).expect("read"))
+        .collect();
+    // Then the database.
+    let state = pg.state_config(&schema("migrate"), &env.root().join("db-password"));
+    env.write_config(&config(&server, 2, &format!("{state}{key_line}")));
+    env.run(&["state", "init"]).expect_code(0);
+    let run = env.run(&["state", "migrate", "--from", "files", "--to", "postgres"]);
+    run.expect_code(0);
+    assert!(
+        run.stdout.starts_with("2 copied, 0 already there"),
+        "{}",
+        run.stdout
+    );
+    let again = env.run(&["state", "migrate", "--from", "files", "--to", "postgres"]);
+    assert!(
+        again.stdout.starts_with("0 copied, 2 already there"),
+        "{}",
+        again.stdout
+    );
+    // The database holds them sealed and they open there.
+    let dump = pg.dump();
+    for i in 0..2 {
+        let rt = server.live_refresh_tokens();
+        for token in &rt {
+            assert!(
+                !dump.contains(token.as_str()),
+                "refresh token {i} in clear in the dump"
+            );
+        }
+    }
+    // Timestamps are whole seconds: make this refresh later than the copy.
+    std::thread::sleep(Duration::from_millis(1100));
+    env.run_with_secret(&server, &["auth", "token", "a00", "--force"])
+        .expect_code(0);
+    // Back to (fresh) files: a00 was refreshed in the database, so its file copy is older.
+    let back = env.run(&["state", "migrate", "--from", "postgres", "--to", "files"]);
+    back.expect_code(0);
+    assert!(
+        back.stdout.starts_with("1 copied, 1 already there"),
+        "{}",
+        back.stdout
+    );
+    let a01 = std::fs::read_to_string(env.token_file("a01")).expect("read");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&a01).expect("json"),
+        serde_json::from_str::<serde_json::Value>(&files_before[1]).expect("json")
+    );
+    // An older grant never replaces a newer one: files now hold a00's newest; make the database's
+    // copy older by refreshing on files, then copy files → database → the newer one wins.
+    env.write_config(&config(&server, 2, &format!("[state]\n{key_line}")));
+    std::thread::sleep(Duration::from_millis(1100));
+    env.run_with_secret(&server, &["auth", "token", "a00", "--force"])
+        .expect_code(0);
+    let newest = server.last_access_token().expect("issued");
+    env.write_config(&config(&server, 2, &format!("{state}{key_line}")));
+    let stale = env.run(&["state", "migrate", "--from", "postgres", "--to", "files"]);
+    assert!(
+        stale
+            .stdout
+            .starts_with("0 copied, 1 already there, 1 kept newer"),
+        "{}",
+        stale.stdout
+    );
+    env.run(&["state", "migrate", "--from", "files", "--to", "postgres"])
+        .expect_code(0);
+    let token = env.run_with_secret(&server, &["auth", "token", "a00"]);
+    assert_eq!(token.stdout.trim(), newest);
+}
+
+/// With `key_file`, neither the database dump nor the hosts' files hold any token in clear.
+#[test]
+fn sealed_in_database() {
+    let pg = PgServer::shared();
+    let server = OAuthServer::start();
+    let env = TestEnv::new();
+    let key = env.root().join("state.key");
+    write_key(&key, 9);
+    let state = pg.state_config(&schema("sealed"), &env.root().join("db-password"));
+    env.write_config(&config(
+        &server,
+        3,
+        &format!("{state}key_file = \"{}\"\n", key.display()),
+    ));
+    env.run(&["state", "init"]).expect_code(0);
+    for i in 0..3 {
+        import(&env, &server, i);
+        env.run_with_secret(&server, &["auth", "token", &format!("a{i:02}")])
+            .expect_code(0);
+    }
+    let dump = pg.dump();
+    let secrets = server.all_secrets();
+    assert!(secrets.len() >= 6, "{secrets:?}");
+    for secret in &secrets {
+        assert!(
+            !dump.contains(secret.as_str()),
+            "a token in clear in the dump"
+        );
+    }
+    assert!(dump.contains("seal1:"), "sealed records are in the dump");
+    let check = env.run(&["state", "check"]);
+    check.expect_code(0);
+    assert!(
+        check.stdout.contains("a02: grant opens (sealed)"),
+        "{}",
+        check.stdout
+    );
+    // Without the key: 77, and the row is untouched.
+    env.write_config(&config(&server, 3, &state));
+    let before = pg.psql(
+        "mailpilot",
+        &format!(
+            "SELECT record::text FROM {}.tokens WHERE account = 'a00'",
+            schema("sealed")
+        ),
+    );
+    let run = env.run_with_secret(&server, &["auth", "token", "a00"]);
+    run.expect_code(77);
+    let after = pg.psql(
+        "mailpilot",
+        &format!(
+            "SELECT record::text FROM {}.tokens WHERE account = 'a00'",
+            schema("sealed")
+        ),
+    );
+    assert_eq!(before, after);
+}
+
+/// One worker "host": runs `auth token` for every account in its own order, killable.
+struct Worker {
+    env: TestEnv,
+    /// The `mailpilot` process running now, so a test can kill it.
+    current: Arc<Mutex<Option<Child>>>,
+}
+
+impl Worker {
+    fn command(&self, server: &OAuthServer, account: &str) -> Command {
+        let mut cmd = self.env.cmd(&["auth", "token", account]);
+        cmd.env("MP_TEST_SECRET", server.client_secret())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        cmd
+    }
+}
+
+/// Runs one round: every worker asks for every account's token (starting at a different
+/// account). Returns the failures, `(worker, account, exit code, stderr)`; a killed process is
+/// not a failure.
+fn round(workers: &[Worker], server: &OAuthServer, accounts: usize) -> Vec<String> {
+    let failures = Arc::new(Mutex::new(Vec::new()));
+    std::thread::scope(|scope| {
+        for (w, worker) in workers.iter().enumerate() {
+            let failures = failures.clone();
+            scope.spawn(move || {
+                for k in 0..accounts {
+                    let account = format!("a{:02}", (k + w * 3) % accounts);
+                    let child = worker
+                        .command(server, &account)
+                        .spawn()
+                        .expect("spawn mailpilot");
+                    *worker.current.lock().expect("lock") = Some(child);
+                    // Wait without holding the lock, so the test can kill the child meanwhile.
+                    let out = loop {
+                        let mut slot = worker.current.lock().expect("lock");
+                        let child = slot.as_mut().expect("child");
+                        if let Some(status) = child.try_wait().expect("wait") {
+                            let child = slot.take().expect("child");
+                            break (status, child.wait_with_output().expect("output"));
+                        }
+                        drop(slot);
+                        std::thread::sleep(Duration::from_millis(2));
+                    };
+                    let (status, output) = out;
+                    use std::os::unix::process::ExitStatusExt;
+                    if status.signal() == Some(9) {
+                        continue;
+                    }
+                    if !status.success() {
+                        failures.lock().expect("lock").push(format!(
+                            "worker {w} {account}: {status}: {}",
+                            String::from_utf8_lossy(&output.stderr)
+                        ));
+                    }
+                }
+            });
+        }
+    });
+    Arc::try_unwrap(failures)
+        .expect("threads done")
+        .into_inner()
+        .expect("lock")
+}
+
+/// 8 worker processes on 8 "hosts" × 20 accounts, refresh tokens rotating, every access token
+/// expired before each round (its `expires_at` set in the past): exactly 20 tokens issued per
+/// expiry round. Then 10 rounds in which random
+/// workers are killed (`kill -9`) while their refresh requests are in flight: every account still
+/// works on every host afterwards and no rotated refresh token was ever reused.
+#[test]
+fn eight_hosts_one_refresh_per_expiry() {
+    const HOSTS: usize = 8;
+    const ACCOUNTS: usize = 20;
+    let pg = PgServer::shared();
+    let server = OAuthServer::start();
+    server.set_rotation(true);
+    let first = TestEnv::new();
+    let state = pg.state_config(&schema("eight"), &first.root().join("db-password"));
+    let text = config(&server, ACCOUNTS, &state);
+    first.write_config(&text);
+    first.run(&["state", "init"]).expect_code(0);
+    for i in 0..ACCOUNTS {
+        import(&first, &server, i);
+    }
+    let workers: Vec<Worker> = (0..HOSTS)
+        .map(|_| Worker {
+            env: host(&text),
+            current: Arc::new(Mutex::new(None)),
+        })
+        .collect();
+    let name = schema("eight");
+    let expire = format!(
+        "UPDATE {name}.tokens SET record = jsonb_set(record, '{{expires_at}}', to_jsonb(extract(epoch FROM now())::bigint - 1))"
+    );
+    let mut figures = BTreeMap::new();
+    for trial in 0..13 {
+        let killing = trial >= 3;
+        pg.psql("mailpilot", &expire);
+        let issued = server.issued_count();
+        let requests = server.refresh_count();
+        if killing {
+            server.set_fault(Fault::Stall(Duration::from_millis(250)));
+        }
+        let started = Instant::now();
+        let killer = killing.then(|| {
+            let victims: Vec<_> = workers
+                .iter()
+                .enumerate()
+                .filter(|(w, _)| (w + trial) % 4 == 0)
+                .map(|(_, worker)| worker.current.clone())
+                .collect();
+            let before = server.refresh_count();
+            let server = &server;
+            move || {
+                // Kill while refresh requests are held by the server (in flight).
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while server.refresh_count() < before + 2 && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                for victim in victims {
+                    if let Some(child) = victim.lock().expect("lock").as_mut() {
+                        let _ = child.kill();
+                    }
+                }
+            }
+        });
+        let failures = std::thread::scope(|scope| {
+            if let Some(kill) = killer {
+                scope.spawn(kill);
+            }
+            round(&workers, &server, ACCOUNTS)
+        });
+        server.set_fault(Fault::None);
+        let elapsed = started.elapsed();
+        assert!(failures.is_empty(), "trial {trial}: {failures:#?}");
+        if killing {
+            // Accounts whose refresh died with its process are refreshed by a survivor or now.
+            let after = round(&workers[..1], &server, ACCOUNTS);
+            assert!(after.is_empty(), "trial {trial}: {after:#?}");
+        }
+        let issued = server.issued_count() - issued;
+        assert_eq!(
+            issued, ACCOUNTS,
+            "trial {trial}: tokens issued in one expiry round"
+        );
+        figures.insert(
+            trial,
+            (server.refresh_count() - requests, elapsed.as_millis()),
+        );
+    }
+    assert_eq!(
+        server.refused_refreshes(),
+        0,
+        "a rotated refresh token was reused"
+    );
+    // The kills did land on refreshes in flight (each such request was dropped unprocessed).
+    let killed_in_flight: u64 = figures
+        .iter()
+        .filter(|(trial, _)| **trial >= 3)
+        .map(|(_, (requests, _))| requests - ACCOUNTS as u64)
+        .sum();
+    assert!(
+        killed_in_flight >= 3,
+        "only {killed_in_flight} refreshes were in flight when their process was killed"
+    );
+    // Every account works on every host afterwards.
+    let failures = round(&workers, &server, ACCOUNTS);
+    assert!(failures.is_empty(), "{failures:#?}");
+    eprintln!("8 hosts x 20 accounts, per trial (token requests, ms): {figures:?}");
+}
