@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support::postgres::PgServer;
-use crate::support::{Fault, OAuthServer, TestEnv};
+use crate::support::{Fault, MailStack, OAuthServer, TestEnv};
 
 /// A schema name unique to `test` in this run (tests share one server).
 fn schema(test: &str) -> String {
@@ -73,11 +73,11 @@ fn init_creates_and_upgrades_once() {
     );
     let first = env.run(&["state", "init"]);
     first.expect_code(0);
-    assert!(first.stdout.contains("version 0 -> 1"), "{}", first.stdout);
+    assert!(first.stdout.contains("version 0 -> 2"), "{}", first.stdout);
     let again = env.run(&["state", "init"]);
     again.expect_code(0);
     assert!(
-        again.stdout.contains("already at version 1"),
+        again.stdout.contains("already at version 2"),
         "{}",
         again.stdout
     );
@@ -87,7 +87,7 @@ fn init_creates_and_upgrades_once() {
     );
     assert_eq!(
         tables.trim(),
-        "auth_metadata,schema_migrations,token_errors,tokens"
+        "auth_metadata,outbox,schema_migrations,token_errors,tokens"
     );
 }
 
@@ -492,4 +492,142 @@ fn eight_hosts_one_refresh_per_expiry() {
     let failures = round(&workers, &server, ACCOUNTS);
     assert!(failures.is_empty(), "{failures:#?}");
     eprintln!("8 hosts x 20 accounts, per trial (token requests, ms): {figures:?}");
+}
+
+/// Queues `count` messages numbered from `first` straight into the outbox table of `schema` (as
+/// `sendmail`, the relay or another host would have), for account `work` to `rcpt`.
+fn queue_rows(pg: &PgServer, schema: &str, rcpt: &str, first: usize, count: usize) {
+    pg.psql(
+        "mailpilot",
+        &format!(
+            "INSERT INTO {schema}.outbox (id, status, account, head, message, attempts)
+             SELECT to_char(i, 'FM000000000000000000000000') || '-1-0', 'queued', 'work',
+                    jsonb_build_object('version', 1, 'account', 'work', 'from', '',
+                                       'to', jsonb_build_array('{rcpt}'),
+                                       'queued_at', extract(epoch FROM now())::bigint),
+                    convert_to(format(E'From: ops@example.com\\r\\nTo: {rcpt}\\r\\nSubject: m%s\\r\\nMessage-ID: <m%s.drain@mailpilot.test>\\r\\n\\r\\nbody %s\\r\\n', i, i, i), 'UTF8'),
+                    '{{}}'::jsonb
+             FROM generate_series({first}, {last}) AS i",
+            last = first + count - 1
+        ),
+    );
+}
+
+/// Message-ID → how many copies `user` received.
+fn copies(stack: &MailStack, user: &str) -> BTreeMap<String, usize> {
+    let mut out = BTreeMap::new();
+    for message in stack.delivered(user) {
+        let text = String::from_utf8_lossy(&message);
+        let id = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Message-ID: "))
+            .unwrap_or("none")
+            .to_string();
+        *out.entry(id).or_insert(0) += 1;
+    }
+    out
+}
+
+/// Waits until `user` holds `n` messages or `limit` passes.
+fn wait_for_mail(stack: &MailStack, user: &str, n: usize, limit: Duration) -> usize {
+    let deadline = Instant::now() + limit;
+    loop {
+        let have = stack.delivered_count(user);
+        if have >= n || Instant::now() > deadline {
+            return have;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// 4 daemons on 4 "hosts" drain one outbox in PostgreSQL: 1,000 messages each delivered exactly
+/// once; then 1,000 more with PostgreSQL stopped and started again in the middle: none lost, the
+/// daemons carry on, and a message whose deletion the outage interrupted is sent again with the
+/// same Message-ID (at most one per daemon).
+#[test]
+fn four_daemons_drain_one_outbox() {
+    const DAEMONS: usize = 4;
+    let stack = MailStack::get();
+    let pg = PgServer::start();
+    let (first, _user, rcpt) =
+        TestEnv::for_sendmail(stack, "pgdrain", stack.ports.postfix_submission);
+    let state = pg.state_config("drain", &first.root().join("db-password"));
+    let text = format!(
+        "{state}{}",
+        std::fs::read_to_string(first.config_path()).expect("config")
+    );
+    first.write_config(&text);
+    first.run(&["state", "init"]).expect_code(0);
+    first
+        .run(&["state", "migrate", "--from", "files", "--to", "postgres"])
+        .expect_code(0);
+    queue_rows(&pg, "drain", &rcpt, 1, 1000);
+    let hosts: Vec<TestEnv> = (0..DAEMONS).map(|_| host(&text)).collect();
+    let started = Instant::now();
+    let mut daemons: Vec<Child> = hosts
+        .iter()
+        .map(|env| {
+            env.cmd(&["daemon"])
+                .env("MP_TEST_SECRET", stack.oauth.client_secret())
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("spawn daemon")
+        })
+        .collect();
+    let have = wait_for_mail(stack, &rcpt, 1000, Duration::from_secs(120));
+    let first_phase = started.elapsed();
+    assert_eq!(have, 1000, "delivered after {first_phase:?}");
+    let counted = copies(stack, &rcpt);
+    assert_eq!(counted.len(), 1000);
+    assert!(
+        counted.values().all(|n| *n == 1),
+        "a message was delivered twice"
+    );
+    // Phase two: an outage in the middle.
+    queue_rows(&pg, "drain", &rcpt, 1001, 1000);
+    wait_for_mail(stack, &rcpt, 1300, Duration::from_secs(60));
+    pg.stop();
+    std::thread::sleep(Duration::from_secs(2));
+    pg.resume();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while pg
+        .psql("mailpilot", "SELECT count(*) FROM drain.outbox")
+        .trim()
+        != "0"
+    {
+        assert!(Instant::now() < deadline, "the outbox never emptied");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let counted = copies(stack, &rcpt);
+    assert_eq!(counted.len(), 2000, "every message arrived");
+    let twice: Vec<_> = counted.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(
+        twice.len() <= DAEMONS && twice.iter().all(|(_, n)| **n == 2),
+        "resent after the outage: {twice:?}"
+    );
+    for daemon in &mut daemons {
+        assert!(
+            daemon.try_wait().expect("wait").is_none(),
+            "a daemon stopped"
+        );
+    }
+    for daemon in daemons {
+        Command::new("kill")
+            .args(["-TERM", &daemon.id().to_string()])
+            .status()
+            .expect("kill");
+        let out = daemon.wait_with_output().expect("wait");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    eprintln!(
+        "4 daemons: 1000 messages in {first_phase:?}; after the outage {} resent",
+        twice.len()
+    );
 }

@@ -215,11 +215,16 @@ impl Daemon<'_> {
 
     /// Delivers what is due in the outbox (retries back off per message: 1, 2, 4… minutes).
     async fn drain_outbox(&mut self) {
-        let Ok(state_dir) = self.ctx.state_dir() else {
-            return;
+        let outbox = match self.ctx.outbox() {
+            Ok(outbox) => outbox,
+            Err(e) => {
+                self.ctx
+                    .out
+                    .warn(&format!("outbox: {}", error_text(e.as_ref())));
+                return;
+            }
         };
-        let outbox = crate::outbox::Outbox::new(&state_dir);
-        self.pick_up(&outbox);
+        self.pick_up(&outbox).await;
         let force = !std::mem::replace(&mut self.outbox_checked, true);
         let drained =
             super::queue::drain(self.ctx, &self.config, &outbox, force, &mut self.sessions).await;
@@ -233,7 +238,7 @@ impl Daemon<'_> {
 
     /// Moves what other users' `sendmail` left in the drop directory into the outbox, when this
     /// daemon's user owns that directory.
-    fn pick_up(&self, outbox: &crate::outbox::Outbox) {
+    async fn pick_up(&self, outbox: &crate::outbox::Outbox) {
         let Some(dir) = &self.config.sendmail.drop_dir else {
             return;
         };
@@ -248,7 +253,7 @@ impl Daemon<'_> {
                 _ => return,
             },
         };
-        match drop.pick_up(outbox, &account) {
+        match drop.pick_up(outbox, &account).await {
             Ok(picked) => {
                 for (name, why) in picked.bad {
                     self.ctx.out.warn(&format!(

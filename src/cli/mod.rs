@@ -270,6 +270,19 @@ impl Ctx {
         })
     }
 
+    /// The outbox of the configured backend.
+    ///
+    /// # Errors
+    /// No `$XDG_STATE_HOME` or `$HOME`; the database password cannot be read.
+    pub fn outbox(&self) -> Result<crate::outbox::Outbox> {
+        Ok(match self.state_settings()?.backend {
+            Backend::Files => crate::outbox::Outbox::files(&self.state_dir()?),
+            Backend::Postgres(pg) => {
+                crate::outbox::Outbox::Postgres(crate::outbox::PgOutbox::new(self.db(&pg)?))
+            }
+        })
+    }
+
     /// The token files of this host (whatever the backend: `state migrate` reads them).
     ///
     /// # Errors

@@ -46,22 +46,22 @@ impl QueueCommand {
     /// # Errors
     /// An unknown id, an unreadable outbox; `flush` as its worst delivery.
     pub async fn run(self, ctx: &Ctx) -> Result<Exit> {
-        let outbox = Outbox::new(&ctx.state_dir()?);
+        let outbox = ctx.outbox()?;
         match self {
-            QueueCommand::List => list(ctx, &outbox),
+            QueueCommand::List => list(ctx, &outbox).await,
             QueueCommand::Flush => flush(ctx, &outbox).await,
             QueueCommand::Show { id } => {
-                let (_, message) = outbox.load(&id)?;
+                let (_, message) = outbox.load(&id).await?;
                 ctx.out.data(&String::from_utf8_lossy(&message))?;
                 Ok(Exit::Success)
             }
             QueueCommand::Retry { id } => {
-                outbox.retry(&id, ctx.clock.now())?;
+                outbox.retry(&id, ctx.clock.now()).await?;
                 ctx.out.info(&format!("message {id} is queued again"));
                 Ok(Exit::Success)
             }
             QueueCommand::Drop { id } => {
-                outbox.drop_message(&id)?;
+                outbox.drop_message(&id).await?;
                 ctx.out.info(&format!("message {id} dropped"));
                 Ok(Exit::Success)
             }
@@ -69,8 +69,8 @@ impl QueueCommand {
     }
 }
 
-fn list(ctx: &Ctx, outbox: &Outbox) -> Result<Exit> {
-    let messages = outbox.list()?;
+async fn list(ctx: &Ctx, outbox: &Outbox) -> Result<Exit> {
+    let messages = outbox.list().await?;
     if ctx.out.is_json() {
         ctx.out.json(&ListJson {
             version: JSON_SCHEMA_VERSION,
@@ -137,7 +137,7 @@ pub async fn drain(
         force,
         max_age: config.sendmail.max_age.as_secs(),
     };
-    let due = outbox.due_by_account(plan)?;
+    let due = outbox.due_by_account(plan).await?;
     if force && due.is_empty() {
         ctx.out.info("nothing is queued");
     }

@@ -217,7 +217,7 @@ pub(crate) fn start(
     if config.relay.is_none() {
         return Ok(None);
     }
-    let outbox = crate::outbox::Outbox::new(&ctx.state_dir()?);
+    let outbox = ctx.outbox()?;
     let relay = crate::relay::Relay::bind(config, outbox, Arc::new(Printed(ctx.out)))?;
     let handle = relay.handle();
     let runtime = tokio::runtime::Builder::new_current_thread()

@@ -65,7 +65,7 @@ impl Args {
             message,
         } = match submission::prepare(&raw, &args, &sub_ctx) {
             Ok(s) => s,
-            Err(e) => return keep_unsendable(ctx, account, &raw, e, now),
+            Err(e) => return keep_unsendable(ctx, account, &raw, e, now).await,
         };
         let head = Head {
             version: 1,
@@ -87,8 +87,8 @@ impl Args {
             ));
             return Ok(Exit::Success);
         }
-        let outbox = Outbox::new(&ctx.state_dir()?);
-        let id = outbox.put(&head, &message)?;
+        let outbox = ctx.outbox()?;
+        let id = outbox.put(head, message).await?;
         tracing::info!(id = %id, "queued");
         let store = ctx.store()?;
         let tokens = TokenSource::new(account, &store, ctx.clock.as_ref());
@@ -115,7 +115,7 @@ impl Args {
 
 /// A message that cannot be sent as given (no recipient, a local name without an alias) is kept
 /// in `outbox/failed/` — cron cannot hand it over twice — and the problem reported (exit 2).
-fn keep_unsendable(
+async fn keep_unsendable(
     ctx: &Ctx,
     account: &crate::config::Account,
     raw: &[u8],
@@ -129,9 +129,10 @@ fn keep_unsendable(
         to: Vec::new(),
         queued_at: now.as_secs(),
     };
-    let kept = ctx
-        .state_dir()
-        .and_then(|dir| Outbox::new(&dir).put_failed(&head, raw, &problem.0));
+    let kept = match ctx.outbox() {
+        Ok(outbox) => outbox.put_failed(&head, raw, &problem.0).await,
+        Err(e) => Err(e),
+    };
     match kept {
         Ok(id) => Err(UsageError(format!(
             "{}; the message is kept as {id} (`mailpilot queue show {id}`)",
@@ -173,8 +174,8 @@ fn report(
 ) -> Result<Exit> {
     if let Some((_, reason)) = done.failed.first() {
         ctx.out.warn(&format!(
-            "the server refused the message for good; it is in {} (see `mailpilot queue show {id}`, `mailpilot queue retry {id}`)",
-            outbox.dir().join("failed").display()
+            "the server refused the message for good; it is kept with the failed messages in {} (see `mailpilot queue show {id}`, `mailpilot queue retry {id}`)",
+            outbox.describe()
         ));
         return Err(anyhow::anyhow!("{reason}"));
     }

@@ -36,13 +36,13 @@ struct OutboxJson {
 
 /// The outbox's counts, and the status they call for: failed messages or one waiting longer than
 /// `warn_after` need a look (exit 1).
-fn outbox_state(
-    state_dir: &std::path::Path,
+async fn outbox_state(
+    outbox: &crate::outbox::Outbox,
     warn_after: std::time::Duration,
     now: u64,
 ) -> Result<(OutboxJson, Exit, String)> {
     let mut summary = OutboxJson::default();
-    for q in crate::outbox::Outbox::new(state_dir).list()? {
+    for q in outbox.list().await? {
         match q.status {
             crate::outbox::Status::Queued => {
                 summary.queued += 1;
@@ -219,7 +219,7 @@ impl Args {
             });
         }
         let (outbox, outbox_exit, outbox_detail) =
-            outbox_state(&state_dir, config.sendmail.warn_after, ctx.clock.now())?;
+            outbox_state(&ctx.outbox()?, config.sendmail.warn_after, ctx.clock.now()).await?;
         worst = worst.worst(outbox_exit);
         if ctx.out.is_json() {
             ctx.out.json(&StatusJson {

@@ -48,17 +48,31 @@ impl std::fmt::Debug for Db {
     }
 }
 
-/// A held advisory lock: a session of its own in an open transaction. Dropping it closes the
-/// session, which ends the transaction and frees the lock — as does the death of the process.
-pub struct Lock {
-    _client: Client,
+/// A session of its own (for a transaction that must not mix with the shared session's queries).
+/// Dropping it closes the connection, which rolls back whatever transaction is open — as does the
+/// death of the process.
+pub struct Session {
+    client: Client,
     task: JoinHandle<()>,
 }
 
-impl Drop for Lock {
+impl Session {
+    /// The client to run queries on (through [`Db::timed`]).
+    pub fn client(&self) -> &Client {
+        &self.client
+    }
+}
+
+impl Drop for Session {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// A held advisory lock: a session in an open transaction. Dropping it closes the session, which
+/// ends the transaction and frees the lock.
+pub struct Lock {
+    _session: Session,
 }
 
 impl std::fmt::Debug for Lock {
@@ -124,6 +138,17 @@ impl Db {
         Ok((client, task))
     }
 
+    /// A session of its own, checked to hold the schema this mailpilot knows.
+    ///
+    /// # Errors
+    /// [`StateError`] in the chain.
+    pub async fn session(&self) -> Result<Session> {
+        let (client, task) = self.connect().await?;
+        let session = Session { client, task };
+        schema::check(self, &session.client).await?;
+        Ok(session)
+    }
+
     /// The process's shared session, (re)connecting when there is none or it was lost; a new one
     /// is checked to hold the schema this mailpilot knows.
     async fn client(&self) -> Result<Arc<Client>> {
@@ -175,7 +200,11 @@ impl Db {
         self.timed(client.execute(sql, params)).await
     }
 
-    async fn timed<T>(
+    /// Runs `work` with [`QUERY_TIMEOUT`], mapping its failure to a [`StateError`].
+    ///
+    /// # Errors
+    /// [`StateError`] in the chain.
+    pub async fn timed<T>(
         &self,
         work: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
     ) -> Result<T> {
@@ -199,20 +228,17 @@ impl Db {
     /// [`StateError`] in the chain.
     pub async fn lock(&self, name: &str, wait: Duration) -> Result<Option<Lock>> {
         let (client, task) = self.connect().await?;
-        let lock = Lock {
-            _client: client,
-            task,
-        };
+        let session = Session { client, task };
         let millis = wait.as_millis().clamp(1, i32::MAX as u128);
         let begin = format!("BEGIN; SET LOCAL lock_timeout = {millis}");
-        self.timed(lock._client.batch_execute(&begin)).await?;
+        self.timed(session.client.batch_execute(&begin)).await?;
         let key = lock_key(&self.schema, name);
         let params: [&(dyn ToSql + Sync); 1] = [&key];
-        let taking = lock
-            ._client
+        let taking = session
+            .client
             .execute("SELECT pg_advisory_xact_lock($1)", &params);
         match tokio::time::timeout(wait + QUERY_TIMEOUT, taking).await {
-            Ok(Ok(_)) => Ok(Some(lock)),
+            Ok(Ok(_)) => Ok(Some(Lock { _session: session })),
             Ok(Err(e)) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => Ok(None),
             Ok(Err(e)) => Err(self.error(e)),
             Err(_) => Err(self.unavailable("taking a lock timed out")),

@@ -21,10 +21,11 @@ pub struct Migration {
 }
 
 /// Every migration, oldest first. Never edit a released one: add the next.
-pub const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    summary: "grants, refresh failures and authorization server metadata",
-    sql: "
+pub const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        summary: "grants, refresh failures and authorization server metadata",
+        sql: "
         CREATE TABLE tokens (
             account    text PRIMARY KEY,
             record     jsonb NOT NULL,
@@ -39,7 +40,24 @@ pub const MIGRATIONS: &[Migration] = &[Migration {
             record jsonb NOT NULL
         );
     ",
-}];
+    },
+    Migration {
+        version: 2,
+        summary: "the outbox",
+        sql: "
+        CREATE TABLE outbox (
+            id       text PRIMARY KEY,
+            status   text NOT NULL CHECK (status IN ('queued', 'failed')),
+            account  text NOT NULL,
+            head     jsonb NOT NULL,
+            message  bytea NOT NULL,
+            attempts jsonb NOT NULL,
+            next_try bigint NOT NULL DEFAULT 0
+        );
+        CREATE INDEX outbox_due ON outbox (next_try, id) WHERE status = 'queued';
+    ",
+    },
+];
 
 /// The schema version this mailpilot reads and writes.
 pub fn latest() -> i32 {

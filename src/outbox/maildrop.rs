@@ -18,6 +18,7 @@ use anyhow::{bail, Context, Result};
 use ring::rand::SecureRandom;
 
 use super::{Head, Outbox};
+use crate::outbox::files::read_mail;
 
 /// A drop directory.
 #[derive(Debug, Clone)]
@@ -82,7 +83,7 @@ impl MailDrop {
     ///
     /// # Errors
     /// The directory cannot be read, or the outbox cannot be written.
-    pub fn pick_up(&self, outbox: &Outbox, account: &str) -> Result<PickedUp> {
+    pub async fn pick_up(&self, outbox: &Outbox, account: &str) -> Result<PickedUp> {
         let mut picked = PickedUp::default();
         let entries = match fs::read_dir(&self.dir) {
             Ok(e) => e,
@@ -100,7 +101,7 @@ impl MailDrop {
             match read_dropped(&path) {
                 Ok((mut head, message)) => {
                     head.account = account.to_string();
-                    picked.queued.push(outbox.put(&head, &message)?);
+                    picked.queued.push(outbox.put(head, message).await?);
                     fs::remove_file(&path)
                         .with_context(|| format!("failed to remove {}", path.display()))?;
                 }
@@ -128,7 +129,7 @@ pub struct PickedUp {
 /// A dropped file as the outbox reads its own (`read_mail`), with a sane recipient count: the
 /// drop directory is written by other users.
 fn read_dropped(path: &Path) -> Result<(Head, Vec<u8>)> {
-    let (head, message) = super::read_mail(path)?;
+    let (head, message) = read_mail(path)?;
     if head.to.is_empty() || head.to.len() > 1000 {
         bail!("{} recipients", head.to.len());
     }
@@ -142,8 +143,8 @@ mod tests {
     /// A message left in the drop directory moves into the outbox under the daemon's account (the
     /// caller's is not trusted); a file that is not a message is renamed `.bad` with the reason,
     /// and nothing else is touched.
-    #[test]
-    fn pick_up_moves_messages_and_sets_bad_files_aside() {
+    #[tokio::test]
+    async fn pick_up_moves_messages_and_sets_bad_files_aside() {
         let dir = tempfile::tempdir().expect("tempdir");
         let drop = MailDrop::new(&dir.path().join("drop"));
         fs::create_dir(dir.path().join("drop")).expect("mkdir");
@@ -157,13 +158,13 @@ mod tests {
         let name = drop.leave(&head, b"Subject: hi\n\nbody\n").expect("leave");
         fs::write(dir.path().join("drop/garbage.drop"), b"not a head line").expect("write");
         fs::write(dir.path().join("drop/other.txt"), b"ignored").expect("write");
-        let outbox = Outbox::new(&dir.path().join("state"));
-        let picked = drop.pick_up(&outbox, "work").expect("pick up");
+        let outbox = Outbox::files(&dir.path().join("state"));
+        let picked = drop.pick_up(&outbox, "work").await.expect("pick up");
         assert_eq!(picked.queued.len(), 1);
         assert_eq!(picked.bad.len(), 1);
         assert_eq!(picked.bad[0].0, "garbage");
         assert!(picked.bad[0].1.contains("no head line"), "{:?}", picked.bad);
-        let (queued, message) = outbox.load(&picked.queued[0]).expect("load");
+        let (queued, message) = outbox.load(&picked.queued[0]).await.expect("load");
         assert_eq!(queued.account, "work");
         assert_eq!(message, b"Subject: hi\n\nbody\n");
         assert!(!dir.path().join(format!("drop/{name}.drop")).exists());
@@ -171,6 +172,7 @@ mod tests {
         assert!(dir.path().join("drop/other.txt").exists());
         assert!(drop
             .pick_up(&outbox, "work")
+            .await
             .expect("again")
             .queued
             .is_empty());

@@ -1,28 +1,25 @@
-//! The durable outbox, `$XDG_STATE_HOME/mailpilot/outbox/`: the one place where a message waits
-//! (for `sendmail` today; the relay and the daemon use the same). A message is accepted only once it
-//! is on disk, and leaves only after the server's 250 (or, refused for good, into `failed/`).
+//! The durable outbox: the one place where a message waits (`sendmail`, the relay and `send
+//! --queue` put into it; the daemon and `queue flush` drain it). A message is accepted only once it
+//! is stored durably, and leaves only after the server's 250 (or, refused for good, into the failed
+//! messages). Two backends behind one type: [`FileOutbox`] (`outbox/` in the state directory, one
+//! host) and [`PgOutbox`] (the state database; any number of deliverers on any number of hosts,
+//! each message claimed by one).
 //!
-//! - `ID.mail`: one JSON line (account, recipients, when queued), then the message as given. It
-//!   appears whole or not at all (`fsutil::write_atomic`: temp file, fsync, rename, fsync dir).
-//! - `ID.state.json`: attempts, the last error and when to try next (absent before the first try).
-//! - `failed/ID.mail` and `failed/ID.reason.json`: refused permanently, with the server's reply.
-//! - `locks/ID.lock`: whoever holds it is delivering that message; the others pass it by.
-//!
-//! A crash between the server's 250 and the removal of `ID.mail` sends that one message again, with
-//! the same Message-ID.
+//! A crash between the server's 250 and the removal of the message sends that one message again,
+//! with the same Message-ID.
 
+pub(crate) mod files;
 mod maildrop;
+mod pg;
 
 use std::collections::BTreeMap;
-use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::Result;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Account;
 use crate::error::{error_text, ServerError};
-use crate::fsutil;
 use crate::oauth::{TokenSource, TokenStore};
 use crate::smtp::Session;
 
@@ -33,7 +30,9 @@ const FIRST_BACKOFF: u64 = 60;
 /// Longest wait between attempts.
 const MAX_BACKOFF: u64 = 3600;
 
+pub use files::FileOutbox;
 pub use maildrop::{MailDrop, PickedUp};
+pub use pg::PgOutbox;
 
 /// Who a queued message goes to, through which account (the first line of `ID.mail`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,24 +102,6 @@ pub struct Delivered {
     pub deferred: Vec<(String, String)>,
     /// The error that stopped the run for this account (login refused, server unreachable).
     pub stopped: Option<anyhow::Error>,
-}
-
-/// A message's delivery lock, held while it is delivered; its file is removed once the message has
-/// left the outbox (sent or failed), so `locks/` does not grow with every message ever queued.
-struct EntryLock {
-    _file: fs::File,
-    lock: PathBuf,
-    mail: PathBuf,
-}
-
-impl Drop for EntryLock {
-    fn drop(&mut self) {
-        // Still locked here (the file closes after this): a process that opened the old file
-        // finds the message gone and passes it by.
-        if !self.mail.exists() {
-            let _ = fs::remove_file(&self.lock);
-        }
-    }
 }
 
 /// Which of the given messages one delivery run takes.
@@ -206,163 +187,209 @@ impl Sessions {
     }
 }
 
-/// The outbox directory.
+/// The outbox of the configured backend.
 #[derive(Debug, Clone)]
-pub struct Outbox {
-    dir: PathBuf,
+pub enum Outbox {
+    /// `outbox/` in the state directory.
+    Files(FileOutbox),
+    /// The `outbox` table of the state database.
+    Postgres(PgOutbox),
+}
+
+/// Whatever a deliverer needs to claim messages one after another: nothing for files (each
+/// message has its lock file), a session of its own for the database.
+enum Claimer {
+    Files,
+    Postgres(crate::db::Session),
+}
+
+/// A message claimed for delivery: no one else delivers it until it is settled (or the claim
+/// dropped, or the process dies).
+enum Claimed {
+    Files(files::EntryLock),
+    Postgres(pg::Claim),
+}
+
+/// A claimed message: the claim, its head, text and attempts so far.
+pub(super) struct Taken<C> {
+    claim: C,
+    head: Head,
+    message: Vec<u8>,
+    state: Attempts,
+}
+
+impl<C> Taken<C> {
+    fn map<D>(self, f: impl FnOnce(C) -> D) -> Taken<D> {
+        Taken {
+            claim: f(self.claim),
+            head: self.head,
+            message: self.message,
+            state: self.state,
+        }
+    }
+}
+
+/// How a claimed message's delivery ended.
+enum Settled<'a> {
+    Sent,
+    Deferred(Attempts, &'a str, u64),
+    Failed(&'a Attempts, &'a str),
 }
 
 impl Outbox {
-    /// The outbox under `state_dir`.
-    pub fn new(state_dir: &Path) -> Outbox {
-        Outbox {
-            dir: state_dir.join("outbox"),
+    /// The file outbox under `state_dir`.
+    pub fn files(state_dir: &Path) -> Outbox {
+        Outbox::Files(FileOutbox::new(state_dir))
+    }
+
+    /// Where it is, for messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Outbox::Files(f) => f.dir().display().to_string(),
+            Outbox::Postgres(p) => p.describe(),
         }
     }
 
-    /// Its directory.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    fn mail(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.mail"))
-    }
-
-    fn state(&self, id: &str) -> PathBuf {
-        self.dir.join(format!("{id}.state.json"))
-    }
-
-    fn failed_mail(&self, id: &str) -> PathBuf {
-        self.dir.join("failed").join(format!("{id}.mail"))
-    }
-
-    /// Puts a message in the outbox; when this returns, it is on disk.
+    /// Puts a message in the outbox; when this returns, it is stored durably (a file write with
+    /// its fsyncs runs off the async threads).
     ///
     /// # Errors
-    /// The directory or file cannot be written.
-    pub fn put(&self, head: &Head, message: &[u8]) -> Result<String> {
-        fsutil::private_dir(&self.dir)?;
-        // Time first, so ids sort oldest first.
-        let id = crate::clock::unique_stamp();
-        let mut bytes = serde_json::to_vec(head).context("failed to encode the outbox entry")?;
-        bytes.push(b'\n');
-        bytes.extend_from_slice(message);
-        fsutil::write_atomic(&self.mail(&id), &bytes)
-            .with_context(|| format!("failed to queue the message in {}", self.dir.display()))?;
-        Ok(id)
+    /// The outbox cannot be written.
+    pub async fn put(&self, head: Head, message: Vec<u8>) -> Result<String> {
+        match self {
+            Outbox::Files(f) => {
+                let files = f.clone();
+                tokio::task::spawn_blocking(move || files.put(&head, &message))
+                    .await
+                    .map_err(|e| anyhow::anyhow!("the outbox writer stopped: {e}"))?
+            }
+            Outbox::Postgres(p) => p.put(&head, &message, None).await,
+        }
     }
 
     /// Keeps a message that cannot be sent as it is (no recipient, a local name without an alias)
-    /// in `failed/` with `reason`, so nothing handed over is lost: `queue show ID` gives it back.
+    /// with the failed ones, with `reason`, so nothing handed over is lost.
     ///
     /// # Errors
-    /// As [`Outbox::put`].
-    pub fn put_failed(&self, head: &Head, message: &[u8], reason: &str) -> Result<String> {
-        let id = self.put(head, message)?;
-        self.fail(&id, &Attempts::default(), reason)?;
-        Ok(id)
+    /// The outbox cannot be written.
+    pub async fn put_failed(&self, head: &Head, message: &[u8], reason: &str) -> Result<String> {
+        match self {
+            Outbox::Files(f) => f.put_failed(head, message, reason),
+            Outbox::Postgres(p) => p.put(head, message, Some(reason)).await,
+        }
     }
 
     /// Every message, queued first then failed, oldest first.
     ///
     /// # Errors
-    /// The directory cannot be read.
-    pub fn list(&self) -> Result<Vec<Queued>> {
-        let mut all = Vec::new();
-        for (dir, status) in [
-            (self.dir.clone(), Status::Queued),
-            (self.dir.join("failed"), Status::Failed),
-        ] {
-            for id in ids(&dir)? {
-                let path = dir.join(format!("{id}.mail"));
-                let Ok((head, size)) = read_head(&path) else {
-                    continue;
-                };
-                let state = match status {
-                    Status::Queued => self.state(&id),
-                    Status::Failed => dir.join(format!("{id}.reason.json")),
-                };
-                let attempts = fsutil::read_optional(&state)?
-                    .and_then(|b| serde_json::from_slice(&b).ok())
-                    .unwrap_or_default();
-                all.push(Queued {
-                    id,
-                    status,
-                    head,
-                    size,
-                    attempts,
-                });
-            }
+    /// The outbox cannot be read.
+    pub async fn list(&self) -> Result<Vec<Queued>> {
+        match self {
+            Outbox::Files(f) => f.list(),
+            Outbox::Postgres(p) => p.list().await,
         }
-        Ok(all)
     }
 
     /// The message `id` (queued or failed) with its head.
     ///
     /// # Errors
     /// No such message, or it cannot be read.
-    pub fn load(&self, id: &str) -> Result<(Head, Vec<u8>)> {
-        check_id(id)?;
-        for path in [self.mail(id), self.failed_mail(id)] {
-            if path.exists() {
-                return read_mail(&path);
-            }
+    pub async fn load(&self, id: &str) -> Result<(Head, Vec<u8>)> {
+        match self {
+            Outbox::Files(f) => f.load(id),
+            Outbox::Postgres(p) => p.load(id).await,
         }
-        bail!("no message {id} in {}", self.dir.display())
     }
 
     /// Queues the failed message `id` again (attempts start over).
     ///
     /// # Errors
-    /// It is not in `failed/`, or the move fails.
-    pub fn retry(&self, id: &str, now: u64) -> Result<()> {
-        check_id(id)?;
-        let from = self.failed_mail(id);
-        if !from.exists() {
-            bail!("no failed message {id} (see `mailpilot queue list`)");
+    /// It is not a failed message, or the outbox cannot be written.
+    pub async fn retry(&self, id: &str, now: u64) -> Result<()> {
+        match self {
+            Outbox::Files(f) => f.retry(id, now),
+            Outbox::Postgres(p) => p.retry(id, now).await,
         }
-        let fresh = Attempts {
-            retried_at: Some(now),
-            ..Attempts::default()
-        };
-        fsutil::write_atomic(&self.state(id), &serde_json::to_vec(&fresh)?)?;
-        fs::rename(&from, self.mail(id))
-            .with_context(|| format!("failed to move {} back", from.display()))?;
-        let _ = fs::remove_file(self.dir.join("failed").join(format!("{id}.reason.json")));
-        sync_dir(&self.dir)
     }
 
     /// Deletes message `id`, queued or failed.
     ///
     /// # Errors
     /// No such message, or it is being delivered right now.
-    pub fn drop_message(&self, id: &str) -> Result<()> {
-        check_id(id)?;
-        let Some(_lock) = fsutil::try_lock(&self.dir.join("locks").join(format!("{id}.lock")))?
-        else {
-            bail!("message {id} is being delivered right now");
-        };
-        let mut found = false;
-        for path in [
-            self.mail(id),
-            self.state(id),
-            self.failed_mail(id),
-            self.dir.join("failed").join(format!("{id}.reason.json")),
-        ] {
-            found |= fs::remove_file(&path).is_ok();
+    pub async fn drop_message(&self, id: &str) -> Result<()> {
+        match self {
+            Outbox::Files(f) => f.drop_message(id),
+            Outbox::Postgres(p) => p.drop_message(id).await,
         }
-        if !found {
-            bail!("no message {id} in {}", self.dir.display());
-        }
-        sync_dir(&self.dir)
     }
 
-    /// Delivers the queued messages of `account` that are due (all of them with `drain.force`),
-    /// over one session. Each leaves the outbox only after the server's 250; a permanent refusal
-    /// (or an unusable message, or one older than `max_age`) moves it to `failed/`; anything else
-    /// leaves it queued with its error and the time of the next try. When the session cannot be
-    /// opened, every due message of the account is deferred with that reason (no retry storm).
+    /// The queued messages due now (all of them with `drain.force`), by account, oldest first.
+    ///
+    /// # Errors
+    /// The outbox cannot be read.
+    pub async fn due_by_account(&self, drain: Drain) -> Result<BTreeMap<String, Vec<String>>> {
+        match self {
+            Outbox::Files(f) => f.due_by_account(drain),
+            Outbox::Postgres(p) => p.due_by_account(drain).await,
+        }
+    }
+
+    async fn claimer(&self) -> Result<Claimer> {
+        Ok(match self {
+            Outbox::Files(_) => Claimer::Files,
+            Outbox::Postgres(p) => Claimer::Postgres(p.claimer().await?),
+        })
+    }
+
+    async fn claim(
+        &self,
+        claimer: &Claimer,
+        id: &str,
+        account: &Account,
+        drain: &Drain,
+    ) -> Result<Option<Taken<Claimed>>> {
+        Ok(match (self, claimer) {
+            (Outbox::Postgres(p), Claimer::Postgres(session)) => p
+                .claim(session, id, account, drain)
+                .await?
+                .map(|t| t.map(Claimed::Postgres)),
+            (Outbox::Files(f), _) => f.claim(id, account, drain)?.map(|t| t.map(Claimed::Files)),
+            (Outbox::Postgres(_), Claimer::Files) => None,
+        })
+    }
+
+    async fn settle(
+        &self,
+        claimer: &Claimer,
+        id: &str,
+        claimed: Claimed,
+        how: Settled<'_>,
+    ) -> Result<()> {
+        match (self, claimer, claimed) {
+            (Outbox::Postgres(p), Claimer::Postgres(session), Claimed::Postgres(claim)) => {
+                match how {
+                    Settled::Sent => p.sent(session, claim).await,
+                    Settled::Deferred(state, reason, now) => {
+                        p.defer(session, claim, state, reason, now).await
+                    }
+                    Settled::Failed(state, reason) => p.fail(session, claim, state, reason).await,
+                }
+            }
+            (Outbox::Files(f), _, Claimed::Files(_lock)) => match how {
+                Settled::Sent => f.sent(id),
+                Settled::Deferred(state, reason, now) => f.defer(id, state, reason, now),
+                Settled::Failed(state, reason) => f.fail(id, state, reason),
+            },
+            _ => anyhow::bail!("internal: an outbox claim settled on another backend"),
+        }
+    }
+
+    /// Delivers the queued messages `ids` of `account` that are due (all of them with
+    /// `drain.force`), over one session; a message another deliverer holds is passed by. Each
+    /// leaves the outbox only after the server's 250; a permanent refusal (or an unusable message,
+    /// or one older than `max_age`) moves it to the failed ones; anything else leaves it queued
+    /// with its error and the time of the next try. When the session cannot be opened, every due
+    /// message of the account is deferred with that reason (no retry storm).
     ///
     /// # Errors
     /// The outbox cannot be read or written (delivery problems are in [`Delivered`]).
@@ -375,24 +402,38 @@ impl Outbox {
         sessions: &mut Sessions,
     ) -> Result<Delivered> {
         let mut done = Delivered::default();
+        if ids.is_empty() {
+            return Ok(done);
+        }
+        let claimer = self.claimer().await?;
         let mut session: Option<Session> = sessions.take(&account.name, drain.now).await;
         for id in ids {
+            let Some(Taken {
+                claim: claimed,
+                head,
+                message,
+                state,
+            }) = self.claim(&claimer, id, account, &drain).await?
+            else {
+                continue;
+            };
             let id = id.clone();
-            let Some(_lock) = self.lock(&id)? else {
-                continue;
-            };
-            let Some((head, message, state)) = self.due(&id, account, &drain)? else {
-                continue;
-            };
             if let Some(e) = &done.stopped {
                 let reason = error_text(e.as_ref());
-                self.defer(&id, state, &reason, drain.now)?;
+                self.settle(
+                    &claimer,
+                    &id,
+                    claimed,
+                    Settled::Deferred(state, &reason, drain.now),
+                )
+                .await?;
                 done.deferred.push((id, reason));
                 continue;
             }
             let Ok(envelope) = envelope(account, &head) else {
                 let reason = "a recipient address is unusable".to_string();
-                self.fail(&id, &state, &reason)?;
+                self.settle(&claimer, &id, claimed, Settled::Failed(&state, &reason))
+                    .await?;
                 done.failed.push((id, reason));
                 continue;
             };
@@ -401,7 +442,13 @@ impl Outbox {
                     Ok(s) => session = Some(s),
                     Err(e) => {
                         let reason = error_text(e.as_ref());
-                        self.defer(&id, state, &reason, drain.now)?;
+                        self.settle(
+                            &claimer,
+                            &id,
+                            claimed,
+                            Settled::Deferred(state, &reason, drain.now),
+                        )
+                        .await?;
                         done.deferred.push((id, reason));
                         done.stopped = Some(e);
                         continue;
@@ -411,16 +458,13 @@ impl Outbox {
             let Some(s) = session.as_mut() else { break };
             match s.send(&envelope, &message).await {
                 Ok(_) => {
-                    let path = self.mail(&id);
-                    fs::remove_file(&path)
-                        .with_context(|| format!("failed to remove {}", path.display()))?;
-                    let _ = fs::remove_file(self.state(&id));
-                    sync_dir(&self.dir)?;
+                    self.settle(&claimer, &id, claimed, Settled::Sent).await?;
                     done.sent.push(id);
                 }
                 Err(e @ ServerError::Failed { .. }) => {
                     let reason = error_text(&e);
-                    self.fail(&id, &state, &reason)?;
+                    self.settle(&claimer, &id, claimed, Settled::Failed(&state, &reason))
+                        .await?;
                     done.failed.push((id, reason));
                     if !s.is_usable() {
                         session = None;
@@ -428,7 +472,13 @@ impl Outbox {
                 }
                 Err(e) => {
                     let reason = error_text(&e);
-                    self.defer(&id, state, &reason, drain.now)?;
+                    self.settle(
+                        &claimer,
+                        &id,
+                        claimed,
+                        Settled::Deferred(state, &reason, drain.now),
+                    )
+                    .await?;
                     done.deferred.push((id, reason));
                     session = None;
                 }
@@ -439,225 +489,42 @@ impl Outbox {
         }
         Ok(done)
     }
-
-    /// The delivery lock of message `id`, unless another process holds it.
-    fn lock(&self, id: &str) -> Result<Option<EntryLock>> {
-        let lock = self.dir.join("locks").join(format!("{id}.lock"));
-        Ok(fsutil::try_lock(&lock)?.map(|file| EntryLock {
-            _file: file,
-            lock,
-            mail: self.mail(id),
-        }))
-    }
-
-    /// Message `id` if it is `account`'s and due now: its head, text and attempts. A message that
-    /// cannot be read, or is older than `max_age`, is moved to `failed/` instead.
-    fn due(
-        &self,
-        id: &str,
-        account: &Account,
-        drain: &Drain,
-    ) -> Result<Option<(Head, Vec<u8>, Attempts)>> {
-        let path = self.mail(id);
-        if !path.exists() {
-            return Ok(None);
-        }
-        let state: Attempts = fsutil::read_optional(&self.state(id))?
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .unwrap_or_default();
-        if !drain.force && state.next_try > drain.now {
-            return Ok(None);
-        }
-        // The head line first: the daemon looks every second, the message is read only to send.
-        match read_head(&path) {
-            Ok((head, _)) if head.account != account.name => return Ok(None),
-            _ => {}
-        }
-        let (head, message) = match read_mail(&path) {
-            Ok(m) => m,
-            Err(e) => {
-                self.fail(
-                    id,
-                    &state,
-                    &format!("unreadable: {}", error_text(e.as_ref())),
-                )?;
-                return Ok(None);
-            }
-        };
-        let since = state
-            .retried_at
-            .unwrap_or(head.queued_at)
-            .max(head.queued_at);
-        if drain.now.saturating_sub(since) > drain.max_age {
-            let last = state.last_error.clone().unwrap_or_else(|| "none".into());
-            let reason = format!(
-                "not delivered within {} (last error: {last})",
-                humantime::format_duration(std::time::Duration::from_secs(drain.max_age))
-            );
-            self.fail(id, &state, &reason)?;
-            return Ok(None);
-        }
-        Ok(Some((head, message, state)))
-    }
-
-    /// Records a failed attempt; the next one waits 1, 2, 4… minutes (at most an hour).
-    fn defer(&self, id: &str, mut state: Attempts, reason: &str, now: u64) -> Result<()> {
-        state.attempts += 1;
-        state.last_error = Some(reason.to_string());
-        let wait = FIRST_BACKOFF
-            .saturating_mul(1 << (state.attempts - 1).min(10))
-            .min(MAX_BACKOFF);
-        state.next_try = now + wait;
-        fsutil::write_atomic(&self.state(id), &serde_json::to_vec(&state)?)
-    }
-
-    /// Moves a refused message to `failed/` with the reason.
-    fn fail(&self, id: &str, state: &Attempts, reason: &str) -> Result<()> {
-        let failed = self.dir.join("failed");
-        fsutil::private_dir(&failed)?;
-        let record = Attempts {
-            attempts: state.attempts + 1,
-            last_error: Some(reason.to_string()),
-            next_try: 0,
-            retried_at: None,
-        };
-        fsutil::write_atomic(
-            &failed.join(format!("{id}.reason.json")),
-            &serde_json::to_vec(&record)?,
-        )?;
-        fs::rename(self.mail(id), self.failed_mail(id))
-            .with_context(|| format!("failed to move message {id} to {}", failed.display()))?;
-        let _ = fs::remove_file(self.state(id));
-        sync_dir(&self.dir)?;
-        sync_dir(&failed)
-    }
 }
 
-/// The ids of the `*.mail` files in `dir`, oldest first.
-fn ids(dir: &Path) -> Result<Vec<String>> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("failed to read {}", dir.display())),
-    };
-    let mut ids: Vec<String> = entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_suffix(".mail").map(str::to_string)
-        })
-        .filter(|id| check_id(id).is_ok())
-        .collect();
-    ids.sort();
-    Ok(ids)
-}
-
-/// Ids are digits and dashes: nothing else reaches a path.
-fn check_id(id: &str) -> Result<()> {
-    if id.is_empty() || id.len() > 64 || !id.bytes().all(|b| b.is_ascii_digit() || b == b'-') {
-        bail!(
-            "\"{}\" is not a message id (see `mailpilot queue list`)",
-            crate::error::clean(id, 80)
-        );
+/// Why a message queued too long is refused for good (`None`: it may still be tried).
+fn expired(head: &Head, state: &Attempts, drain: &Drain) -> Option<String> {
+    let since = state
+        .retried_at
+        .unwrap_or(head.queued_at)
+        .max(head.queued_at);
+    if drain.now.saturating_sub(since) <= drain.max_age {
+        return None;
     }
-    Ok(())
+    let last = state.last_error.clone().unwrap_or_else(|| "none".into());
+    Some(format!(
+        "not delivered within {} (last error: {last})",
+        humantime::format_duration(std::time::Duration::from_secs(drain.max_age))
+    ))
 }
 
-fn read_mail(path: &Path) -> Result<(Head, Vec<u8>)> {
-    let bytes = fsutil::read_limited(path, MAX_MESSAGE_BYTES + 64 * 1024)?;
-    let newline = bytes
-        .iter()
-        .position(|b| *b == b'\n')
-        .with_context(|| format!("{} has no head line", path.display()))?;
-    let head: Head = serde_json::from_slice(&bytes[..newline])
-        .with_context(|| format!("{} has an unreadable head line", path.display()))?;
-    Ok((head, bytes[newline + 1..].to_vec()))
+/// `state` after a failed attempt at `now`: the next one waits 1, 2, 4… minutes (at most an
+/// hour).
+fn deferred(mut state: Attempts, reason: &str, now: u64) -> Attempts {
+    state.attempts += 1;
+    state.last_error = Some(reason.to_string());
+    let wait = FIRST_BACKOFF
+        .saturating_mul(1 << (state.attempts - 1).min(10))
+        .min(MAX_BACKOFF);
+    state.next_try = now + wait;
+    state
 }
 
-/// The head and the message size, reading only the first line.
-fn read_head(path: &Path) -> Result<(Head, u64)> {
-    use std::io::{BufRead, Read};
-    let file = fs::File::open(path)?;
-    let total = file.metadata()?.len();
-    let mut line = Vec::new();
-    std::io::BufReader::new(file)
-        .take(64 * 1024)
-        .read_until(b'\n', &mut line)?;
-    let head: Head = serde_json::from_slice(line.trim_ascii_end())?;
-    Ok((head, total.saturating_sub(line.len() as u64)))
-}
-
-fn sync_dir(dir: &Path) -> Result<()> {
-    fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .with_context(|| format!("failed to fsync directory {}", dir.display()))
-}
-
-impl Outbox {
-    /// The queued messages due now (all of them with `drain.force`), by account, oldest first:
-    /// one listing for a whole drain, each message then re-read under its lock.
-    ///
-    /// # Errors
-    /// The outbox cannot be read.
-    pub fn due_by_account(&self, drain: Drain) -> Result<BTreeMap<String, Vec<String>>> {
-        let mut due: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        for q in self.list()? {
-            if q.status == Status::Queued && (drain.force || q.attempts.next_try <= drain.now) {
-                due.entry(q.head.account).or_default().push(q.id);
-            }
-        }
-        Ok(due)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn head() -> Head {
-        Head {
-            version: 1,
-            account: "work".into(),
-            from: "ops@example.com".into(),
-            to: vec!["a@example.com".into()],
-            queued_at: 100,
-        }
-    }
-
-    /// Two puts in a row get two ids; list shows them oldest first with their
-    /// sizes; drop removes one; ids that could name a path are refused.
-    #[test]
-    fn put_list_drop() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let outbox = Outbox::new(dir.path());
-        let a = outbox
-            .put(&head(), b"Subject: a\r\n\r\nx\r\n")
-            .expect("put");
-        let b = outbox
-            .put(&head(), b"Subject: b\r\n\r\nyy\r\n")
-            .expect("put");
-        assert_ne!(a, b);
-        let listed = outbox.list().expect("list");
-        assert_eq!(
-            listed
-                .iter()
-                .map(|q| (q.id.as_str(), q.size))
-                .collect::<Vec<_>>(),
-            [(a.as_str(), 17), (b.as_str(), 18)]
-        );
-        assert_eq!(
-            outbox.load(&b).expect("load").1,
-            b"Subject: b\r\n\r\nyy\r\n"
-        );
-        outbox.drop_message(&a).expect("drop");
-        assert_eq!(outbox.list().expect("list").len(), 1);
-        for bad in ["../x", "", "a.mail", "1/2"] {
-            assert!(outbox.load(bad).is_err(), "{bad:?}");
-            assert!(outbox.drop_message(bad).is_err(), "{bad:?}");
-        }
-        assert!(
-            outbox.retry(&b, 200).is_err(),
-            "only failed messages are retried"
-        );
+/// The record of a message refused for good.
+fn failed(state: &Attempts, reason: &str) -> Attempts {
+    Attempts {
+        attempts: state.attempts + 1,
+        last_error: Some(reason.to_string()),
+        next_try: 0,
+        retried_at: None,
     }
 }

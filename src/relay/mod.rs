@@ -710,9 +710,8 @@ impl Conn {
         let outbox = self.shared.outbox.clone();
         let recipients = head.to.len();
         let size = message.len();
-        let put = tokio::task::spawn_blocking(move || outbox.put(&head, &message)).await;
-        let error = match put {
-            Ok(Ok(id)) => {
+        let error = match outbox.put(head, message).await {
+            Ok(id) => {
                 self.shared.queued.notify_one();
                 let text = format!("2.0.0 Ok: queued as {id}");
                 self.shared.report.report(Event::Queued {
@@ -724,8 +723,7 @@ impl Conn {
                 });
                 return reply(250, &text);
             }
-            Ok(Err(e)) => crate::error::error_text(e.as_ref()),
-            Err(e) => e.to_string(),
+            Err(e) => crate::error::error_text(e.as_ref()),
         };
         self.shared.report.report(Event::NotQueued {
             client: self.peer,

@@ -1,0 +1,329 @@
+//! The outbox in the state database (`[state] backend = "postgres"`): one row per message. Any
+//! number of daemons, relays and `sendmail`s on any number of hosts share it: a message is claimed
+//! with `SELECT … FOR UPDATE SKIP LOCKED` in a session of the deliverer's own, and the row lock is
+//! held until the server's answer is recorded (deleted after a 250, deferred or failed otherwise)
+//! in the same transaction. A deliverer that dies releases its claim with its session; the
+//! message then goes to another. A message is accepted (exit 0, SMTP 250) once its INSERT is
+//! committed.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+
+use super::{Attempts, Drain, Head, Queued, Status, MAX_MESSAGE_BYTES};
+use crate::config::Account;
+use crate::db::{Db, Session};
+
+/// The `outbox` table of the state database.
+#[derive(Debug, Clone)]
+pub struct PgOutbox {
+    db: Arc<Db>,
+}
+
+/// A claimed message: its row stays locked (the transaction open) until it is settled.
+pub(super) struct Claim {
+    id: String,
+}
+
+fn json<T: serde::Serialize>(value: &T) -> Result<String> {
+    serde_json::to_string(value).context("failed to encode an outbox record")
+}
+
+impl PgOutbox {
+    /// The outbox of `db`.
+    pub fn new(db: Arc<Db>) -> PgOutbox {
+        PgOutbox { db }
+    }
+
+    /// `the state database host:port/db`.
+    pub fn describe(&self) -> String {
+        format!("the state database {}", self.db.target())
+    }
+
+    /// Puts a message in the outbox; when this returns, it is committed.
+    ///
+    /// # Errors
+    /// The database is unavailable.
+    pub async fn put(&self, head: &Head, message: &[u8], failed: Option<&str>) -> Result<String> {
+        let id = crate::clock::unique_stamp();
+        let (status, attempts) = match failed {
+            None => ("queued", Attempts::default()),
+            Some(reason) => ("failed", super::failed(&Attempts::default(), reason)),
+        };
+        self.db
+            .execute(
+                "INSERT INTO outbox (id, status, account, head, message, attempts)
+                 VALUES ($1, $2, $3, $4::text::jsonb, $5, $6::text::jsonb)",
+                &[
+                    &id,
+                    &status,
+                    &head.account,
+                    &json(head)?,
+                    &message,
+                    &json(&attempts)?,
+                ],
+            )
+            .await
+            .with_context(|| format!("failed to queue the message in {}", self.describe()))?;
+        Ok(id)
+    }
+
+    /// Every message, queued first then failed, oldest first.
+    ///
+    /// # Errors
+    /// The database is unavailable.
+    pub async fn list(&self) -> Result<Vec<Queued>> {
+        let rows = self
+            .db
+            .query(
+                "SELECT id, status, head::text, octet_length(message)::bigint, attempts::text
+                 FROM outbox ORDER BY status = 'failed', id",
+                &[],
+            )
+            .await?;
+        let mut all = Vec::new();
+        for row in rows {
+            let id: String = row.get(0);
+            let status = if row.get::<_, &str>(1) == "failed" {
+                Status::Failed
+            } else {
+                Status::Queued
+            };
+            let Ok(head) = serde_json::from_str::<Head>(row.get(2)) else {
+                continue;
+            };
+            let size: i64 = row.get(3);
+            let attempts = serde_json::from_str(row.get(4)).unwrap_or_default();
+            all.push(Queued {
+                id,
+                status,
+                head,
+                size: u64::try_from(size).unwrap_or(0),
+                attempts,
+            });
+        }
+        Ok(all)
+    }
+
+    /// The message `id` with its head.
+    ///
+    /// # Errors
+    /// No such message, or the database is unavailable.
+    pub async fn load(&self, id: &str) -> Result<(Head, Vec<u8>)> {
+        let row = self
+            .db
+            .query_opt(
+                "SELECT head::text, message FROM outbox WHERE id = $1",
+                &[&id],
+            )
+            .await?;
+        let Some(row) = row else {
+            bail!(
+                "no message {} in {}",
+                crate::error::clean(id, 80),
+                self.describe()
+            );
+        };
+        let head = serde_json::from_str(row.get(0))
+            .with_context(|| format!("message {id} has an unreadable head"))?;
+        Ok((head, row.get(1)))
+    }
+
+    /// Queues the failed message `id` again (attempts start over).
+    ///
+    /// # Errors
+    /// It is not a failed message, or the database is unavailable.
+    pub async fn retry(&self, id: &str, now: u64) -> Result<()> {
+        let fresh = Attempts {
+            retried_at: Some(now),
+            ..Attempts::default()
+        };
+        let changed = self
+            .db
+            .execute(
+                "UPDATE outbox SET status = 'queued', attempts = $2::text::jsonb, next_try = 0
+                 WHERE id = $1 AND status = 'failed'",
+                &[&id, &json(&fresh)?],
+            )
+            .await?;
+        if changed == 0 {
+            bail!(
+                "no failed message {} (see `mailpilot queue list`)",
+                crate::error::clean(id, 80)
+            );
+        }
+        Ok(())
+    }
+
+    /// Deletes message `id`, unless a deliverer holds it right now.
+    ///
+    /// # Errors
+    /// No such message, it is being delivered, or the database is unavailable.
+    pub async fn drop_message(&self, id: &str) -> Result<()> {
+        let gone = self
+            .db
+            .execute(
+                "WITH victim AS (SELECT id FROM outbox WHERE id = $1 FOR UPDATE SKIP LOCKED)
+                 DELETE FROM outbox o USING victim v WHERE o.id = v.id",
+                &[&id],
+            )
+            .await?;
+        if gone == 0 {
+            let there = self
+                .db
+                .query_opt("SELECT 1 FROM outbox WHERE id = $1", &[&id])
+                .await?;
+            match there {
+                Some(_) => bail!("message {id} is being delivered right now"),
+                None => bail!(
+                    "no message {} in {}",
+                    crate::error::clean(id, 80),
+                    self.describe()
+                ),
+            }
+        }
+        Ok(())
+    }
+
+    /// The queued messages due now (all with `drain.force`), by account, oldest first.
+    ///
+    /// # Errors
+    /// The database is unavailable.
+    pub async fn due_by_account(&self, drain: Drain) -> Result<BTreeMap<String, Vec<String>>> {
+        let now = i64::try_from(drain.now).unwrap_or(i64::MAX);
+        let rows = self
+            .db
+            .query(
+                "SELECT account, id FROM outbox
+                 WHERE status = 'queued' AND ($1 OR next_try <= $2) ORDER BY id",
+                &[&drain.force, &now],
+            )
+            .await?;
+        let mut due: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for row in rows {
+            due.entry(row.get(0)).or_default().push(row.get(1));
+        }
+        Ok(due)
+    }
+
+    /// A session for claiming messages one after another.
+    ///
+    /// # Errors
+    /// The database is unavailable.
+    pub(super) async fn claimer(&self) -> Result<Session> {
+        self.db.session().await
+    }
+
+    /// Claims message `id` if it is queued, `account`'s, due, and no one else holds it; a message
+    /// past `max_age` or unreadable is failed instead (committed at once).
+    ///
+    /// # Errors
+    /// The database is unavailable.
+    pub(super) async fn claim(
+        &self,
+        session: &Session,
+        id: &str,
+        account: &Account,
+        drain: &Drain,
+    ) -> Result<Option<super::Taken<Claim>>> {
+        let client = session.client();
+        self.db.timed(client.batch_execute("BEGIN")).await?;
+        let row = self
+            .db
+            .timed(client.query_opt(
+                "SELECT head::text, message, attempts::text, account FROM outbox
+                 WHERE id = $1 AND status = 'queued' FOR UPDATE SKIP LOCKED",
+                &[&id],
+            ))
+            .await?;
+        let claim = Claim { id: id.to_string() };
+        let Some(row) = row else {
+            self.end(session, "ROLLBACK").await?;
+            return Ok(None);
+        };
+        let state: Attempts = serde_json::from_str(row.get(2)).unwrap_or_default();
+        if row.get::<_, &str>(3) != account.name || (!drain.force && state.next_try > drain.now) {
+            self.end(session, "ROLLBACK").await?;
+            return Ok(None);
+        }
+        let message: Vec<u8> = row.get(1);
+        let head = match serde_json::from_str::<Head>(row.get(0)) {
+            Ok(head) if message.len() as u64 <= MAX_MESSAGE_BYTES => head,
+            _ => {
+                self.fail(
+                    session,
+                    claim,
+                    &state,
+                    "unreadable: the head or size is wrong",
+                )
+                .await?;
+                return Ok(None);
+            }
+        };
+        if let Some(reason) = super::expired(&head, &state, drain) {
+            self.fail(session, claim, &state, &reason).await?;
+            return Ok(None);
+        }
+        Ok(Some(super::Taken {
+            claim,
+            head,
+            message,
+            state,
+        }))
+    }
+
+    async fn end(&self, session: &Session, how: &str) -> Result<()> {
+        self.db.timed(session.client().batch_execute(how)).await
+    }
+
+    /// The server took it: delete and commit.
+    pub(super) async fn sent(&self, session: &Session, claim: Claim) -> Result<()> {
+        self.db
+            .timed(
+                session
+                    .client()
+                    .execute("DELETE FROM outbox WHERE id = $1", &[&claim.id]),
+            )
+            .await?;
+        self.end(session, "COMMIT").await
+    }
+
+    /// A failed attempt: record it with the next try, and commit.
+    pub(super) async fn defer(
+        &self,
+        session: &Session,
+        claim: Claim,
+        state: Attempts,
+        reason: &str,
+        now: u64,
+    ) -> Result<()> {
+        let state = super::deferred(state, reason, now);
+        let next = i64::try_from(state.next_try).unwrap_or(i64::MAX);
+        self.db
+            .timed(session.client().execute(
+                "UPDATE outbox SET attempts = $2::text::jsonb, next_try = $3 WHERE id = $1",
+                &[&claim.id, &json(&state)?, &next],
+            ))
+            .await?;
+        self.end(session, "COMMIT").await
+    }
+
+    /// Refused for good: mark it failed with the reason, and commit.
+    pub(super) async fn fail(
+        &self,
+        session: &Session,
+        claim: Claim,
+        state: &Attempts,
+        reason: &str,
+    ) -> Result<()> {
+        let record = super::failed(state, reason);
+        self.db
+            .timed(session.client().execute(
+                "UPDATE outbox SET status = 'failed', attempts = $2::text::jsonb WHERE id = $1",
+                &[&claim.id, &json(&record)?],
+            ))
+            .await?;
+        self.end(session, "COMMIT").await
+    }
+}
