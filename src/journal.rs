@@ -1,7 +1,10 @@
-//! The send journal of a mail-merge batch: `journal/<batch>.jsonl`, one JSON line per message the
-//! server accepted (or refused permanently), appended and fsynced before the next message is sent,
-//! so a rerun of the batch skips what the journal holds. A line torn by a crash is cut off on the
-//! next open. `journal/<batch>.lock` stops two runs of one batch from overlapping.
+//! The send journal of a mail-merge batch: one entry per message the server accepted (or refused
+//! permanently), durable before the next message is sent, so a rerun of the batch — on this host
+//! or, with the state database, on any other — skips what the journal holds.
+//!
+//! - Files: `journal/<batch>.jsonl`, one JSON line per entry, fsynced; a line torn by a crash is
+//!   cut off on the next open; `journal/<batch>.lock` stops two runs of one batch from overlapping.
+//! - The state database: a row of `journal` per entry, committed; an advisory lock per batch.
 
 use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
@@ -13,6 +16,10 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::db::Db;
 use crate::error::Busy;
 
 /// One journaled message.
@@ -61,11 +68,24 @@ impl KeyDigest {
 /// An open journal holding its batch lock.
 #[derive(Debug)]
 pub struct Journal {
-    path: PathBuf,
-    file: File,
+    place: Place,
     /// The keys journaled (their digests: a 100,000-row batch keeps 1.6 MB of them, not its lines).
     done: HashSet<KeyDigest>,
-    _lock: File,
+}
+
+/// Where a journal's entries go.
+#[derive(Debug)]
+enum Place {
+    File {
+        path: PathBuf,
+        file: File,
+        _lock: File,
+    },
+    Db {
+        db: Arc<Db>,
+        batch: String,
+        _lock: crate::db::Lock,
+    },
 }
 
 impl Journal {
@@ -91,16 +111,52 @@ impl Journal {
             .with_context(|| format!("failed to open journal {}", path.display()))?;
         let done = read_keys(&mut file, &path)?;
         Ok(Journal {
-            path,
-            file,
+            place: Place::File {
+                path,
+                file,
+                _lock: lock,
+            },
             done,
-            _lock: lock,
         })
     }
 
-    /// The journal file.
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// Opens the journal of `batch` in the state database and takes the batch lock there.
+    ///
+    /// # Errors
+    /// [`Busy`] when another run (on any host) holds the lock; the database is unavailable.
+    pub async fn open_db(db: Arc<Db>, batch: &str) -> Result<Journal> {
+        let Some(lock) = db.lock(&format!("batch {batch}"), Duration::ZERO).await? else {
+            return Err(Busy(format!(
+                "another mailpilot process is sending batch {batch} right now"
+            ))
+            .into());
+        };
+        let rows = db
+            .query("SELECT key FROM journal WHERE batch = $1", &[&batch])
+            .await
+            .with_context(|| format!("failed to read the journal of batch {batch}"))?;
+        let done = rows
+            .iter()
+            .map(|r| KeyDigest::of(r.get::<_, &str>(0)))
+            .collect();
+        Ok(Journal {
+            place: Place::Db {
+                db,
+                batch: batch.to_string(),
+                _lock: lock,
+            },
+            done,
+        })
+    }
+
+    /// Where the journal is, for messages: its file, or its batch in the state database.
+    pub fn describe(&self) -> String {
+        match &self.place {
+            Place::File { path, .. } => path.display().to_string(),
+            Place::Db { db, batch, .. } => {
+                format!("batch {batch} in the state database {}", db.target())
+            }
+        }
     }
 
     /// Whether the message with `key` was already handled (sent or refused).
@@ -117,33 +173,52 @@ impl Journal {
     /// The write failed, or the file cannot be handed to the fsync thread.
     pub fn append(&mut self, entry: &Entry) -> Result<Syncing> {
         let mut line = serde_json::to_vec(entry).context("failed to encode journal entry")?;
-        line.push(b'\n');
-        let failed = || format!("failed to append to journal {}", self.path.display());
-        self.file.write_all(&line).with_context(failed)?;
-        let file = self.file.try_clone().with_context(failed)?;
+        let what = self.describe();
+        let syncing = match &mut self.place {
+            Place::File { file, .. } => {
+                line.push(b'\n');
+                let failed = || format!("failed to append to journal {what}");
+                file.write_all(&line).with_context(failed)?;
+                let file = file.try_clone().with_context(failed)?;
+                tokio::task::spawn_blocking(move || file.sync_data().map_err(anyhow::Error::from))
+            }
+            Place::Db { db, batch, .. } => {
+                let (db, batch, key) = (db.clone(), batch.clone(), entry.key.clone());
+                let text = String::from_utf8(line).context("a journal entry is not UTF-8")?;
+                tokio::spawn(async move {
+                    db.execute(
+                        "INSERT INTO journal (batch, key, entry) VALUES ($1, $2, $3::text::jsonb)
+                         ON CONFLICT (batch, key) DO UPDATE SET entry = excluded.entry",
+                        &[&batch, &key, &text],
+                    )
+                    .await
+                    .map(|_| ())
+                })
+            }
+        };
         self.done.insert(KeyDigest::of(&entry.key));
         Ok(Syncing {
-            fsync: tokio::task::spawn_blocking(move || file.sync_data()),
-            path: self.path.clone(),
+            durable: syncing,
+            what,
         })
     }
 }
 
-/// A journal line on its way to disk ([`Journal::append`]).
+/// A journal entry on its way to disk or into the database ([`Journal::append`]).
 #[derive(Debug)]
 pub struct Syncing {
-    fsync: tokio::task::JoinHandle<std::io::Result<()>>,
-    path: PathBuf,
+    durable: tokio::task::JoinHandle<Result<()>>,
+    what: String,
 }
 
 impl Syncing {
-    /// Waits until the line is on disk.
+    /// Waits until the entry is durable (fsynced, or committed).
     ///
     /// # Errors
-    /// The fsync failed.
+    /// The fsync or the insert failed.
     pub async fn wait(self) -> Result<()> {
-        let failed = || format!("failed to append to journal {}", self.path.display());
-        match self.fsync.await {
+        let failed = || format!("failed to append to journal {}", self.what);
+        match self.durable.await {
             Ok(result) => result.with_context(failed),
             Err(e) => Err(anyhow::Error::new(e)).with_context(failed),
         }

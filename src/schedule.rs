@@ -1,5 +1,6 @@
-//! Jobs over time: when a job runs next, its lock (one run of a job at a time), its last outcome
-//! (`jobs/NAME.json`, for `jobs` and `status`), its `on_failure` hook, and the cron/systemd text
+//! Jobs over time: when a job runs next, its lock (one run of a job at a time, on any host sharing
+//! the state database), its last outcome (`jobs/NAME.json`, or a record in the state database,
+//! for `jobs` and `status`), its `on_failure` hook, and the cron/systemd text
 //! that runs it from outside. Running the job itself is the CLI's business (it parses the job's
 //! arguments like a command line).
 
@@ -30,31 +31,78 @@ pub struct LastRun {
     pub error: Option<String>,
 }
 
-/// Files of one job.
-pub struct JobFiles {
-    state: PathBuf,
-    lock: PathBuf,
+/// How often a run waiting for a job's lock file retries it.
+const LOCK_POLL: Duration = Duration::from_millis(200);
+
+/// The longest a run waits for a job's lock with `--wait` (the database's lock timeout is a
+/// 32-bit number of milliseconds).
+const LOCK_FOREVER: Duration = Duration::from_secs(20 * 24 * 3600);
+
+/// Where one job's lock and last outcome are.
+pub enum JobState {
+    /// `jobs/NAME.json` and `jobs/NAME.lock` in the state directory.
+    Files {
+        /// The outcome file.
+        state: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+    },
+    /// A record and an advisory lock in the state database.
+    Postgres {
+        /// The database.
+        db: std::sync::Arc<crate::db::Db>,
+        /// The job's name.
+        name: String,
+    },
 }
 
-impl JobFiles {
-    /// The files of `job` under the state directory.
-    pub fn new(state_dir: &Path, job: &str) -> Self {
-        let dir = state_dir.join("jobs");
-        Self {
-            state: dir.join(format!("{job}.json")),
-            lock: dir.join(format!("{job}.lock")),
+/// A held job lock; dropping it releases the lock.
+pub enum JobLock {
+    /// A lock file.
+    File(File),
+    /// An advisory lock in its own database session.
+    Db(crate::db::Lock),
+}
+
+impl JobState {
+    /// The state of `job` in `home`.
+    pub fn new(home: &crate::db::StateHome, job: &str) -> Self {
+        match home {
+            crate::db::StateHome::Files(state_dir) => {
+                let dir = state_dir.join("jobs");
+                JobState::Files {
+                    state: dir.join(format!("{job}.json")),
+                    lock: dir.join(format!("{job}.lock")),
+                }
+            }
+            crate::db::StateHome::Postgres(db) => JobState::Postgres {
+                db: db.clone(),
+                name: job.to_string(),
+            },
         }
     }
 
     /// The last run, if any.
     ///
     /// # Errors
-    /// The file is unreadable or corrupt.
-    pub fn last_run(&self) -> Result<Option<LastRun>> {
-        crate::fsutil::read_optional(&self.state)?
+    /// The record is unreadable or corrupt.
+    pub async fn last_run(&self) -> Result<Option<LastRun>> {
+        let (bytes, what) = match self {
+            JobState::Files { state, .. } => (
+                crate::fsutil::read_optional(state)?,
+                state.display().to_string(),
+            ),
+            JobState::Postgres { db, name } => (
+                db.record(crate::db::RecordKind::Job, name)
+                    .await?
+                    .map(String::into_bytes),
+                format!("{name} in {}", db.target()),
+            ),
+        };
+        bytes
             .map(|bytes| {
                 serde_json::from_slice(&bytes)
-                    .with_context(|| format!("job state {} is corrupt", self.state.display()))
+                    .with_context(|| format!("job state {what} is corrupt"))
             })
             .transpose()
     }
@@ -63,18 +111,39 @@ impl JobFiles {
     ///
     /// # Errors
     /// The write fails.
-    pub fn record(&self, run: &LastRun) -> Result<()> {
-        crate::fsutil::private_dir(self.state.parent().unwrap_or(Path::new(".")))?;
+    pub async fn record(&self, run: &LastRun) -> Result<()> {
         let bytes = serde_json::to_vec_pretty(run).context("failed to encode job state")?;
-        crate::fsutil::write_atomic(&self.state, &bytes)
+        match self {
+            JobState::Files { state, .. } => {
+                crate::fsutil::private_dir(state.parent().unwrap_or(Path::new(".")))?;
+                crate::fsutil::write_atomic(state, &bytes)
+            }
+            JobState::Postgres { db, name } => {
+                let text = String::from_utf8(bytes).context("job state is not UTF-8")?;
+                db.put_record(crate::db::RecordKind::Job, name, &text).await
+            }
+        }
     }
 
-    /// Takes the job's lock if free (`None` when another run holds it).
+    /// Takes the job's lock, waiting up to `wait` for a run holding it (`None`: as long as it
+    /// takes); `None` when the wait ran out.
     ///
     /// # Errors
-    /// The lock file cannot be opened.
-    pub fn try_lock(&self) -> Result<Option<File>> {
-        crate::fsutil::try_lock(&self.lock)
+    /// The lock cannot be taken for a reason other than contention.
+    pub async fn lock(&self, wait: Option<Duration>) -> Result<Option<JobLock>> {
+        match self {
+            JobState::Files { lock, .. } => {
+                Ok(
+                    crate::fsutil::wait_for_lock(|| crate::fsutil::try_lock(lock), wait, LOCK_POLL)
+                        .await?
+                        .map(JobLock::File),
+                )
+            }
+            JobState::Postgres { db, name } => Ok(db
+                .lock(&format!("job {name}"), wait.unwrap_or(LOCK_FOREVER))
+                .await?
+                .map(JobLock::Db)),
+        }
     }
 }
 

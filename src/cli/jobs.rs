@@ -7,7 +7,7 @@ use super::Ctx;
 use crate::config::Spelled;
 use crate::exit::Exit;
 use crate::output::JSON_SCHEMA_VERSION;
-use crate::schedule::{local_time, next_run, JobFiles, LastRun};
+use crate::schedule::{local_time, next_run, JobState, LastRun};
 
 /// Lists the configured jobs with their schedule, next run time and last outcome.
 #[derive(Debug, clap::Args)]
@@ -33,10 +33,10 @@ impl Args {
     ///
     /// # Errors
     /// Bad configuration.
-    pub fn run(self, ctx: &Ctx) -> Result<Exit> {
+    pub async fn run(self, ctx: &Ctx) -> Result<Exit> {
         let config = ctx.config()?;
         let now = ctx.clock.now();
-        let state_dir = ctx.state_dir()?;
+        let home = ctx.state_home()?;
         let mut rows = Vec::new();
         for job in config.jobs.values() {
             rows.push(JobJson {
@@ -49,7 +49,7 @@ impl Args {
                     }
                 }),
                 next_run: job.schedule.as_ref().and_then(|s| next_run(s, now)),
-                last_run: JobFiles::new(&state_dir, &job.name).last_run()?,
+                last_run: JobState::new(&home, &job.name).last_run().await?,
             });
         }
         if ctx.out.is_json() {

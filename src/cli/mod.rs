@@ -270,6 +270,17 @@ impl Ctx {
         })
     }
 
+    /// Where the state lives: the state directory or the state database.
+    ///
+    /// # Errors
+    /// No `$XDG_STATE_HOME` or `$HOME`; the database password cannot be read.
+    pub fn state_home(&self) -> Result<crate::db::StateHome> {
+        Ok(match self.state_settings()?.backend {
+            Backend::Files => crate::db::StateHome::Files(self.state_dir()?),
+            Backend::Postgres(pg) => crate::db::StateHome::Postgres(self.db(&pg)?),
+        })
+    }
+
     /// The outbox of the configured backend.
     ///
     /// # Errors
@@ -415,7 +426,7 @@ pub async fn run(cli: Cli, env: Env) -> Result<Exit> {
         Command::Watch(args) => args.run(&ctx).await,
         Command::Run(args) => args.run(&ctx).await,
         Command::Daemon(args) => args.run(&ctx).await,
-        Command::Jobs(args) => args.run(&ctx),
+        Command::Jobs(args) => args.run(&ctx).await,
         Command::Status(args) => args.run(&ctx).await,
         Command::Schedule(cmd) => cmd.run(&ctx),
         Command::Sendmail(args) => args.run(&ctx).await,

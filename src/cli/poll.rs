@@ -94,9 +94,9 @@ impl Args {
         options.limit = self.limit;
         let store = ctx.store()?;
         let tokens = TokenSource::new(account, &store, ctx.clock.as_ref());
-        let state_dir = ctx.state_dir()?;
+        let home = ctx.state_home()?;
         let clock = ctx.clock.as_ref();
-        let poller = Poller::new(account, &tokens, &state_dir, &options, &ctx.out, clock);
+        let poller = Poller::new(account, &tokens, &home, &options, &ctx.out, clock);
         let summary = poller.once().await?;
         ctx.out.info(&format!(
             "{}: {} new message{} handled (checkpoint UID {})",

@@ -9,10 +9,7 @@ use crate::config::{Config, Job};
 use crate::error::{Busy, TimedOut, UsageError};
 use crate::exit::{classify, Exit};
 use crate::output::error_report;
-use crate::schedule::{self, JobFiles, LastRun};
-
-/// How often `run --wait` retries a busy job's lock.
-const LOCK_POLL: Duration = Duration::from_millis(200);
+use crate::schedule::{self, JobState, LastRun};
 
 /// Runs job NAME from the configuration once, now — what a crontab line or a systemd service
 /// calls. A run already in progress makes this one exit 75 at once (or wait with --wait). The
@@ -63,11 +60,10 @@ pub fn find<'c>(config: &'c Config, name: &str) -> Result<&'c Job> {
 /// # Errors
 /// [`Busy`] when another run holds the lock (and `wait` is false); otherwise the job's error.
 pub async fn run_job(ctx: &Ctx, job: &Job, wait: bool) -> Result<Exit> {
-    let files = JobFiles::new(&ctx.state_dir()?, &job.name);
+    let files = JobState::new(&ctx.state_home()?, &job.name);
     // --wait queues behind a running run for as long as it takes; otherwise exit 75 at once.
     let wait_for = if wait { None } else { Some(Duration::ZERO) };
-    let lock = crate::fsutil::wait_for_lock(|| files.try_lock(), wait_for, LOCK_POLL).await?;
-    let Some(_lock) = lock else {
+    let Some(_lock) = files.lock(wait_for).await? else {
         return Err(Busy(format!(
             "job {} is already running; this run exits (use --wait to queue behind it)",
             job.name
@@ -75,11 +71,13 @@ pub async fn run_job(ctx: &Ctx, job: &Job, wait: bool) -> Result<Exit> {
         .into());
     };
     let started = ctx.clock.now();
-    files.record(&LastRun {
-        version: 1,
-        started,
-        ..LastRun::default()
-    })?;
+    files
+        .record(&LastRun {
+            version: 1,
+            started,
+            ..LastRun::default()
+        })
+        .await?;
     let result = match job.timeout {
         Some(limit) => match tokio::time::timeout(limit, super::execute_job(ctx, job)).await {
             Ok(r) => r,
@@ -96,13 +94,15 @@ pub async fn run_job(ctx: &Ctx, job: &Job, wait: bool) -> Result<Exit> {
         Ok(exit) => (*exit, None),
         Err(e) => (classify(e), Some(error_report(e).join("\n"))),
     };
-    files.record(&LastRun {
-        version: 1,
-        started,
-        ended: ctx.clock.now(),
-        exit_code: exit.code(),
-        error: error.clone(),
-    })?;
+    files
+        .record(&LastRun {
+            version: 1,
+            started,
+            ended: ctx.clock.now(),
+            exit_code: exit.code(),
+            error: error.clone(),
+        })
+        .await?;
     if exit != Exit::Success {
         if let Some(cmd) = &job.on_failure {
             let text =

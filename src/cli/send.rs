@@ -317,7 +317,10 @@ impl Args {
     ) -> Result<Exit> {
         let store = ctx.store()?;
         let tokens = TokenSource::new(account, &store, ctx.clock.as_ref());
-        let mut journal = Journal::open(&send::journal_dir(&ctx.state_dir()?), batch)?;
+        let mut journal = match ctx.state_home()? {
+            crate::db::StateHome::Files(dir) => Journal::open(&send::journal_dir(&dir), batch)?,
+            crate::db::StateHome::Postgres(db) => Journal::open_db(db, batch).await?,
+        };
         let options = BatchOptions {
             interval: self.rate,
         };
@@ -336,7 +339,7 @@ impl Args {
         let summary = result.with_context(|| {
             format!(
                 "batch {batch} stopped; what was sent is in {} and a rerun resumes after it",
-                journal.path().display()
+                journal.describe()
             )
         })?;
         let problems = |v: Vec<(String, String)>| {
@@ -349,7 +352,7 @@ impl Args {
                 version: JSON_SCHEMA_VERSION,
                 account: &account.name,
                 batch,
-                journal: journal.path().display().to_string(),
+                journal: journal.describe().to_string(),
                 rows: checked.rows,
                 sent: summary.sent,
                 already_sent: summary.already_done,
@@ -374,7 +377,7 @@ impl Args {
             summary.already_done,
             checked.invalid.len(),
             summary.rejected.len(),
-            journal.path().display()
+            journal.describe()
         ));
         Ok(
             if checked.invalid.is_empty() && summary.rejected.is_empty() {

@@ -8,7 +8,7 @@ use crate::error::AuthErrorKind;
 use crate::exit::Exit;
 use crate::oauth::{Store, TokenStore};
 use crate::output::JSON_SCHEMA_VERSION;
-use crate::schedule::{local_time, JobFiles, LastRun};
+use crate::schedule::{local_time, LastRun};
 
 /// Summarises accounts (is there a grant, did its last refresh fail) and jobs (last run, last
 /// error). Exits 77 when an account needs a new login, 1 (or 75) when a job's last run failed, so
@@ -186,7 +186,7 @@ impl Args {
     pub async fn run(self, ctx: &Ctx) -> Result<Exit> {
         let config = ctx.config()?;
         let store = ctx.store()?;
-        let state_dir = ctx.state_dir()?;
+        let home = ctx.state_home()?;
         let mut worst = Exit::Success;
         let mut accounts = Vec::new();
         for account in config.accounts.values() {
@@ -207,7 +207,9 @@ impl Args {
         }
         let mut jobs = Vec::new();
         for job in config.jobs.values() {
-            let last = JobFiles::new(&state_dir, &job.name).last_run()?;
+            let last = crate::schedule::JobState::new(&home, &job.name)
+                .last_run()
+                .await?;
             let (state, detail) = job_state(last.as_ref());
             if let Some(l) = last.filter(|_| state == JobState::Failed) {
                 worst = worst.worst(Exit::from_code(l.exit_code).as_check());

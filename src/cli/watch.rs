@@ -57,9 +57,9 @@ impl Args {
             idle: !self.no_idle,
             poll_interval: self.poll_interval,
         };
-        let state_dir = ctx.state_dir()?;
+        let home = ctx.state_home()?;
         let clock = ctx.clock.as_ref();
-        let poller = Poller::new(account, &tokens, &state_dir, &options, &ctx.out, clock);
+        let poller = Poller::new(account, &tokens, &home, &options, &ctx.out, clock);
         let summary = poller.watch(settings, stop_rx).await?;
         ctx.out.info(&format!(
             "stopped; {} message{} handled",

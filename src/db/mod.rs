@@ -48,6 +48,33 @@ impl std::fmt::Debug for Db {
     }
 }
 
+/// Where this process keeps its state: the state directory, or the state database.
+#[derive(Debug, Clone)]
+pub enum StateHome {
+    /// `$XDG_STATE_HOME/mailpilot`.
+    Files(std::path::PathBuf),
+    /// `[state] backend = "postgres"`.
+    Postgres(Arc<Db>),
+}
+
+/// What a kind of small record (`records` table) is: poll checkpoints, job outcomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordKind {
+    /// The checkpoint of one account and mailbox (key `account/mailbox`).
+    Poll,
+    /// The last run of one job (key: its name).
+    Job,
+}
+
+impl RecordKind {
+    fn name(self) -> &'static str {
+        match self {
+            RecordKind::Poll => "poll",
+            RecordKind::Job => "job",
+        }
+    }
+}
+
 /// A session of its own (for a transaction that must not mix with the shared session's queries).
 /// Dropping it closes the connection, which rolls back whatever transaction is open — as does the
 /// death of the process.
@@ -136,6 +163,34 @@ impl Db {
             }
         });
         Ok((client, task))
+    }
+
+    /// The record `key` of `kind` (JSON), if any.
+    ///
+    /// # Errors
+    /// [`StateError`] in the chain.
+    pub async fn record(&self, kind: RecordKind, key: &str) -> Result<Option<String>> {
+        let row = self
+            .query_opt(
+                "SELECT record::text FROM records WHERE kind = $1 AND key = $2",
+                &[&kind.name(), &key],
+            )
+            .await?;
+        Ok(row.map(|r| r.get(0)))
+    }
+
+    /// Replaces the record `key` of `kind` with `json` (committed when this returns).
+    ///
+    /// # Errors
+    /// [`StateError`] in the chain.
+    pub async fn put_record(&self, kind: RecordKind, key: &str, json: &str) -> Result<()> {
+        self.execute(
+            "INSERT INTO records (kind, key, record) VALUES ($1, $2, $3::text::jsonb)
+             ON CONFLICT (kind, key) DO UPDATE SET record = excluded.record, updated_at = now()",
+            &[&kind.name(), &key, &json],
+        )
+        .await?;
+        Ok(())
     }
 
     /// A session of its own, checked to hold the schema this mailpilot knows.

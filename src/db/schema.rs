@@ -57,6 +57,25 @@ pub const MIGRATIONS: &[Migration] = &[
         CREATE INDEX outbox_due ON outbox (next_try, id) WHERE status = 'queued';
     ",
     },
+    Migration {
+        version: 3,
+        summary: "poll checkpoints, job outcomes and send journals",
+        sql: "
+        CREATE TABLE records (
+            kind       text NOT NULL,
+            key        text NOT NULL,
+            record     jsonb NOT NULL,
+            updated_at timestamptz NOT NULL DEFAULT now(),
+            PRIMARY KEY (kind, key)
+        );
+        CREATE TABLE journal (
+            batch text NOT NULL,
+            key   text NOT NULL,
+            entry jsonb NOT NULL,
+            PRIMARY KEY (batch, key)
+        );
+    ",
+    },
 ];
 
 /// The schema version this mailpilot reads and writes.

@@ -1,6 +1,8 @@
-//! The checkpoint of one account and mailbox (`poll/<account>/<mailbox>.json`: `uidvalidity`,
-//! `last_uid`, a first poll's SINCE window) and its lock (`.lock`). Written atomically after every
-//! handled message; never talks to the network.
+//! The checkpoint of one account and mailbox (`uidvalidity`, `last_uid`, a first poll's SINCE
+//! window, the quarantine) and its lock: `poll/<account>/<mailbox>.json` and `.lock` in the state
+//! directory, or a row of the state database's `records` and an advisory lock there (so polls on
+//! several hosts take turns and never hand a message over twice). Written after every handled
+//! message (atomically, committed); never talks to the mail server.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -8,6 +10,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
+use std::sync::Arc;
+
+use crate::db::{Db, RecordKind, StateHome};
 use crate::error::Busy;
 
 /// How long a second poll of the same mailbox waits for the first before giving up (exit 75).
@@ -59,6 +64,93 @@ impl Checkpoint {
     }
 }
 
+/// Where one mailbox's checkpoint and lock are.
+pub(super) enum Checkpoints {
+    /// Files in the state directory.
+    Files(StateFiles),
+    /// A record in the state database (key `account/mailbox`) and an advisory lock of that name.
+    Postgres { db: Arc<Db>, key: String },
+}
+
+/// A held poll lock of either backend; dropping it releases the lock.
+pub(super) enum Held {
+    File(#[allow(dead_code, reason = "held for its lock")] std::fs::File),
+    Db(#[allow(dead_code, reason = "held for its lock")] crate::db::Lock),
+}
+
+impl Checkpoints {
+    /// The checkpoint of `mailbox` of `account` in `home`.
+    pub(super) fn new(home: &StateHome, account: &str, mailbox: &str) -> Self {
+        match home {
+            StateHome::Files(dir) => Checkpoints::Files(StateFiles::new(dir, account, mailbox)),
+            StateHome::Postgres(db) => Checkpoints::Postgres {
+                db: db.clone(),
+                key: format!("{account}/{mailbox}"),
+            },
+        }
+    }
+
+    /// The saved checkpoint, if any.
+    pub(super) async fn load(&self) -> Result<Option<Checkpoint>> {
+        match self {
+            Checkpoints::Files(files) => files.load(),
+            Checkpoints::Postgres { db, key } => db
+                .record(RecordKind::Poll, key)
+                .await?
+                .map(|text| {
+                    parse(
+                        text.as_bytes(),
+                        &format!("poll state {key} in {}", db.target()),
+                    )
+                })
+                .transpose(),
+        }
+    }
+
+    /// Replaces the checkpoint (durable when this returns).
+    pub(super) async fn save(&self, cp: &Checkpoint) -> Result<()> {
+        match self {
+            Checkpoints::Files(files) => files.save(cp),
+            Checkpoints::Postgres { db, key } => {
+                let text = serde_json::to_string(cp).context("failed to encode poll state")?;
+                db.put_record(RecordKind::Poll, key, &text).await
+            }
+        }
+    }
+
+    /// Takes the mailbox's lock, waiting up to [`LOCK_WAIT`] for another poll.
+    pub(super) async fn lock(&self, mailbox: &str) -> Result<Held> {
+        let held = match self {
+            Checkpoints::Files(files) => files.lock().await?.map(Held::File),
+            Checkpoints::Postgres { db, key } => db
+                .lock(&format!("poll {key}"), LOCK_WAIT)
+                .await?
+                .map(Held::Db),
+        };
+        held.ok_or_else(|| {
+            Busy(format!(
+                "another mailpilot process has been polling {mailbox} for over {}s; try again later",
+                LOCK_WAIT.as_secs()
+            ))
+            .into()
+        })
+    }
+}
+
+/// A checkpoint from its JSON; `what` names it in errors.
+fn parse(bytes: &[u8], what: &str) -> Result<Checkpoint> {
+    let cp: Checkpoint = serde_json::from_slice(bytes).with_context(|| {
+        format!("{what} is corrupt; delete it to start over (see --since/--from-now)")
+    })?;
+    if cp.version != STATE_VERSION {
+        bail!(
+            "{what} has format version {}, this mailpilot reads {STATE_VERSION}",
+            cp.version
+        );
+    }
+    Ok(cp)
+}
+
 /// The state files of one account and mailbox: `poll/<account>/<mailbox>.json` and `.lock`.
 pub(super) struct StateFiles {
     json: PathBuf,
@@ -67,7 +159,7 @@ pub(super) struct StateFiles {
 
 impl StateFiles {
     /// The files of `mailbox` of `account` under `state_dir`.
-    pub(super) fn new(state_dir: &Path, account: &str, mailbox: &str) -> Self {
+    fn new(state_dir: &Path, account: &str, mailbox: &str) -> Self {
         let dir = state_dir.join("poll").join(account);
         let name: String = mailbox
             .bytes()
@@ -86,47 +178,28 @@ impl StateFiles {
     }
 
     /// The saved checkpoint, if any.
-    pub(super) fn load(&self) -> Result<Option<Checkpoint>> {
+    fn load(&self) -> Result<Option<Checkpoint>> {
         let Some(bytes) = crate::fsutil::read_optional(&self.json)? else {
             return Ok(None);
         };
-        let cp: Checkpoint = serde_json::from_slice(&bytes).with_context(|| {
-            format!(
-                "poll state {} is corrupt; delete it to start over (see --since/--from-now)",
-                self.json.display()
-            )
-        })?;
-        if cp.version != STATE_VERSION {
-            bail!(
-                "poll state {} has format version {}, this mailpilot reads {STATE_VERSION}",
-                self.json.display(),
-                cp.version
-            );
-        }
-        Ok(Some(cp))
+        parse(&bytes, &format!("poll state {}", self.json.display())).map(Some)
     }
 
     /// Replaces the checkpoint atomically.
-    pub(super) fn save(&self, cp: &Checkpoint) -> Result<()> {
+    fn save(&self, cp: &Checkpoint) -> Result<()> {
         let mut bytes = serde_json::to_vec(cp).context("failed to encode poll state")?;
         bytes.push(b'\n');
         crate::fsutil::write_atomic(&self.json, &bytes)
     }
 
-    /// Takes the mailbox's lock, waiting up to [`LOCK_WAIT`] for another poll.
-    pub(super) async fn lock(&self, mailbox: &str) -> Result<std::fs::File> {
-        let lock = crate::fsutil::wait_for_lock(
+    /// Takes the mailbox's lock file, waiting up to [`LOCK_WAIT`] for another poll.
+    async fn lock(&self) -> Result<Option<std::fs::File>> {
+        crate::fsutil::wait_for_lock(
             || crate::fsutil::try_lock(&self.lock),
             Some(LOCK_WAIT),
             LOCK_POLL,
-        );
-        lock.await?.ok_or_else(|| {
-            Busy(format!(
-                "another mailpilot process has been polling {mailbox} for over {}s; try again later",
-                LOCK_WAIT.as_secs()
-            ))
-            .into()
-        })
+        )
+        .await
     }
 }
 

@@ -17,7 +17,7 @@ mod pass;
 mod watch;
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
@@ -27,7 +27,7 @@ use crate::config::Account;
 use crate::error::UsageError;
 use crate::imap::{Access, Imap, Selected};
 use crate::oauth::{TokenSource, TokenStore};
-use checkpoint::{Checkpoint, StateFiles, STATE_VERSION};
+use checkpoint::{Checkpoint, Checkpoints, STATE_VERSION};
 
 pub use handler::{Fetched, MessageJson};
 pub use watch::WatchOptions;
@@ -234,21 +234,21 @@ pub struct Poller<'a, S: TokenStore> {
     options: &'a PollOptions,
     sink: &'a dyn Sink,
     clock: &'a dyn Clock,
-    files: StateFiles,
+    files: Checkpoints,
 }
 
 impl<'a, S: TokenStore> Poller<'a, S> {
-    /// A poller of `options.mailbox` of `account`, keeping its checkpoint under `state_dir`.
+    /// A poller of `options.mailbox` of `account`, keeping its checkpoint in `home`.
     pub fn new(
         account: &'a Account,
         tokens: &'a TokenSource<'a, S>,
-        state_dir: &Path,
+        home: &crate::db::StateHome,
         options: &'a PollOptions,
         sink: &'a dyn Sink,
         clock: &'a dyn Clock,
     ) -> Self {
         Self {
-            files: StateFiles::new(state_dir, &account.name, &options.mailbox),
+            files: Checkpoints::new(home, &account.name, &options.mailbox),
             account,
             tokens,
             options,
@@ -265,7 +265,7 @@ impl<'a, S: TokenStore> Poller<'a, S> {
     /// stays before that message).
     pub async fn once(&self) -> Result<PollSummary> {
         let _lock = self.files.lock(&self.options.mailbox).await?;
-        self.require_start()?;
+        self.require_start().await?;
         let mut imap = Imap::open(self.account, self.tokens).await?;
         if let Some(unchanged) = self.nothing_new(&mut imap).await? {
             imap.logout().await;
@@ -280,7 +280,7 @@ impl<'a, S: TokenStore> Poller<'a, S> {
     /// arrived since (same UIDVALIDITY, UIDNEXT right after the last UID handed over): the summary
     /// of an empty pass then. Not for a first poll's SINCE window or `--retry-quarantined`.
     async fn nothing_new(&self, imap: &mut Imap) -> Result<Option<PollSummary>> {
-        let Some(checkpoint) = self.files.load()? else {
+        let Some(checkpoint) = self.files.load().await? else {
             return Ok(None);
         };
         if checkpoint.since.is_some() || self.options.retry_quarantined {
@@ -297,8 +297,8 @@ impl<'a, S: TokenStore> Poller<'a, S> {
     }
 
     /// The first poll of a mailbox must say where to start.
-    fn require_start(&self) -> Result<()> {
-        if self.files.load()?.is_none() && self.options.start == Start::Unset {
+    async fn require_start(&self) -> Result<()> {
+        if self.files.load().await?.is_none() && self.options.start == Start::Unset {
             return Err(UsageError(format!(
                 "first poll of {} for account \"{}\": choose where to start with --since 2d, --from-now or --all",
                 self.options.mailbox, self.account.name
@@ -321,7 +321,9 @@ impl<'a, S: TokenStore> Poller<'a, S> {
             Access::ReadWrite
         };
         let selected = imap.select(&self.options.mailbox, access).await?;
-        let mut checkpoint = self.starting_point(self.files.load()?, selected)?;
+        let mut checkpoint = self
+            .starting_point(self.files.load().await?, selected)
+            .await?;
         if self.options.retry_quarantined {
             self.retry_quarantined(imap, &mut checkpoint).await?;
         }
@@ -333,7 +335,7 @@ impl<'a, S: TokenStore> Poller<'a, S> {
             // The window is done: what is older than it was passed over on purpose.
             checkpoint.since = None;
             checkpoint.last_uid = checkpoint.last_uid.max(selected.uidnext.saturating_sub(1));
-            self.files.save(&checkpoint)?;
+            self.files.save(&checkpoint).await?;
         }
         Ok(PollSummary {
             last_uid: checkpoint.last_uid,
@@ -358,13 +360,17 @@ impl<'a, S: TokenStore> Poller<'a, S> {
                 Step::Handled | Step::Gone => checkpoint.quarantined.retain(|q| q.uid != uid),
                 Step::Quarantined(reason) => checkpoint.quarantine(uid, &reason, self.clock.now()),
             }
-            self.files.save(checkpoint)?;
+            self.files.save(checkpoint).await?;
         }
         Ok(())
     }
 
     /// The checkpoint to continue from (with the SINCE window of a first `--since` poll).
-    fn starting_point(&self, saved: Option<Checkpoint>, selected: Selected) -> Result<Checkpoint> {
+    async fn starting_point(
+        &self,
+        saved: Option<Checkpoint>,
+        selected: Selected,
+    ) -> Result<Checkpoint> {
         let now = self.clock.now();
         let options = self.options;
         let fresh = |last_uid: u32, since: Option<String>| Checkpoint {
@@ -403,7 +409,7 @@ impl<'a, S: TokenStore> Poller<'a, S> {
             },
         };
         if saved.as_ref() != Some(&checkpoint) {
-            self.files.save(&checkpoint)?;
+            self.files.save(&checkpoint).await?;
         }
         Ok(checkpoint)
     }

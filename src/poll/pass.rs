@@ -87,7 +87,7 @@ impl<S: TokenStore> Poller<'_, S> {
             let step = self
                 .one(imap, checkpoint.uidvalidity, uid, sizes.get(&uid).copied())
                 .await?;
-            self.record(checkpoint, uid, step, &mut summary)?;
+            self.record(checkpoint, uid, step, &mut summary).await?;
         }
         Ok(summary)
     }
@@ -144,7 +144,8 @@ impl<S: TokenStore> Poller<'_, S> {
             }
             match sizes.get(&uid) {
                 Some(size) if *size > max => {
-                    self.record(checkpoint, uid, too_large(*size, max), summary)?;
+                    self.record(checkpoint, uid, too_large(*size, max), summary)
+                        .await?;
                     continue;
                 }
                 Some(_) => {}
@@ -157,7 +158,7 @@ impl<S: TokenStore> Poller<'_, S> {
                 Some((got, raw)) if got == uid => {
                     self.handle(checkpoint.uidvalidity, uid, raw.bytes())
                         .await?;
-                    self.record(checkpoint, uid, Step::Handled, summary)?;
+                    self.record(checkpoint, uid, Step::Handled, summary).await?;
                 }
                 _ => {
                     ended = Streamed::From(i);
@@ -172,7 +173,7 @@ impl<S: TokenStore> Poller<'_, S> {
 
     /// Records what became of `uid`: a quarantine is reported and kept in the checkpoint; the
     /// checkpoint moves past it, durably.
-    fn record(
+    async fn record(
         &self,
         checkpoint: &mut Checkpoint,
         uid: u32,
@@ -193,7 +194,7 @@ impl<S: TokenStore> Poller<'_, S> {
             }
         }
         checkpoint.last_uid = uid;
-        self.files.save(checkpoint)?;
+        self.files.save(checkpoint).await?;
         summary.last_uid = uid;
         Ok(())
     }

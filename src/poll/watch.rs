@@ -67,7 +67,7 @@ impl<S: TokenStore> Poller<'_, S> {
         shutdown: Receiver<bool>,
     ) -> Result<PollSummary> {
         let _lock = self.files.lock(&self.options.mailbox).await?;
-        self.require_start()?;
+        self.require_start().await?;
         let mut w = Watch {
             settings,
             shutdown,
@@ -144,7 +144,7 @@ impl<S: TokenStore> Poller<'_, S> {
             };
             imap = back;
             w.backoff = FIRST_BACKOFF;
-            let Some(mut checkpoint) = self.files.load()? else {
+            let Some(mut checkpoint) = self.files.load().await? else {
                 anyhow::bail!(
                     "poll state of {} vanished while watching",
                     self.options.mailbox
