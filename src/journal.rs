@@ -225,6 +225,46 @@ impl Syncing {
     }
 }
 
+/// Every entry of the journal file `path`, in order (a torn last line is left out).
+///
+/// # Errors
+/// The file cannot be read, or a complete line is corrupt.
+pub fn entries_in_file(path: &Path) -> Result<Vec<Entry>> {
+    let bytes =
+        fs::read(path).with_context(|| format!("failed to read journal {}", path.display()))?;
+    let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    bytes[..complete]
+        .split(|b| *b == b'\n')
+        .filter(|line| !line.is_empty())
+        .enumerate()
+        .map(|(i, line)| {
+            serde_json::from_slice(line)
+                .with_context(|| format!("journal {}:{} is corrupt", path.display(), i + 1))
+        })
+        .collect()
+}
+
+/// Every journal entry in the state database: `(batch, entry)`, by batch.
+///
+/// # Errors
+/// The database is unavailable, or an entry is corrupt.
+pub async fn entries_in_db(db: &Db) -> Result<Vec<(String, Entry)>> {
+    let rows = db
+        .query(
+            "SELECT batch, entry::text FROM journal ORDER BY batch, entry->>'at', key",
+            &[],
+        )
+        .await?;
+    rows.iter()
+        .map(|r| {
+            let batch: String = r.get(0);
+            let entry = serde_json::from_str(r.get(1))
+                .with_context(|| format!("a journal entry of batch {batch} is corrupt"))?;
+            Ok((batch, entry))
+        })
+        .collect()
+}
+
 /// Reads the keys of all entries; a last line without its newline (a crash mid-append) is cut off.
 fn read_keys(file: &mut File, path: &Path) -> Result<HashSet<KeyDigest>> {
     let bytes =

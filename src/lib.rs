@@ -50,10 +50,12 @@
 //!    - [`outbox`]: the durable outbox local programs' mail waits in (`sendmail`), delivered
 //!      over one session per account; a message leaves it only after the server's 250.
 //!    - [`poll`]: checkpointed polling and watching, handlers, actions; reports to a [`poll::Sink`].
-//! 7. [`relay`]: the SMTP submission listener for programs that only know a password: the protocol
-//!    without I/O (`relay::proto`), argon2 passwords and the login throttle (`relay::auth`), and
-//!    the hand-off into the outbox (250 only once the message is on disk); reports to a
-//!    [`relay::Report`].
+//! 7. Front ends over the work:
+//!    - [`relay`]: the SMTP submission listener for programs that only know a password: the
+//!      protocol without I/O (`relay::proto`), argon2 passwords and the login throttle
+//!      (`relay::auth`), and the hand-off into the outbox (250 only once the message is stored);
+//!      reports to a [`relay::Report`].
+//!    - [`migrate`]: `state migrate`: the whole state moved between files and the database.
 //! 8. [`cli`]: clap definitions, one file per subcommand; resolves flags into a [`cli::Ctx`] and
 //!    calls the library. Prints only through [`output`].
 
@@ -68,6 +70,7 @@ pub mod fsutil;
 pub mod imap;
 pub mod journal;
 pub mod mail_auth;
+pub mod migrate;
 pub mod net;
 pub mod oauth;
 pub mod outbox;

@@ -56,6 +56,40 @@ pub enum JobState {
     },
 }
 
+/// The jobs with a recorded run in `home` (for `state migrate`).
+///
+/// # Errors
+/// The directory or the database cannot be read.
+pub async fn recorded_jobs(home: &crate::db::StateHome) -> Result<Vec<String>> {
+    match home {
+        crate::db::StateHome::Postgres(db) => Ok(db
+            .records_of(crate::db::RecordKind::Job)
+            .await?
+            .into_iter()
+            .map(|(name, _)| name)
+            .collect()),
+        crate::db::StateHome::Files(dir) => {
+            let dir = dir.join("jobs");
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => {
+                    return Err(e).with_context(|| format!("failed to read {}", dir.display()))
+                }
+            };
+            let mut names: Vec<String> = entries
+                .flatten()
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.strip_suffix(".json").map(str::to_string)
+                })
+                .collect();
+            names.sort();
+            Ok(names)
+        }
+    }
+}
+
 /// A held job lock; dropping it releases the lock.
 pub enum JobLock {
     /// A lock file.

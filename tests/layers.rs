@@ -15,7 +15,7 @@ const LAYERS: &[&[&str]] = &[
     &["mail_auth"],
     &["smtp", "imap"],
     &["send", "poll", "outbox"],
-    &["relay"],
+    &["relay", "migrate"],
     &["cli"],
 ];
 

@@ -193,8 +193,10 @@ fn outage_and_refused_login() {
     );
 }
 
-/// Files → PostgreSQL → files: the grants arrive unchanged (sealed ones still sealed), a second run
-/// copies nothing, and a grant refreshed in the target since is not overwritten by an older copy.
+/// Files → PostgreSQL → files: the grants arrive unchanged (sealed ones still sealed), with the
+/// poll checkpoints, job outcomes, journal entries and queued messages; a second run copies
+/// nothing; a grant refreshed in the target since is not overwritten by an older copy; a message
+/// moves (it is never in both outboxes).
 #[test]
 fn migrate_round_trip() {
     let pg = PgServer::shared();
@@ -210,6 +212,18 @@ fn migrate_round_trip() {
     let files_before: Vec<String> = (0..2)
         .map(|i| std::fs::read_to_string(env.token_file(&format!("a{i:02}"))).expect("read"))
         .collect();
+    // The rest of the state, as earlier runs on files left it.
+    let state_dir = env.state_dir();
+    for (path, text) in [
+        ("poll/a00/INBOX.json", r#"{"version":1,"uidvalidity":7,"last_uid":42}"#.to_string()),
+        ("jobs/nightly.json", r#"{"version":1,"started":100,"ended":101,"exit_code":0,"error":null}"#.to_string()),
+        ("journal/b1.jsonl", "{\"key\":\"k1\",\"row\":\"r.csv:2\",\"message_id\":\"<k1@x>\",\"at\":1,\"status\":\"sent\",\"reply\":\"250 ok\"}\n".to_string()),
+        ("outbox/000000000000000000000001-1-0.mail", "{\"version\":1,\"account\":\"a00\",\"from\":\"\",\"to\":[\"x@example.com\"],\"queued_at\":1}\nSubject: queued\r\n\r\nwaiting\r\n".to_string()),
+    ] {
+        let path = state_dir.join(path);
+        std::fs::create_dir_all(path.parent().expect("dir")).expect("mkdir");
+        std::fs::write(path, text).expect("write");
+    }
     // Then the database.
     let state = pg.state_config(&schema("migrate"), &env.root().join("db-password"));
     env.write_config(&config(&server, 2, &format!("{state}{key_line}")));
@@ -217,16 +231,43 @@ fn migrate_round_trip() {
     let run = env.run(&["state", "migrate", "--from", "files", "--to", "postgres"]);
     run.expect_code(0);
     assert!(
-        run.stdout.starts_with("2 copied, 0 already there"),
+        run.stdout.starts_with("grants: 2 copied, 0 already there, 0 kept newer; 1 poll checkpoints, 1 job outcomes, 1 journal entries copied; 1 messages moved"),
         "{}",
         run.stdout
     );
+    assert!(!state_dir
+        .join("outbox/000000000000000000000001-1-0.mail")
+        .exists());
+    let queue = env.run(&["queue", "list", "--json"]);
+    assert!(
+        queue.stdout.contains("000000000000000000000001-1-0"),
+        "{}",
+        queue.stdout
+    );
+    let status = env.run(&["status", "--json"]);
+    assert!(status.stdout.contains("\"queued\":1"), "{}", status.stdout);
+    let job = pg.psql(
+        "mailpilot",
+        &format!(
+            "SELECT record->>'started' FROM {}.records WHERE kind = 'job' AND key = 'nightly'",
+            schema("migrate")
+        ),
+    );
+    assert_eq!(job.trim(), "100");
     let again = env.run(&["state", "migrate", "--from", "files", "--to", "postgres"]);
     assert!(
-        again.stdout.starts_with("0 copied, 2 already there"),
+        again.stdout.starts_with("grants: 0 copied, 2 already there, 0 kept newer; 0 poll checkpoints, 0 job outcomes, 0 journal entries copied; 0 messages moved"),
         "{}",
         again.stdout
     );
+    let checkpoint = pg.psql(
+        "mailpilot",
+        &format!(
+            "SELECT record->>'last_uid' FROM {}.records WHERE kind = 'poll' AND key = 'a00/INBOX'",
+            schema("migrate")
+        ),
+    );
+    assert_eq!(checkpoint.trim(), "42");
     // The database holds them sealed and they open there.
     let dump = pg.dump();
     for i in 0..2 {
@@ -246,10 +287,13 @@ fn migrate_round_trip() {
     let back = env.run(&["state", "migrate", "--from", "postgres", "--to", "files"]);
     back.expect_code(0);
     assert!(
-        back.stdout.starts_with("1 copied, 1 already there"),
+        back.stdout.starts_with("grants: 1 copied, 1 already there, 0 kept newer; 0 poll checkpoints, 0 job outcomes, 0 journal entries copied; 1 messages moved"),
         "{}",
         back.stdout
     );
+    assert!(state_dir
+        .join("outbox/000000000000000000000001-1-0.mail")
+        .exists());
     let a01 = std::fs::read_to_string(env.token_file("a01")).expect("read");
     assert_eq!(
         serde_json::from_str::<serde_json::Value>(&a01).expect("json"),
@@ -267,7 +311,7 @@ fn migrate_round_trip() {
     assert!(
         stale
             .stdout
-            .starts_with("0 copied, 1 already there, 1 kept newer"),
+            .starts_with("grants: 0 copied, 1 already there, 1 kept newer"),
         "{}",
         stale.stdout
     );

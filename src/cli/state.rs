@@ -9,9 +9,9 @@ use clap::{Subcommand, ValueEnum};
 
 use super::Ctx;
 use crate::config::Backend;
+use crate::db::StateHome;
 use crate::exit::Exit;
-use crate::oauth::pg::PgStore;
-use crate::oauth::{Store, TokenStore};
+use crate::oauth::TokenStore;
 
 /// The `state` subcommands.
 #[derive(Debug, Subcommand)]
@@ -22,8 +22,9 @@ pub enum StateCommand {
     /// Check that the configured state is usable: the database answers with the right schema, and
     /// every stored grant opens with the configured key
     Check,
-    /// Copy every stored grant from one backend to the other (sealed grants stay sealed; running
-    /// it again changes nothing; a newer grant in the target is kept)
+    /// Move the whole state from one backend to the other: grants (sealed ones stay sealed), poll
+    /// checkpoints, job outcomes, send journals, the outbox. Running it again changes nothing;
+    /// newer state in the target is kept. Stop the daemon and timers first
     Migrate {
         /// Where the grants are now
         #[arg(long, value_enum)]
@@ -142,31 +143,50 @@ async fn migrate(ctx: &Ctx, from: Place, to: Place) -> Result<Exit> {
     if from == to {
         return Err(crate::error::UsageError("--from and --to name the same place".into()).into());
     }
-    let files = Store::Files(ctx.token_files()?);
-    let pg = Store::Postgres(PgStore::new(database(ctx)?, None));
+    let files = StateHome::Files(ctx.state_dir()?);
+    let pg = StateHome::Postgres(database(ctx)?);
     let (source, target) = match from {
         Place::Files => (&files, &pg),
         Place::Postgres => (&pg, &files),
     };
-    let done = crate::oauth::backend::copy_grants(source, target).await?;
+    let done = crate::migrate::run(source, target).await?;
+    let grants = &done.grants;
     for (list, what) in [
-        (&done.copied, "copied"),
-        (&done.same, "already there"),
-        (&done.kept, "kept (the target's grant is as new or newer)"),
+        (&grants.copied, "copied"),
+        (&grants.same, "already there"),
+        (&grants.kept, "kept (the target's grant is as new or newer)"),
     ] {
         for account in list {
-            ctx.out.info(&format!("{account}: {what}"));
+            ctx.out.info(&format!("grant of {account}: {what}"));
         }
     }
     ctx.out.data(&format!(
-        "{} copied, {} already there, {} kept newer, from {} to {}",
-        done.copied.len(),
-        done.same.len(),
-        done.kept.len(),
-        source.describe(),
-        target.describe()
+        "grants: {} copied, {} already there, {} kept newer; {} poll checkpoints, {} job outcomes, {} journal entries copied; {} messages moved; from {} to {}",
+        grants.copied.len(),
+        grants.same.len(),
+        grants.kept.len(),
+        done.checkpoints,
+        done.jobs,
+        done.journal_entries,
+        done.messages,
+        describe(source),
+        describe(target)
     ))?;
     Ok(Exit::Success)
+}
+
+/// `files in DIR` or `the state database HOST:PORT/DB (schema S)`.
+fn describe(home: &StateHome) -> String {
+    match home {
+        StateHome::Files(dir) => format!("files in {}", dir.display()),
+        StateHome::Postgres(db) => {
+            format!(
+                "the state database {} (schema {})",
+                db.target(),
+                db.schema()
+            )
+        }
+    }
 }
 
 async fn rotate_key(ctx: &Ctx, new_key_file: Option<PathBuf>) -> Result<Exit> {

@@ -179,6 +179,20 @@ impl Db {
         Ok(row.map(|r| r.get(0)))
     }
 
+    /// Every record of `kind`: `(key, json)`, by key.
+    ///
+    /// # Errors
+    /// [`StateError`] in the chain.
+    pub async fn records_of(&self, kind: RecordKind) -> Result<Vec<(String, String)>> {
+        let rows = self
+            .query(
+                "SELECT key, record::text FROM records WHERE kind = $1 ORDER BY key",
+                &[&kind.name()],
+            )
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+
     /// Replaces the record `key` of `kind` with `json` (committed when this returns).
     ///
     /// # Errors

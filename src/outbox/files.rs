@@ -82,6 +82,41 @@ impl FileOutbox {
         Ok(id)
     }
 
+    /// Stores `entry` (from another outbox) under its id; `false` when that id is already here.
+    ///
+    /// # Errors
+    /// The id is not one, or the files cannot be written.
+    pub fn put_as(&self, entry: &Queued, message: &[u8]) -> Result<bool> {
+        check_id(&entry.id)?;
+        let id = &entry.id;
+        if self.mail(id).exists() || self.failed_mail(id).exists() {
+            return Ok(false);
+        }
+        fsutil::private_dir(&self.dir)?;
+        let mut bytes =
+            serde_json::to_vec(&entry.head).context("failed to encode the outbox entry")?;
+        bytes.push(b'\n');
+        bytes.extend_from_slice(message);
+        match entry.status {
+            Status::Queued => {
+                if entry.attempts != Attempts::default() {
+                    fsutil::write_atomic(&self.state(id), &serde_json::to_vec(&entry.attempts)?)?;
+                }
+                fsutil::write_atomic(&self.mail(id), &bytes)?;
+            }
+            Status::Failed => {
+                let failed = self.dir.join("failed");
+                fsutil::private_dir(&failed)?;
+                fsutil::write_atomic(
+                    &failed.join(format!("{id}.reason.json")),
+                    &serde_json::to_vec(&entry.attempts)?,
+                )?;
+                fsutil::write_atomic(&self.failed_mail(id), &bytes)?;
+            }
+        }
+        Ok(true)
+    }
+
     /// Keeps a message that cannot be sent as it is (no recipient, a local name without an alias)
     /// in `failed/` with `reason`, so nothing handed over is lost: `queue show ID` gives it back.
     ///

@@ -279,6 +279,18 @@ impl Outbox {
         }
     }
 
+    /// Stores `entry` (from another outbox) with its id, status and attempts; `false` when a
+    /// message with that id is already here.
+    ///
+    /// # Errors
+    /// The outbox cannot be written.
+    pub async fn put_as(&self, entry: &Queued, message: &[u8]) -> Result<bool> {
+        match self {
+            Outbox::Files(f) => f.put_as(entry, message),
+            Outbox::Postgres(p) => p.put_as(entry, message).await,
+        }
+    }
+
     /// Every message, queued first then failed, oldest first.
     ///
     /// # Errors

@@ -69,6 +69,36 @@ impl PgOutbox {
         Ok(id)
     }
 
+    /// Stores `entry` (from another outbox) under its id; `false` when that id is already here.
+    ///
+    /// # Errors
+    /// The database is unavailable.
+    pub async fn put_as(&self, entry: &Queued, message: &[u8]) -> Result<bool> {
+        let status = match entry.status {
+            Status::Queued => "queued",
+            Status::Failed => "failed",
+        };
+        let next = i64::try_from(entry.attempts.next_try).unwrap_or(i64::MAX);
+        let added = self
+            .db
+            .execute(
+                "INSERT INTO outbox (id, status, account, head, message, attempts, next_try)
+                 VALUES ($1, $2, $3, $4::text::jsonb, $5, $6::text::jsonb, $7)
+                 ON CONFLICT (id) DO NOTHING",
+                &[
+                    &entry.id,
+                    &status,
+                    &entry.head.account,
+                    &json(&entry.head)?,
+                    &message,
+                    &json(&entry.attempts)?,
+                    &next,
+                ],
+            )
+            .await?;
+        Ok(added == 1)
+    }
+
     /// Every message, queued first then failed, oldest first.
     ///
     /// # Errors

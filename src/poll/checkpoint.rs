@@ -137,6 +137,96 @@ impl Checkpoints {
     }
 }
 
+/// Every stored checkpoint in `home`: `(account, mailbox, json)` (for `state migrate`).
+///
+/// # Errors
+/// The directory or the database cannot be read.
+pub async fn all(home: &StateHome) -> Result<Vec<(String, String, String)>> {
+    match home {
+        StateHome::Postgres(db) => Ok(db
+            .records_of(RecordKind::Poll)
+            .await?
+            .into_iter()
+            .filter_map(|(key, json)| {
+                let (account, mailbox) = key.split_once('/')?;
+                Some((account.to_string(), mailbox.to_string(), json))
+            })
+            .collect()),
+        StateHome::Files(dir) => {
+            let mut out = Vec::new();
+            let root = dir.join("poll");
+            for account in list_dir(&root)? {
+                for file in list_dir(&root.join(&account))? {
+                    let Some(mailbox) = file.strip_suffix(".json").and_then(decode_name) else {
+                        continue;
+                    };
+                    let path = root.join(&account).join(&file);
+                    let bytes = crate::fsutil::read_limited(&path, 16 * 1024 * 1024)?;
+                    let json = String::from_utf8(bytes)
+                        .with_context(|| format!("{} is not UTF-8", path.display()))?;
+                    out.push((account.clone(), mailbox, json));
+                }
+            }
+            Ok(out)
+        }
+    }
+}
+
+/// The names in `dir` (none when it does not exist).
+fn list_dir(dir: &Path) -> Result<Vec<String>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("failed to read {}", dir.display())),
+    };
+    let mut names: Vec<String> = entries
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    Ok(names)
+}
+
+/// The mailbox name of a checkpoint file name (the inverse of [`StateFiles::new`]'s encoding).
+fn decode_name(name: &str) -> Option<String> {
+    let mut bytes = Vec::new();
+    let mut rest = name.as_bytes();
+    while let Some((&b, tail)) = rest.split_first() {
+        if b == b'%' {
+            let hex = std::str::from_utf8(tail.get(..2)?).ok()?;
+            bytes.push(u8::from_str_radix(hex, 16).ok()?);
+            rest = &tail[2..];
+        } else {
+            bytes.push(b);
+            rest = tail;
+        }
+    }
+    String::from_utf8(bytes).ok()
+}
+
+/// The stored checkpoint of `mailbox` of `account` as JSON, if any.
+///
+/// # Errors
+/// It cannot be read, or is not a checkpoint.
+pub async fn load_json(home: &StateHome, account: &str, mailbox: &str) -> Result<Option<String>> {
+    let cp = Checkpoints::new(home, account, mailbox).load().await?;
+    cp.map(|cp| serde_json::to_string(&cp).context("failed to encode poll state"))
+        .transpose()
+}
+
+/// Stores `json` (a checkpoint) as the checkpoint of `mailbox` of `account`.
+///
+/// # Errors
+/// It is not a checkpoint, or it cannot be written.
+pub async fn save_json(home: &StateHome, account: &str, mailbox: &str, json: &str) -> Result<()> {
+    let cp = parse(
+        json.as_bytes(),
+        &format!("poll state of {account}/{mailbox}"),
+    )?;
+    Checkpoints::new(home, account, mailbox).save(&cp).await
+}
+
 /// A checkpoint from its JSON; `what` names it in errors.
 fn parse(bytes: &[u8], what: &str) -> Result<Checkpoint> {
     let cp: Checkpoint = serde_json::from_slice(bytes).with_context(|| {
@@ -207,7 +297,7 @@ impl StateFiles {
 mod tests {
     use super::*;
 
-    /// Mailbox names become safe file names.
+    /// Mailbox names become safe file names, and back.
     #[test]
     fn state_file_names() {
         let f = StateFiles::new(Path::new("/s"), "work", "Archive/2026 Q1");
@@ -215,5 +305,10 @@ mod tests {
             f.json,
             PathBuf::from("/s/poll/work/Archive%2F2026%20Q1.json")
         );
+        assert_eq!(
+            decode_name("Archive%2F2026%20Q1").as_deref(),
+            Some("Archive/2026 Q1")
+        );
+        assert_eq!(decode_name("bad%2"), None);
     }
 }

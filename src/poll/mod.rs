@@ -29,6 +29,9 @@ use crate::imap::{Access, Imap, Selected};
 use crate::oauth::{TokenSource, TokenStore};
 use checkpoint::{Checkpoint, Checkpoints, STATE_VERSION};
 
+pub use checkpoint::{
+    all as all_checkpoints, load_json as checkpoint_json, save_json as save_checkpoint_json,
+};
 pub use handler::{Fetched, MessageJson};
 pub use watch::WatchOptions;
 
