@@ -853,3 +853,44 @@ fn merge_killed_on_one_host_finished_on_another() {
         "no journal file on either host"
     );
 }
+
+/// A database that takes logins over TLS only: with `sslmode=require` and the CA in `[state]
+/// ca_file` everything works; without the CA the certificate is refused (exit 1, the hint names
+/// `ca_file`); with `sslmode=disable` the server refuses the plain login (exit 77).
+#[test]
+fn database_over_tls() {
+    let stack = MailStack::get();
+    let tls = stack.ca_file.parent().expect("tls dir");
+    let pg = PgServer::start_tls(&tls.join("server.crt"), &tls.join("server.key"));
+    let server = OAuthServer::start();
+    let env = TestEnv::new();
+    let plain = pg.state_config("tls", &env.root().join("db-password"));
+    let url = format!("postgresql://mailpilot@localhost:{}/mailpilot", pg.port);
+    let with = |query: &str, ca: bool| {
+        let mut state = plain.replace(
+            &format!("postgresql://mailpilot@127.0.0.1:{}/mailpilot", pg.port),
+            &format!("{url}?{query}"),
+        );
+        if ca {
+            state.push_str(&format!("ca_file = \"{}\"\n", stack.ca_file.display()));
+        }
+        config(&server, 1, &state)
+    };
+    env.write_config(&with("sslmode=require", true));
+    env.run(&["state", "init"]).expect_code(0);
+    import(&env, &server, 0);
+    env.run_with_secret(&server, &["auth", "token", "a00"])
+        .expect_code(0);
+    env.write_config(&with("sslmode=require", false));
+    let run = env.run_with_secret(&server, &["auth", "token", "a00"]);
+    run.expect_code(1);
+    assert!(
+        run.stderr.contains("TLS certificate is not trusted") && run.stderr.contains("ca_file"),
+        "{}",
+        run.stderr
+    );
+    env.write_config(&with("sslmode=disable", true));
+    let run = env.run_with_secret(&server, &["auth", "token", "a00"]);
+    run.expect_code(77);
+    assert!(run.stderr.contains("refused the login"), "{}", run.stderr);
+}

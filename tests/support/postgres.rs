@@ -29,6 +29,8 @@ pub struct PgServer {
     pub port: u16,
     root: PathBuf,
     bin: PathBuf,
+    /// Extra server options (TLS).
+    options: String,
 }
 
 static SHARED: OnceLock<PgServer> = OnceLock::new();
@@ -61,6 +63,16 @@ impl PgServer {
 
     /// A server of its own (for tests that stop or restart it).
     pub fn start() -> PgServer {
+        Self::start_with(None)
+    }
+
+    /// A server of its own that accepts TCP logins only over TLS, with this certificate chain and
+    /// key (PEM).
+    pub fn start_tls(cert: &Path, key: &Path) -> PgServer {
+        Self::start_with(Some((cert, key)))
+    }
+
+    fn start_with(tls: Option<(&Path, &Path)>) -> PgServer {
         let bin = bin_dir();
         let dir = tempfile::Builder::new()
             .prefix("mailpilot-pg-")
@@ -70,10 +82,24 @@ impl PgServer {
         fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).expect("chmod");
         let pwfile = root.join("pw");
         fs::write(&pwfile, PASSWORD).expect("pwfile");
+        let options = match tls {
+            Some((cert, key)) => {
+                fs::copy(cert, root.join("server.crt")).expect("copy cert");
+                fs::copy(key, root.join("server.key")).expect("copy key");
+                fs::set_permissions(root.join("server.key"), fs::Permissions::from_mode(0o600))
+                    .expect("chmod key");
+                format!(
+                    " -c ssl=on -c ssl_cert_file={r}/server.crt -c ssl_key_file={r}/server.key",
+                    r = root.display()
+                )
+            }
+            None => String::new(),
+        };
         let server = PgServer {
             port: free_port(),
             root,
             bin,
+            options,
         };
         if is_root() {
             // initdb and postgres refuse to run as root: the cluster belongs to `postgres`.
@@ -98,6 +124,14 @@ impl PgServer {
                 .arg(format!("--pwfile={}", pwfile.display()))
                 .args(["-E", "UTF8", "--no-sync"]),
         );
+        if tls.is_some() {
+            // TCP logins over TLS only: a plain connection finds no pg_hba.conf line.
+            fs::write(
+                data.join("pg_hba.conf"),
+                "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n",
+            )
+            .expect("pg_hba.conf");
+        }
         server.pg_ctl_start();
         server.start_watchdog();
         server.psql("postgres", "CREATE DATABASE mailpilot");
@@ -138,9 +172,10 @@ impl PgServer {
 
     fn pg_ctl_start(&self) {
         let options = format!(
-            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c max_connections=200",
+            "-c listen_addresses=127.0.0.1 -p {} -k {} -c fsync=off -c max_connections=200{}",
             self.port,
-            self.root.display()
+            self.root.display(),
+            self.options
         );
         let log = self.root.join("postgres.log");
         self.run(
