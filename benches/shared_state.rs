@@ -169,19 +169,7 @@ fn drain(stack: &MailStack, pg: &PgServer, daemons: usize, count: usize) -> Dura
     first
         .run(&["state", "migrate", "--from", "files", "--to", "postgres"])
         .expect_code(0);
-    pg.psql(
-        "mailpilot",
-        &format!(
-            "INSERT INTO {schema}.outbox (id, status, account, head, message, attempts)
-             SELECT to_char(i, 'FM000000000000000000000000') || '-1-0', 'queued', 'work',
-                    jsonb_build_object('version', 1, 'account', 'work', 'from', '',
-                                       'to', jsonb_build_array('{rcpt}'),
-                                       'queued_at', extract(epoch FROM now())::bigint),
-                    convert_to(format(E'From: ops@example.com\\r\\nTo: {rcpt}\\r\\nSubject: m%s\\r\\nMessage-ID: <m%s.bench@mailpilot.test>\\r\\n\\r\\nbody %s\\r\\n', i, i, i), 'UTF8'),
-                    '{{}}'::jsonb
-             FROM generate_series(1, {count}) AS i"
-        ),
-    );
+    pg.queue_messages(&schema, &rcpt, 1, count);
     let hosts: Vec<TestEnv> = (0..daemons)
         .map(|_| {
             let env = TestEnv::new();

@@ -25,21 +25,6 @@ fn start_daemon(env: &TestEnv, stack: &MailStack, args: &[&str]) -> std::process
         .expect("spawn the daemon")
 }
 
-/// SIGTERM; the daemon must stop with 0.
-fn stop_daemon(daemon: std::process::Child) {
-    std::process::Command::new("kill")
-        .args(["-TERM", &daemon.id().to_string()])
-        .status()
-        .expect("kill");
-    let out = daemon.wait_with_output().expect("wait");
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// Makes the cached access token expired, so the next send must refresh.
 fn expire_token(env: &TestEnv) {
     let mut token = env.token_json("work");
@@ -302,7 +287,7 @@ fn daemon_drains_the_outbox() {
     .expect_code(0);
     stack.wait_delivered(&rcpt, 2);
     std::thread::sleep(std::time::Duration::from_millis(1500));
-    stop_daemon(daemon);
+    crate::support::stop_daemon(daemon);
     assert_eq!(stack.delivered(&rcpt).len(), 2, "each once");
     assert!(queued(&env, stack).is_empty());
 }
@@ -528,7 +513,7 @@ fn other_users_drop_for_the_daemon() {
         &["--config", config.to_str().expect("utf8"), "daemon"],
     );
     let delivered = stack.wait_delivered(&rcpt, 2);
-    stop_daemon(daemon);
+    crate::support::stop_daemon(daemon);
     let subjects: Vec<String> = delivered
         .iter()
         .filter_map(|raw| {

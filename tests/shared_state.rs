@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support::postgres::PgServer;
-use crate::support::{Fault, MailStack, OAuthServer, TestEnv};
+use crate::support::{stop_daemon, Fault, MailStack, OAuthServer, TestEnv};
 
 /// A schema name unique to `test` in this run (tests share one server).
 fn schema(test: &str) -> String {
@@ -551,25 +551,6 @@ fn eight_hosts_one_refresh_per_expiry() {
     eprintln!("8 hosts x 20 accounts, per trial (token requests, ms): {figures:?}");
 }
 
-/// Queues `count` messages numbered from `first` straight into the outbox table of `schema` (as
-/// `sendmail`, the relay or another host would have), for account `work` to `rcpt`.
-fn queue_rows(pg: &PgServer, schema: &str, rcpt: &str, first: usize, count: usize) {
-    pg.psql(
-        "mailpilot",
-        &format!(
-            "INSERT INTO {schema}.outbox (id, status, account, head, message, attempts)
-             SELECT to_char(i, 'FM000000000000000000000000') || '-1-0', 'queued', 'work',
-                    jsonb_build_object('version', 1, 'account', 'work', 'from', '',
-                                       'to', jsonb_build_array('{rcpt}'),
-                                       'queued_at', extract(epoch FROM now())::bigint),
-                    convert_to(format(E'From: ops@example.com\\r\\nTo: {rcpt}\\r\\nSubject: m%s\\r\\nMessage-ID: <m%s.drain@mailpilot.test>\\r\\n\\r\\nbody %s\\r\\n', i, i, i), 'UTF8'),
-                    '{{}}'::jsonb
-             FROM generate_series({first}, {last}) AS i",
-            last = first + count - 1
-        ),
-    );
-}
-
 /// Message-ID → how many copies `user` received.
 fn copies(stack: &MailStack, user: &str) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
@@ -618,7 +599,7 @@ fn four_daemons_drain_one_outbox() {
     first
         .run(&["state", "migrate", "--from", "files", "--to", "postgres"])
         .expect_code(0);
-    queue_rows(&pg, "drain", &rcpt, 1, 1000);
+    pg.queue_messages("drain", &rcpt, 1, 1000);
     let hosts: Vec<TestEnv> = (0..DAEMONS).map(|_| host(&text)).collect();
     let started = Instant::now();
     let mut daemons: Vec<Child> = hosts
@@ -642,7 +623,7 @@ fn four_daemons_drain_one_outbox() {
         "a message was delivered twice"
     );
     // Phase two: an outage in the middle.
-    queue_rows(&pg, "drain", &rcpt, 1001, 1000);
+    pg.queue_messages("drain", &rcpt, 1001, 1000);
     wait_for_mail(stack, &rcpt, 1300, Duration::from_secs(60));
     pg.stop();
     std::thread::sleep(Duration::from_secs(2));
@@ -671,17 +652,7 @@ fn four_daemons_drain_one_outbox() {
         );
     }
     for daemon in daemons {
-        Command::new("kill")
-            .args(["-TERM", &daemon.id().to_string()])
-            .status()
-            .expect("kill");
-        let out = daemon.wait_with_output().expect("wait");
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        stop_daemon(daemon);
     }
     eprintln!(
         "4 daemons: 1000 messages in {first_phase:?}; after the outage {} resent",
@@ -749,21 +720,7 @@ fn two_daemons_one_poll_job() {
         std::thread::sleep(Duration::from_millis(100));
     }
     std::thread::sleep(Duration::from_secs(2));
-    let mut stderr = Vec::new();
-    for daemon in daemons {
-        Command::new("kill")
-            .args(["-TERM", &daemon.id().to_string()])
-            .status()
-            .expect("kill");
-        let out = daemon.wait_with_output().expect("wait");
-        stderr.push(String::from_utf8_lossy(&out.stderr).into_owned());
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}",
-            stderr.last().expect("err")
-        );
-    }
+    let stderr: Vec<String> = daemons.into_iter().map(stop_daemon).collect();
     let mut subjects: Vec<String> = lines()
         .iter()
         .map(|l| l.split(' ').next().unwrap_or_default().to_string())

@@ -420,79 +420,25 @@ impl Outbox {
         let claimer = self.claimer().await?;
         let mut session: Option<Session> = sessions.take(&account.name, drain.now).await;
         for id in ids {
-            let Some(Taken {
-                claim: claimed,
-                head,
-                message,
-                state,
-            }) = self.claim(&claimer, id, account, &drain).await?
-            else {
+            let Some(taken) = self.claim(&claimer, id, account, &drain).await? else {
                 continue;
             };
-            let id = id.clone();
-            if let Some(e) = &done.stopped {
-                let reason = error_text(e.as_ref());
-                self.settle(
-                    &claimer,
-                    &id,
-                    claimed,
-                    Settled::Deferred(state, &reason, drain.now),
-                )
-                .await?;
-                done.deferred.push((id, reason));
-                continue;
-            }
-            let Ok(envelope) = envelope(account, &head) else {
-                let reason = "a recipient address is unusable".to_string();
-                self.settle(&claimer, &id, claimed, Settled::Failed(&state, &reason))
-                    .await?;
-                done.failed.push((id, reason));
-                continue;
-            };
-            if session.is_none() {
-                match Session::open(account, tokens).await {
-                    Ok(s) => session = Some(s),
-                    Err(e) => {
-                        let reason = error_text(e.as_ref());
-                        self.settle(
-                            &claimer,
-                            &id,
-                            claimed,
-                            Settled::Deferred(state, &reason, drain.now),
-                        )
-                        .await?;
-                        done.deferred.push((id, reason));
-                        done.stopped = Some(e);
-                        continue;
-                    }
-                }
-            }
-            let Some(s) = session.as_mut() else { break };
-            match s.send(&envelope, &message).await {
-                Ok(_) => {
-                    self.settle(&claimer, &id, claimed, Settled::Sent).await?;
+            let verdict = attempt(account, tokens, &mut session, &taken, &mut done.stopped).await;
+            let (id, Taken { claim, state, .. }) = (id.clone(), taken);
+            match verdict {
+                Verdict::Sent => {
+                    self.settle(&claimer, &id, claim, Settled::Sent).await?;
                     done.sent.push(id);
                 }
-                Err(e @ ServerError::Failed { .. }) => {
-                    let reason = error_text(&e);
-                    self.settle(&claimer, &id, claimed, Settled::Failed(&state, &reason))
-                        .await?;
-                    done.failed.push((id, reason));
-                    if !s.is_usable() {
-                        session = None;
-                    }
-                }
-                Err(e) => {
-                    let reason = error_text(&e);
-                    self.settle(
-                        &claimer,
-                        &id,
-                        claimed,
-                        Settled::Deferred(state, &reason, drain.now),
-                    )
-                    .await?;
+                Verdict::Deferred(reason) => {
+                    let how = Settled::Deferred(state, &reason, drain.now);
+                    self.settle(&claimer, &id, claim, how).await?;
                     done.deferred.push((id, reason));
-                    session = None;
+                }
+                Verdict::Failed(reason) => {
+                    let how = Settled::Failed(&state, &reason);
+                    self.settle(&claimer, &id, claim, how).await?;
+                    done.failed.push((id, reason));
                 }
             }
         }
@@ -500,6 +446,60 @@ impl Outbox {
             sessions.keep(&account.name, s);
         }
         Ok(done)
+    }
+}
+
+/// What became of one claimed message.
+enum Verdict {
+    /// The server took it.
+    Sent,
+    /// Not now: the reason.
+    Deferred(String),
+    /// Never: the reason.
+    Failed(String),
+}
+
+/// Sends one claimed message over `session` (opened on first need, dropped when it breaks).
+/// Once the session cannot be opened, `stopped` holds why, and every later message of the run is
+/// deferred with that reason (no retry storm).
+async fn attempt<S: TokenStore, C>(
+    account: &Account,
+    tokens: &TokenSource<'_, S>,
+    session: &mut Option<Session>,
+    taken: &Taken<C>,
+    stopped: &mut Option<anyhow::Error>,
+) -> Verdict {
+    if let Some(e) = stopped {
+        return Verdict::Deferred(error_text(e.as_ref()));
+    }
+    let Ok(envelope) = envelope(account, &taken.head) else {
+        return Verdict::Failed("a recipient address is unusable".into());
+    };
+    if session.is_none() {
+        match Session::open(account, tokens).await {
+            Ok(s) => *session = Some(s),
+            Err(e) => {
+                let reason = error_text(e.as_ref());
+                *stopped = Some(e);
+                return Verdict::Deferred(reason);
+            }
+        }
+    }
+    let Some(s) = session.as_mut() else {
+        return Verdict::Deferred("no SMTP session".into());
+    };
+    match s.send(&envelope, &taken.message).await {
+        Ok(_) => Verdict::Sent,
+        Err(e @ ServerError::Failed { .. }) => {
+            if !s.is_usable() {
+                *session = None;
+            }
+            Verdict::Failed(error_text(&e))
+        }
+        Err(e) => {
+            *session = None;
+            Verdict::Deferred(error_text(&e))
+        }
     }
 }
 

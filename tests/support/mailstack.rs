@@ -96,6 +96,27 @@ pub fn wait_for_port(port: u16, logs: impl Fn() -> String) {
     }
 }
 
+/// Runs the shell commands `cleanup` once this test process has exited (servers the suite started
+/// must not outlive it).
+#[allow(
+    clippy::zombie_processes,
+    reason = "the watchdog must outlive the test process"
+)]
+pub fn watchdog(cleanup: &str) {
+    let script = format!(
+        "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; {cleanup}",
+        pid = std::process::id()
+    );
+    Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start watchdog");
+}
+
 /// A loopback port that was free a moment ago (nothing listens on it).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -395,27 +416,13 @@ shlib_directory = /usr/lib/postfix
     }
 
     /// Stops both servers and removes the directory once the test process is gone.
-    #[allow(
-        clippy::zombie_processes,
-        reason = "the watchdog must outlive the test process"
-    )]
     fn start_watchdog(&self) {
-        let script = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
-             /usr/sbin/postfix -c '{r}/postfix/conf' stop >/dev/null 2>&1; \
+        watchdog(&format!(
+            "/usr/sbin/postfix -c '{r}/postfix/conf' stop >/dev/null 2>&1; \
              /usr/bin/doveadm -c '{r}/dovecot/dovecot.conf' stop >/dev/null 2>&1; \
              sleep 1; rm -rf '{r}'",
-            pid = std::process::id(),
             r = self.root.display()
-        );
-        Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start watchdog");
+        ));
     }
 
     fn wait_for_port(&self, port: u16) {

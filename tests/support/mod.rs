@@ -326,3 +326,15 @@ ca_file = "{ca}"
         self.run_full(args, &[("MP_TEST_SECRET", &server.client_secret())], None)
     }
 }
+
+/// SIGTERM to a daemon; it must stop with 0. Returns what it wrote on stderr.
+pub fn stop_daemon(daemon: Child) -> String {
+    Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .expect("kill");
+    let out = daemon.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    stderr
+}

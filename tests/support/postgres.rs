@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 
-use super::mailstack::{free_port, wait_for_port};
+use super::mailstack::{free_port, wait_for_port, watchdog};
 
 const INSTALL_HINT: &str =
     "install PostgreSQL with `sudo scripts/install-test-deps.sh` (Debian package postgresql)";
@@ -206,16 +206,10 @@ impl PgServer {
         self.pg_ctl_start();
     }
 
-    #[allow(
-        clippy::zombie_processes,
-        reason = "the watchdog must outlive the test process"
-    )]
     fn start_watchdog(&self) {
-        let script = format!(
-            "while kill -0 {pid} 2>/dev/null; do sleep 0.5; done; \
-             {runas} '{bin}/pg_ctl' -D '{r}/data' -m immediate stop >/dev/null 2>&1; \
+        watchdog(&format!(
+            "{runas} '{bin}/pg_ctl' -D '{r}/data' -m immediate stop >/dev/null 2>&1; \
              sleep 1; rm -rf '{r}'",
-            pid = std::process::id(),
             runas = if is_root() {
                 "runuser -u postgres --"
             } else {
@@ -223,15 +217,26 @@ impl PgServer {
             },
             bin = self.bin.display(),
             r = self.root.display()
+        ));
+    }
+
+    /// Queues `count` messages numbered from `first` straight into the outbox table of `schema`
+    /// (as `sendmail`, the relay or another host would have), for account `work` to `rcpt`.
+    pub fn queue_messages(&self, schema: &str, rcpt: &str, first: usize, count: usize) {
+        self.psql(
+            "mailpilot",
+            &format!(
+                "INSERT INTO {schema}.outbox (id, status, account, head, message, attempts)
+                 SELECT to_char(i, 'FM000000000000000000000000') || '-1-0', 'queued', 'work',
+                        jsonb_build_object('version', 1, 'account', 'work', 'from', '',
+                                           'to', jsonb_build_array('{rcpt}'),
+                                           'queued_at', extract(epoch FROM now())::bigint),
+                        convert_to(format(E'From: ops@example.com\\r\\nTo: {rcpt}\\r\\nSubject: m%s\\r\\nMessage-ID: <m%s.{schema}@mailpilot.test>\\r\\n\\r\\nbody %s\\r\\n', i, i, i), 'UTF8'),
+                        '{{}}'::jsonb
+                 FROM generate_series({first}, {last}) AS i",
+                last = first + count - 1
+            ),
         );
-        Command::new("sh")
-            .arg("-c")
-            .arg(script)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start watchdog");
     }
 
     /// Runs `sql` in `database` as the `mailpilot` superuser; the output, unaligned.

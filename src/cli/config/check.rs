@@ -191,16 +191,7 @@ impl Args {
         let state_dir = ctx.state_dir()?;
         let key = ctx.state_key()?;
         let key_id = key.as_ref().map(|k| k.id().to_string());
-        let (state_backend, state_database) = match &config.state.backend {
-            crate::config::Backend::Files => ("files", None),
-            crate::config::Backend::Postgres(pg) => {
-                let db = ctx.db(pg)?;
-                (
-                    "postgres",
-                    Some(format!("{}, schema {}", db.target(), db.schema())),
-                )
-            }
-        };
+        let (state_backend, state_database) = backend(ctx, &config)?;
         if key.is_some() {
             warn_unsealed(ctx, &config).await?;
         }
@@ -233,16 +224,11 @@ impl Args {
         }
         ctx.out
             .data(&format!("config: {}", config.path.display()))?;
-        let sealing = match (&key_id, &state_database) {
-            (Some(id), _) => format!("tokens sealed with key {id}"),
-            (None, None) => "tokens in plain files, mode 0600; [state] key_file seals them".into(),
-            (None, Some(_)) => "tokens in plain rows; [state] key_file seals them".into(),
-        };
-        let place = match &state_database {
-            Some(db) => format!("PostgreSQL {db}"),
-            None => state_dir.display().to_string(),
-        };
-        ctx.out.data(&format!("state:  {place} ({sealing})"))?;
+        ctx.out.data(&state_line(
+            &state_dir,
+            state_database.as_deref(),
+            key_id.as_deref(),
+        ))?;
         for a in &accounts {
             ctx.out.data("")?;
             for line in human(a) {
@@ -281,6 +267,32 @@ fn sendmail_human(sendmail: &SendmailJson) -> String {
         humantime::format_duration(std::time::Duration::from_secs(sendmail.max_age_secs)),
         humantime::format_duration(std::time::Duration::from_secs(sendmail.warn_after_secs))
     )
+}
+
+/// `files` or `postgres`, and for the database its `host:port/db, schema s`.
+fn backend(ctx: &Ctx, config: &crate::config::Config) -> Result<(&'static str, Option<String>)> {
+    Ok(match &config.state.backend {
+        crate::config::Backend::Files => ("files", None),
+        crate::config::Backend::Postgres(pg) => {
+            let db = ctx.db(pg)?;
+            let place = format!("{}, schema {}", db.target(), db.schema());
+            ("postgres", Some(place))
+        }
+    })
+}
+
+/// `state:  WHERE (how the tokens are kept)`.
+fn state_line(dir: &std::path::Path, database: Option<&str>, key_id: Option<&str>) -> String {
+    let sealing = match (key_id, database) {
+        (Some(id), _) => format!("tokens sealed with key {id}"),
+        (None, None) => "tokens in plain files, mode 0600; [state] key_file seals them".into(),
+        (None, Some(_)) => "tokens in plain rows; [state] key_file seals them".into(),
+    };
+    let place = match database {
+        Some(db) => format!("PostgreSQL {db}"),
+        None => dir.display().to_string(),
+    };
+    format!("state:  {place} ({sealing})")
 }
 
 /// With a state key: names the accounts whose grants are still stored unsealed.
