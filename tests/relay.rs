@@ -247,6 +247,41 @@ fn smtplib_plain_and_login_over_starttls() {
     assert!(!log.contains(PASSWORD), "{log}");
 }
 
+/// With the state in PostgreSQL, the daemon's relay (its own thread and runtime) queues into the
+/// database's outbox and the daemon's drain delivers from it: both messages arrive, the table is
+/// empty afterwards and no outbox file was written.
+#[test]
+fn relay_into_the_state_database() {
+    let stack = MailStack::get();
+    let pg = crate::support::postgres::PgServer::shared();
+    let setup = Setup::new(stack, "rlpg", "");
+    let schema = format!("t_relay_{}", std::process::id());
+    let state = pg.state_config(&schema, &setup.env.root().join("db-password"));
+    let text = fs::read_to_string(setup.env.config_path()).expect("config");
+    setup.env.write_config(&format!("{state}{text}"));
+    setup.env.run(&["state", "init"]).expect_code(0);
+    setup
+        .env
+        .run(&["state", "migrate", "--from", "files", "--to", "postgres"])
+        .expect_code(0);
+    let daemon = setup.start(stack, &["daemon"]);
+    setup.python(stack, SMTPLIB_BOTH);
+    let delivered = stack.wait_delivered(&setup.rcpt, 2);
+    assert_eq!(subjects(&delivered), ["relay login", "relay plain"]);
+    daemon.wait_log("relay: queued", 2);
+    let count = format!("SELECT count(*) FROM {schema}.outbox");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while pg.psql("mailpilot", &count).trim() != "0" {
+        assert!(Instant::now() < deadline, "the outbox table never emptied");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    daemon.stop();
+    assert!(
+        !setup.env.state_dir().join("outbox").exists(),
+        "no outbox files"
+    );
+}
+
 /// swaks delivers through the relay: AUTH LOGIN after STARTTLS (as many appliances do), and AUTH
 /// PLAIN on the implicit-TLS listener (`listen_tls`, port-465 style).
 #[test]
