@@ -321,7 +321,8 @@ fn migrate_round_trip() {
     assert_eq!(token.stdout.trim(), newest);
 }
 
-/// With `key_file`, neither the database dump nor the hosts' files hold any token in clear.
+/// With `key_file`, neither the database dump nor the hosts' files hold any token in clear; without
+/// the key it is exit 77 with the row untouched; `state rotate-key` re-seals the rows.
 #[test]
 fn sealed_in_database() {
     let pg = PgServer::shared();
@@ -377,6 +378,27 @@ fn sealed_in_database() {
         ),
     );
     assert_eq!(before, after);
+    // rotate-key re-seals the rows under a new key, which then opens them.
+    let new_key = env.root().join("new.key");
+    write_key(&new_key, 10);
+    env.write_config(&config(
+        &server,
+        3,
+        &format!("{state}key_file = \"{}\"\n", key.display()),
+    ));
+    env.run(&["state", "rotate-key", new_key.to_str().expect("utf8")])
+        .expect_code(0);
+    env.write_config(&config(
+        &server,
+        3,
+        &format!("{state}key_file = \"{}\"\n", new_key.display()),
+    ));
+    let token = env.run_with_secret(&server, &["auth", "token", "a01"]);
+    token.expect_code(0);
+    assert!(
+        !pg.dump().contains(token.stdout.trim()),
+        "re-sealed, not in clear"
+    );
 }
 
 /// One worker "host": runs `auth token` for every account in its own order, killable.
