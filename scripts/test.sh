@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0 CARGO_TERM_COLOR=never
 
-echo "== system packages (Dovecot, Postfix, openssl, python3, proxies, man-db)"
+echo "== system packages (Dovecot, Postfix, PostgreSQL, openssl, python3, proxies, man-db)"
 # Installs what is missing when run as root; otherwise names the one command to run.
 scripts/install-test-deps.sh
 

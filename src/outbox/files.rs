@@ -239,6 +239,7 @@ impl FileOutbox {
         Ok(self
             .due(id, account, drain)?
             .map(|(head, message, state)| super::Taken {
+                id: id.to_string(),
                 claim: lock,
                 head,
                 message,

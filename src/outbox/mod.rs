@@ -210,8 +210,9 @@ enum Claimed {
     Postgres(pg::Claim),
 }
 
-/// A claimed message: the claim, its head, text and attempts so far.
+/// A claimed message: its id, the claim, its head, text and attempts so far.
 pub(super) struct Taken<C> {
+    id: String,
     claim: C,
     head: Head,
     message: Vec<u8>,
@@ -221,12 +222,21 @@ pub(super) struct Taken<C> {
 impl<C> Taken<C> {
     fn map<D>(self, f: impl FnOnce(C) -> D) -> Taken<D> {
         Taken {
+            id: self.id,
             claim: f(self.claim),
             head: self.head,
             message: self.message,
             state: self.state,
         }
     }
+}
+
+/// Where a delivery run is in its messages.
+enum Cursor<'a> {
+    /// The given ids, one after another.
+    Listed(std::slice::Iter<'a, String>),
+    /// The database's due messages of the account, oldest first, after this id.
+    After(String),
 }
 
 /// How a claimed message's delivery ended.
@@ -353,21 +363,50 @@ impl Outbox {
         })
     }
 
-    async fn claim(
+    /// The next message of the run, claimed; `None` when there is none left.
+    async fn next(
         &self,
         claimer: &Claimer,
-        id: &str,
+        cursor: &mut Cursor<'_>,
         account: &Account,
         drain: &Drain,
     ) -> Result<Option<Taken<Claimed>>> {
-        Ok(match (self, claimer) {
-            (Outbox::Postgres(p), Claimer::Postgres(session)) => p
-                .claim(session, id, account, drain)
-                .await?
-                .map(|t| t.map(Claimed::Postgres)),
-            (Outbox::Files(f), _) => f.claim(id, account, drain)?.map(|t| t.map(Claimed::Files)),
-            (Outbox::Postgres(_), Claimer::Files) => None,
-        })
+        loop {
+            let taken = match (self, claimer, &mut *cursor) {
+                (Outbox::Postgres(p), Claimer::Postgres(session), Cursor::After(after)) => {
+                    match p.claim_next(session, after, account, drain).await? {
+                        pg::Next::Taken(t) => Some(t.map(Claimed::Postgres)),
+                        pg::Next::Passed(id) => {
+                            *after = id;
+                            continue;
+                        }
+                        pg::Next::End => return Ok(None),
+                    }
+                }
+                (_, _, Cursor::Listed(ids)) => {
+                    let Some(id) = ids.next() else {
+                        return Ok(None);
+                    };
+                    match (self, claimer) {
+                        (Outbox::Postgres(p), Claimer::Postgres(session)) => p
+                            .claim(session, id, account, drain)
+                            .await?
+                            .map(|t| t.map(Claimed::Postgres)),
+                        (Outbox::Files(f), _) => {
+                            f.claim(id, account, drain)?.map(|t| t.map(Claimed::Files))
+                        }
+                        (Outbox::Postgres(_), Claimer::Files) => None,
+                    }
+                }
+                _ => return Ok(None),
+            };
+            if let Some(taken) = taken {
+                if let Cursor::After(after) = cursor {
+                    after.clone_from(&taken.id);
+                }
+                return Ok(Some(taken));
+            }
+        }
     }
 
     async fn settle(
@@ -397,7 +436,9 @@ impl Outbox {
     }
 
     /// Delivers the queued messages `ids` of `account` that are due (all of them with
-    /// `drain.force`), over one session; a message another deliverer holds is passed by. Each
+    /// `drain.force`), over one session; a message another deliverer holds is passed by. With the
+    /// database and several ids, each step claims the account's next due message that no one
+    /// holds (`SKIP LOCKED`), so deliverers on several hosts split the queue between them. Each
     /// leaves the outbox only after the server's 250; a permanent refusal (or an unusable message,
     /// or one older than `max_age`) moves it to the failed ones; anything else leaves it queued
     /// with its error and the time of the next try. When the session cannot be opened, every due
@@ -418,13 +459,18 @@ impl Outbox {
             return Ok(done);
         }
         let claimer = self.claimer().await?;
+        // The database hands several deliverers the next free message each; a single message (a
+        // `sendmail` delivering its own) is claimed as such.
+        let mut cursor = match self {
+            Outbox::Postgres(_) if ids.len() > 1 => Cursor::After(String::new()),
+            _ => Cursor::Listed(ids.iter()),
+        };
         let mut session: Option<Session> = sessions.take(&account.name, drain.now).await;
-        for id in ids {
-            let Some(taken) = self.claim(&claimer, id, account, &drain).await? else {
-                continue;
-            };
+        while let Some(taken) = self.next(&claimer, &mut cursor, account, &drain).await? {
             let verdict = attempt(account, tokens, &mut session, &taken, &mut done.stopped).await;
-            let (id, Taken { claim, state, .. }) = (id.clone(), taken);
+            let Taken {
+                id, claim, state, ..
+            } = taken;
             match verdict {
                 Verdict::Sent => {
                     self.settle(&claimer, &id, claim, Settled::Sent).await?;

@@ -26,6 +26,16 @@ pub(super) struct Claim {
     id: String,
 }
 
+/// What the next claim found.
+pub(super) enum Next {
+    /// A message, claimed.
+    Taken(super::Taken<Claim>),
+    /// A message passed over (not due, not this account's, or failed for good): its id.
+    Passed(String),
+    /// Nothing (more) to deliver.
+    End,
+}
+
 fn json<T: serde::Serialize>(value: &T) -> Result<String> {
     serde_json::to_string(value).context("failed to encode an outbox record")
 }
@@ -257,45 +267,87 @@ impl PgOutbox {
         account: &Account,
         drain: &Drain,
     ) -> Result<Option<super::Taken<Claim>>> {
-        let client = session.client();
-        self.db.timed(client.batch_execute("BEGIN")).await?;
+        self.db
+            .timed(session.client().batch_execute("BEGIN"))
+            .await?;
         let row = self
             .db
-            .timed(client.query_opt(
-                "SELECT head::text, message, attempts::text, account FROM outbox
+            .timed(session.client().query_opt(
+                "SELECT id, head::text, message, attempts::text, account FROM outbox
                  WHERE id = $1 AND status = 'queued' FOR UPDATE SKIP LOCKED",
                 &[&id],
             ))
             .await?;
-        let claim = Claim { id: id.to_string() };
+        match self.take(session, row, account, drain).await? {
+            Next::Taken(taken) => Ok(Some(taken)),
+            Next::Passed(_) | Next::End => Ok(None),
+        }
+    }
+
+    /// Claims the oldest message of `account` after id `after` that is due (any queued one with
+    /// `drain.force`) and that no one else holds: deliverers never wait for each other, nor walk
+    /// past each other's messages.
+    ///
+    /// # Errors
+    /// The database is unavailable.
+    pub(super) async fn claim_next(
+        &self,
+        session: &Session,
+        after: &str,
+        account: &Account,
+        drain: &Drain,
+    ) -> Result<Next> {
+        let now = i64::try_from(drain.now).unwrap_or(i64::MAX);
+        self.db
+            .timed(session.client().batch_execute("BEGIN"))
+            .await?;
+        let row = self
+            .db
+            .timed(session.client().query_opt(
+                "SELECT id, head::text, message, attempts::text, account FROM outbox
+                 WHERE status = 'queued' AND account = $1 AND ($2 OR next_try <= $3) AND id > $4
+                 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
+                &[&account.name, &drain.force, &now, &after],
+            ))
+            .await?;
+        self.take(session, row, account, drain).await
+    }
+
+    /// The row locked by the open transaction, if it is deliverable now; otherwise the
+    /// transaction ends (a message past `max_age` or unreadable is failed and committed).
+    async fn take(
+        &self,
+        session: &Session,
+        row: Option<tokio_postgres::Row>,
+        account: &Account,
+        drain: &Drain,
+    ) -> Result<Next> {
         let Some(row) = row else {
             self.end(session, "ROLLBACK").await?;
-            return Ok(None);
+            return Ok(Next::End);
         };
-        let state: Attempts = serde_json::from_str(row.get(2)).unwrap_or_default();
-        if row.get::<_, &str>(3) != account.name || (!drain.force && state.next_try > drain.now) {
+        let id: String = row.get(0);
+        let state: Attempts = serde_json::from_str(row.get(3)).unwrap_or_default();
+        if row.get::<_, &str>(4) != account.name || (!drain.force && state.next_try > drain.now) {
             self.end(session, "ROLLBACK").await?;
-            return Ok(None);
+            return Ok(Next::Passed(id));
         }
-        let message: Vec<u8> = row.get(1);
-        let head = match serde_json::from_str::<Head>(row.get(0)) {
+        let claim = Claim { id: id.clone() };
+        let message: Vec<u8> = row.get(2);
+        let head = match serde_json::from_str::<Head>(row.get(1)) {
             Ok(head) if message.len() as u64 <= MAX_MESSAGE_BYTES => head,
             _ => {
-                self.fail(
-                    session,
-                    claim,
-                    &state,
-                    "unreadable: the head or size is wrong",
-                )
-                .await?;
-                return Ok(None);
+                let reason = "unreadable: the head or size is wrong";
+                self.fail(session, claim, &state, reason).await?;
+                return Ok(Next::Passed(id));
             }
         };
         if let Some(reason) = super::expired(&head, &state, drain) {
             self.fail(session, claim, &state, &reason).await?;
-            return Ok(None);
+            return Ok(Next::Passed(id));
         }
-        Ok(Some(super::Taken {
+        Ok(Next::Taken(super::Taken {
+            id,
             claim,
             head,
             message,
