@@ -54,7 +54,7 @@ pub const MIGRATIONS: &[Migration] = &[
             attempts jsonb NOT NULL,
             next_try bigint NOT NULL DEFAULT 0
         );
-        CREATE INDEX outbox_due ON outbox (next_try, id) WHERE status = 'queued';
+        CREATE INDEX outbox_claim ON outbox (account, id) WHERE status = 'queued';
     ",
     },
     Migration {
