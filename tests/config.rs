@@ -268,3 +268,33 @@ fn sendmail_table() {
         run.stdout
     );
 }
+
+/// `[state]`: every problem of a database backend is reported with its key: an unknown backend,
+/// a missing URL, a password inside the URL, two password sources, a schema that is not a plain
+/// identifier, and database keys under the files backend.
+#[test]
+fn state_backend_rules() {
+    assert_report(
+        &format!("[state]\nbackend = \"sqlite\"\n{BASE}"),
+        &["state.backend: unknown backend \"sqlite\": expected \"files\" or \"postgres\""],
+    );
+    assert_report(
+        &format!("[state]\nbackend = \"postgres\"\n{BASE}"),
+        &["state.url: backend = \"postgres\" needs url = \"postgresql://USER@HOST:PORT/DATABASE\""],
+    );
+    assert_report(
+        &format!("[state]\nbackend = \"postgres\"\nurl = \"postgresql://u:hunter2@db/m\"\npassword_env = \"A\"\npassword_cmd = \"echo b\"\nschema = \"Mail-Pilot\"\n{BASE}"),
+        &[
+            "state.url: the URL holds a password: remove it and use password_env, password_file or password_cmd",
+            "state: give the database password one way: password_env, password_file or password_cmd",
+            "state.schema: \"Mail-Pilot\" is not a plain identifier: lowercase letters, digits and _, at most 63, not starting with a digit",
+        ],
+    );
+    assert_report(
+        &format!("[state]\nurl = \"postgresql://u@db/m\"\nschema = \"s\"\n{BASE}"),
+        &[
+            "state.url: only used with backend = \"postgres\"",
+            "state.schema: only used with backend = \"postgres\"",
+        ],
+    );
+}
