@@ -149,8 +149,8 @@ fn grant_shared_between_hosts() {
     );
 }
 
-/// The database down is transient (75) and nothing falls back to files; a wrong password needs a
-/// person (77); neither shows the password.
+/// The database down is transient (75) and nothing falls back to files; a wrong or missing
+/// password needs a person (77); nothing shows the password.
 #[test]
 fn outage_and_refused_login() {
     let pg = PgServer::shared();
@@ -188,6 +188,20 @@ fn outage_and_refused_login() {
     run.expect_code(77);
     assert!(
         run.stderr.contains("refused the login") && !run.stderr.contains("not-the-password"),
+        "{}",
+        run.stderr
+    );
+    // No password configured while the server asks for one: the same, naming the settings.
+    let without: String = state
+        .lines()
+        .filter(|l| !l.starts_with("password_file"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    env.write_config(&config(&server, 1, &without));
+    let run = env.run_with_secret(&server, &["auth", "token", "a00"]);
+    run.expect_code(77);
+    assert!(
+        run.stderr.contains("password missing") && run.stderr.contains("password_env"),
         "{}",
         run.stderr
     );

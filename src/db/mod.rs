@@ -372,7 +372,9 @@ fn without_code(e: &tokio_postgres::Error) -> Kind {
         );
     }
     let text = e.to_string();
-    if text.starts_with("authentication error") {
+    // "invalid configuration" at run time is a login the settings cannot make: the server asked
+    // for a password and none is configured.
+    if text.starts_with("authentication error") || text.starts_with("invalid configuration") {
         Kind::LoginRefused
     } else if text.starts_with("error serializing")
         || text.starts_with("error deserializing")

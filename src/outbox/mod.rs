@@ -74,6 +74,23 @@ pub enum Status {
     Failed,
 }
 
+impl Status {
+    /// The word for it (`queue list --json`, the database's `status` column).
+    pub fn name(self) -> &'static str {
+        match self {
+            Status::Queued => "queued",
+            Status::Failed => "failed",
+        }
+    }
+
+    /// The status named `word`, if it is one.
+    pub fn from_name(word: &str) -> Option<Status> {
+        [Status::Queued, Status::Failed]
+            .into_iter()
+            .find(|s| s.name() == word)
+    }
+}
+
 /// A message in the outbox, as `queue list` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct Queued {

@@ -58,8 +58,11 @@ impl PgOutbox {
     pub async fn put(&self, head: &Head, message: &[u8], failed: Option<&str>) -> Result<String> {
         let id = crate::clock::unique_stamp();
         let (status, attempts) = match failed {
-            None => ("queued", Attempts::default()),
-            Some(reason) => ("failed", super::failed(&Attempts::default(), reason)),
+            None => (Status::Queued.name(), Attempts::default()),
+            Some(reason) => (
+                Status::Failed.name(),
+                super::failed(&Attempts::default(), reason),
+            ),
         };
         self.db
             .execute(
@@ -84,10 +87,7 @@ impl PgOutbox {
     /// # Errors
     /// The database is unavailable.
     pub async fn put_as(&self, entry: &Queued, message: &[u8]) -> Result<bool> {
-        let status = match entry.status {
-            Status::Queued => "queued",
-            Status::Failed => "failed",
-        };
+        let status = entry.status.name();
         let next = i64::try_from(entry.attempts.next_try).unwrap_or(i64::MAX);
         let added = self
             .db
@@ -125,10 +125,8 @@ impl PgOutbox {
         let mut all = Vec::new();
         for row in rows {
             let id: String = row.get(0);
-            let status = if row.get::<_, &str>(1) == "failed" {
-                Status::Failed
-            } else {
-                Status::Queued
+            let Some(status) = Status::from_name(row.get(1)) else {
+                continue;
             };
             let Ok(head) = serde_json::from_str::<Head>(row.get(2)) else {
                 continue;
