@@ -226,3 +226,52 @@ fn sigterm_finishes_message_in_hand() {
         run.stdout
     );
 }
+
+/// With the state in PostgreSQL, a watch holds its mailbox lock in a database session; when the
+/// database restarts, that lock goes with the session: the watch notices, takes it again, and
+/// goes on handling mail once (nothing missed, nothing twice).
+#[test]
+fn database_restart_retakes_the_lock() {
+    let stack = MailStack::get();
+    let pg = crate::support::postgres::PgServer::start();
+    let (env, user) = TestEnv::for_mailbox(stack, "watchpg");
+    env.import_for(&stack.oauth, &user);
+    let state = pg.state_config("watch", &env.root().join("db-password"));
+    let text = fs::read_to_string(env.config_path()).expect("config");
+    env.write_config(&format!("{state}{text}"));
+    env.run(&["state", "init"]).expect_code(0);
+    env.run(&["state", "migrate", "--from", "files", "--to", "postgres"])
+        .expect_code(0);
+    let log = env.root().join("log");
+    let child = start_watch(&env, stack, &log, &[]);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let checkpoint = "SELECT count(*) FROM watch.records WHERE kind = 'poll'";
+    while pg.psql("mailpilot", checkpoint).trim() != "1" {
+        assert!(Instant::now() < deadline, "watch never started");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stack.deliver(&user, "INBOX", "w1");
+    assert_eq!(wait_for_lines(&log, 1, Duration::from_secs(10)), ["w1"]);
+    pg.stop();
+    std::thread::sleep(Duration::from_secs(1));
+    pg.resume();
+    stack.deliver(&user, "INBOX", "w2");
+    stack.deliver(&user, "INBOX", "w3");
+    assert_eq!(
+        wait_for_lines(&log, 3, Duration::from_secs(20)),
+        ["w1", "w2", "w3"]
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let (code, stderr) = stop(child);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stderr.contains("was lost with its database session"),
+        "{stderr}"
+    );
+    assert_eq!(
+        fs::read_to_string(&log).expect("log").lines().count(),
+        3,
+        "each message once"
+    );
+}

@@ -99,7 +99,15 @@ impl Drop for Session {
 /// A held advisory lock: a session in an open transaction. Dropping it closes the session, which
 /// ends the transaction and frees the lock.
 pub struct Lock {
-    _session: Session,
+    session: Session,
+}
+
+impl Lock {
+    /// Whether the lock is still held: its session is gone when the server restarted or the
+    /// connection broke, and with it the lock — a long holder (`watch`) must take it again.
+    pub fn is_held(&self) -> bool {
+        !self.session.client.is_closed()
+    }
 }
 
 impl std::fmt::Debug for Lock {
@@ -307,7 +315,7 @@ impl Db {
             .client
             .execute("SELECT pg_advisory_xact_lock($1)", &params);
         match tokio::time::timeout(wait + QUERY_TIMEOUT, taking).await {
-            Ok(Ok(_)) => Ok(Some(Lock { _session: session })),
+            Ok(Ok(_)) => Ok(Some(Lock { session })),
             Ok(Err(e)) if e.code() == Some(&SqlState::LOCK_NOT_AVAILABLE) => Ok(None),
             Ok(Err(e)) => Err(self.error(e)),
             Err(_) => Err(self.unavailable("taking a lock timed out")),

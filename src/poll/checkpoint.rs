@@ -75,7 +75,18 @@ pub(super) enum Checkpoints {
 /// A held poll lock of either backend; dropping it releases the lock.
 pub(super) enum Held {
     File(#[allow(dead_code, reason = "held for its lock")] std::fs::File),
-    Db(#[allow(dead_code, reason = "held for its lock")] crate::db::Lock),
+    Db(crate::db::Lock),
+}
+
+impl Held {
+    /// Whether the lock was lost (a database lock goes with its session: a server restart, a
+    /// broken connection); a file lock is held until dropped.
+    pub(super) fn is_lost(&self) -> bool {
+        match self {
+            Held::File(_) => false,
+            Held::Db(lock) => !lock.is_held(),
+        }
+    }
 }
 
 impl Checkpoints {

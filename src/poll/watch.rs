@@ -47,6 +47,8 @@ struct Watch {
     shutdown: Receiver<bool>,
     total: PollSummary,
     backoff: Duration,
+    /// The mailbox lock, held for the whole watch (taken again if the database lost it).
+    held: super::checkpoint::Held,
 }
 
 impl Watch {
@@ -66,17 +68,22 @@ impl<S: TokenStore> Poller<'_, S> {
         settings: WatchOptions,
         shutdown: Receiver<bool>,
     ) -> Result<PollSummary> {
-        let _lock = self.files.lock(&self.options.mailbox).await?;
+        let held = self.files.lock(&self.options.mailbox).await?;
         self.require_start().await?;
         let mut w = Watch {
             settings,
             shutdown,
             total: PollSummary::default(),
             backoff: FIRST_BACKOFF,
+            held,
         };
         while !w.stopping() {
             let started = tokio::time::Instant::now();
-            match self.round(&mut w).await {
+            let result = match self.relock(&mut w).await {
+                Ok(()) => self.round(&mut w).await,
+                Err(e) => Err(e),
+            };
+            match result {
                 Ok(RoundEnd::Shutdown) => break,
                 Ok(RoundEnd::Reconnect) => continue,
                 Err(e) if classify(&e) == Exit::Transient => {
@@ -99,6 +106,16 @@ impl<S: TokenStore> Poller<'_, S> {
             }
         }
         Ok(w.total)
+    }
+
+    /// Takes the mailbox lock again when the database lost it (a restart, a broken connection):
+    /// another watcher may hold it now, and then this one waits ([`crate::error::Busy`], retried).
+    async fn relock(&self, w: &mut Watch) -> Result<()> {
+        if w.held.is_lost() {
+            tracing::info!(mailbox = %self.options.mailbox, "the poll lock was lost with its database session; taking it again");
+            w.held = self.files.lock(&self.options.mailbox).await?;
+        }
+        Ok(())
     }
 
     /// One connection: log in, catch up, then wait for news and handle it until the token needs
@@ -144,6 +161,14 @@ impl<S: TokenStore> Poller<'_, S> {
             };
             imap = back;
             w.backoff = FIRST_BACKOFF;
+            if w.held.is_lost() {
+                imap.logout().await;
+                return Err(crate::error::Busy(format!(
+                    "the lock of {} was lost with its database session",
+                    self.options.mailbox
+                ))
+                .into());
+            }
             let Some(mut checkpoint) = self.files.load().await? else {
                 anyhow::bail!(
                     "poll state of {} vanished while watching",
