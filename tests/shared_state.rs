@@ -415,6 +415,16 @@ fn sealed_in_database() {
     );
 }
 
+/// Pseudo-random bits for kill trial `trial` of this run.
+fn seed(trial: usize) -> u64 {
+    let mut x =
+        (trial as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ u64::from(std::process::id());
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    x
+}
+
 /// One worker "host": runs `auth token` for every account in its own order, killable.
 struct Worker {
     env: TestEnv,
@@ -524,7 +534,10 @@ fn eight_hosts_one_refresh_per_expiry() {
             let victims: Vec<_> = workers
                 .iter()
                 .enumerate()
-                .filter(|(w, _)| (w + trial) % 4 == 0)
+                // About half the workers, chosen anew each trial: at the moment of the kill at
+                // least two requests are held by the server, so a victim is almost surely among
+                // their senders (a trial misses both with odds near 1/4).
+                .filter(|(w, _)| (seed(trial) >> w) & 1 == 1)
                 .map(|(_, worker)| worker.current.clone())
                 .collect();
             let before = server.refresh_count();
@@ -578,7 +591,7 @@ fn eight_hosts_one_refresh_per_expiry() {
         .map(|(_, (requests, _))| requests - ACCOUNTS as u64)
         .sum();
     assert!(
-        killed_in_flight >= 3,
+        killed_in_flight >= 2,
         "only {killed_in_flight} refreshes were in flight when their process was killed"
     );
     // Every account works on every host afterwards.
