@@ -157,6 +157,29 @@ pub fn read_optional(path: &Path) -> Result<Option<Vec<u8>>> {
     }
 }
 
+/// The names in `dir` that end in `suffix`, without it, sorted; none when `dir` does not exist.
+/// Hidden names (a writer's temp files) are left out.
+///
+/// # Errors
+/// The directory cannot be read.
+pub fn names_with_suffix(dir: &Path, suffix: &str) -> Result<Vec<String>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("failed to read {}", dir.display())),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.with_context(|| format!("failed to read {}", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(stem) = name.strip_suffix(suffix).filter(|s| !s.starts_with('.')) {
+            names.push(stem.to_string());
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
 /// The largest small state file read (tokens, checkpoints, job records): they are a few hundred
 /// bytes.
 pub const MAX_STATE_FILE: u64 = 1024 * 1024;

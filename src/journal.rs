@@ -84,7 +84,8 @@ enum Place {
     Db {
         db: Arc<Db>,
         batch: String,
-        _lock: crate::db::Lock,
+        /// The batch lock; it goes with its session when the database restarts.
+        lock: crate::db::Lock,
     },
 }
 
@@ -143,7 +144,7 @@ impl Journal {
             place: Place::Db {
                 db,
                 batch: batch.to_string(),
-                _lock: lock,
+                lock,
             },
             done,
         })
@@ -182,17 +183,26 @@ impl Journal {
                 let file = file.try_clone().with_context(failed)?;
                 tokio::task::spawn_blocking(move || file.sync_data().map_err(anyhow::Error::from))
             }
-            Place::Db { db, batch, .. } => {
+            Place::Db { db, batch, lock } => {
                 let (db, batch, key) = (db.clone(), batch.clone(), entry.key.clone());
                 let text = String::from_utf8(line).context("a journal entry is not UTF-8")?;
+                let lost = !lock.is_held();
                 tokio::spawn(async move {
                     db.execute(
                         "INSERT INTO journal (batch, key, entry) VALUES ($1, $2, $3::text::jsonb)
                          ON CONFLICT (batch, key) DO UPDATE SET entry = excluded.entry",
                         &[&batch, &key, &text],
                     )
-                    .await
-                    .map(|_| ())
+                    .await?;
+                    if lost {
+                        // The entry is in; but another host may be sending this batch now, so
+                        // no further message goes out from here (a rerun resumes).
+                        return Err(Busy(format!(
+                            "the lock of batch {batch} was lost with its database session; run the batch again to finish it"
+                        ))
+                        .into());
+                    }
+                    Ok(())
                 })
             }
         };
@@ -219,6 +229,8 @@ impl Syncing {
     pub async fn wait(self) -> Result<()> {
         let failed = || format!("failed to append to journal {}", self.what);
         match self.durable.await {
+            // Written, but the batch must stop (its lock was lost): say that, not "failed".
+            Ok(Err(e)) if e.downcast_ref::<Busy>().is_some() => Err(e),
             Ok(result) => result.with_context(failed),
             Err(e) => Err(anyhow::Error::new(e)).with_context(failed),
         }
@@ -232,16 +244,33 @@ impl Syncing {
 pub fn entries_in_file(path: &Path) -> Result<Vec<Entry>> {
     let bytes =
         fs::read(path).with_context(|| format!("failed to read journal {}", path.display()))?;
-    let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
-    bytes[..complete]
-        .split(|b| *b == b'\n')
-        .filter(|line| !line.is_empty())
-        .enumerate()
-        .map(|(i, line)| {
-            serde_json::from_slice(line)
-                .with_context(|| format!("journal {}:{} is corrupt", path.display(), i + 1))
-        })
-        .collect()
+    let mut entries = Vec::new();
+    each_entry(&bytes[..complete_lines(&bytes)], path, |e| entries.push(e))?;
+    Ok(entries)
+}
+
+/// How many leading bytes of a journal are whole lines (a crash may leave half of the last).
+fn complete_lines(bytes: &[u8]) -> usize {
+    bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1)
+}
+
+/// Hands each entry of whole journal lines to `each`, one at a time (a long batch's entries are
+/// never all in memory); a corrupt line names the file and line.
+fn each_entry(bytes: &[u8], path: &Path, mut each: impl FnMut(Entry)) -> Result<()> {
+    for (i, line) in bytes.split(|b| *b == b'\n').enumerate() {
+        if line.is_empty() {
+            continue;
+        }
+        match serde_json::from_slice(line) {
+            Ok(entry) => each(entry),
+            Err(e) => bail!(
+                "journal {}:{} is corrupt ({e}); move it away to resend the whole batch",
+                path.display(),
+                i + 1
+            ),
+        }
+    }
+    Ok(())
 }
 
 /// Every journal entry in the state database: `(batch, entry)`, by batch.
@@ -269,7 +298,7 @@ pub async fn entries_in_db(db: &Db) -> Result<Vec<(String, Entry)>> {
 fn read_keys(file: &mut File, path: &Path) -> Result<HashSet<KeyDigest>> {
     let bytes =
         fs::read(path).with_context(|| format!("failed to read journal {}", path.display()))?;
-    let complete = bytes.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+    let complete = complete_lines(&bytes);
     if complete < bytes.len() {
         file.set_len(complete as u64)
             .and_then(|()| file.sync_data())
@@ -279,20 +308,9 @@ fn read_keys(file: &mut File, path: &Path) -> Result<HashSet<KeyDigest>> {
         tracing::warn!(journal = %path.display(), "cut off a torn last line (a run was killed mid-write)");
     }
     let mut keys = HashSet::new();
-    for (i, line) in bytes[..complete].split(|b| *b == b'\n').enumerate() {
-        if line.is_empty() {
-            continue;
-        }
-        let entry: Entry = match serde_json::from_slice(line) {
-            Ok(e) => e,
-            Err(e) => bail!(
-                "journal {}:{} is corrupt ({e}); move it away to resend the whole batch",
-                path.display(),
-                i + 1
-            ),
-        };
+    each_entry(&bytes[..complete], path, |entry| {
         keys.insert(KeyDigest::of(&entry.key));
-    }
+    })?;
     Ok(keys)
 }
 

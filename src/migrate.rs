@@ -9,9 +9,8 @@ use anyhow::{Context, Result};
 use crate::db::StateHome;
 use crate::journal::{self, Journal};
 use crate::oauth::backend::{copy_grants, Copied};
-use crate::oauth::pg::PgStore;
-use crate::oauth::{FileStore, Store};
-use crate::outbox::{Outbox, PgOutbox};
+use crate::oauth::Store;
+use crate::outbox::Outbox;
 use crate::schedule::JobState;
 
 /// What a migration did, by part.
@@ -29,20 +28,6 @@ pub struct Report {
     pub messages: usize,
 }
 
-fn store(home: &StateHome) -> Store {
-    match home {
-        StateHome::Files(dir) => Store::Files(FileStore::new(dir.join("tokens"))),
-        StateHome::Postgres(db) => Store::Postgres(PgStore::new(db.clone(), None)),
-    }
-}
-
-fn outbox(home: &StateHome) -> Outbox {
-    match home {
-        StateHome::Files(dir) => Outbox::files(dir),
-        StateHome::Postgres(db) => Outbox::Postgres(PgOutbox::new(db.clone())),
-    }
-}
-
 /// Moves everything from `from` to `to`.
 ///
 /// # Errors
@@ -50,7 +35,7 @@ fn outbox(home: &StateHome) -> Outbox {
 /// daemon); a lock is held too long.
 pub async fn run(from: &StateHome, to: &StateHome) -> Result<Report> {
     Ok(Report {
-        grants: copy_grants(&store(from), &store(to)).await?,
+        grants: copy_grants(&Store::at(from), &Store::at(to)).await?,
         checkpoints: checkpoints(from, to).await?,
         jobs: jobs(from, to).await?,
         journal_entries: journals(from, to).await?,
@@ -99,20 +84,7 @@ async fn journals(from: &StateHome, to: &StateHome) -> Result<usize> {
     match from {
         StateHome::Files(dir) => {
             let dir = crate::send::journal_dir(dir);
-            let names = match std::fs::read_dir(&dir) {
-                Ok(entries) => entries
-                    .flatten()
-                    .filter_map(|e| {
-                        let name = e.file_name().to_string_lossy().into_owned();
-                        name.strip_suffix(".jsonl").map(str::to_string)
-                    })
-                    .collect(),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-                Err(e) => {
-                    return Err(e).with_context(|| format!("failed to read {}", dir.display()))
-                }
-            };
-            for batch in names {
+            for batch in crate::fsutil::names_with_suffix(&dir, ".jsonl")? {
                 let entries = journal::entries_in_file(&dir.join(format!("{batch}.jsonl")))?;
                 batches.push((batch, entries));
             }
@@ -149,7 +121,7 @@ async fn journals(from: &StateHome, to: &StateHome) -> Result<usize> {
 /// Moves every message: stored in the target (unless already there from an interrupted run),
 /// then removed from the source.
 async fn messages(from: &StateHome, to: &StateHome) -> Result<usize> {
-    let (source, target) = (outbox(from), outbox(to));
+    let (source, target) = (Outbox::at(from), Outbox::at(to));
     let mut moved = 0;
     for entry in source.list().await? {
         let (_, message) = source.load(&entry.id).await?;

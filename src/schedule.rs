@@ -69,23 +69,7 @@ pub async fn recorded_jobs(home: &crate::db::StateHome) -> Result<Vec<String>> {
             .map(|(name, _)| name)
             .collect()),
         crate::db::StateHome::Files(dir) => {
-            let dir = dir.join("jobs");
-            let entries = match std::fs::read_dir(&dir) {
-                Ok(e) => e,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-                Err(e) => {
-                    return Err(e).with_context(|| format!("failed to read {}", dir.display()))
-                }
-            };
-            let mut names: Vec<String> = entries
-                .flatten()
-                .filter_map(|e| {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    name.strip_suffix(".json").map(str::to_string)
-                })
-                .collect();
-            names.sort();
-            Ok(names)
+            crate::fsutil::names_with_suffix(&dir.join("jobs"), ".json")
         }
     }
 }

@@ -27,8 +27,7 @@ use crate::config::Backend;
 use crate::config::Config;
 use crate::db::Db;
 use crate::exit::Exit;
-use crate::oauth::pg::PgStore;
-use crate::oauth::{FileStore, Store};
+use crate::oauth::Store;
 use crate::output::Output;
 use crate::paths::Env;
 
@@ -264,10 +263,7 @@ impl Ctx {
     }
 
     fn store_with(&self, key: Option<std::sync::Arc<crate::seal::Key>>) -> Result<Store> {
-        Ok(match self.state_settings()?.backend {
-            Backend::Files => Store::Files(self.token_files()?.with_key(key)),
-            Backend::Postgres(pg) => Store::Postgres(PgStore::new(self.db(&pg)?, key)),
-        })
+        Ok(Store::at(&self.state_home()?).with_key(key))
     }
 
     /// Where the state lives: the state directory or the state database.
@@ -286,20 +282,7 @@ impl Ctx {
     /// # Errors
     /// No `$XDG_STATE_HOME` or `$HOME`; the database password cannot be read.
     pub fn outbox(&self) -> Result<crate::outbox::Outbox> {
-        Ok(match self.state_settings()?.backend {
-            Backend::Files => crate::outbox::Outbox::files(&self.state_dir()?),
-            Backend::Postgres(pg) => {
-                crate::outbox::Outbox::Postgres(crate::outbox::PgOutbox::new(self.db(&pg)?))
-            }
-        })
-    }
-
-    /// The token files of this host (whatever the backend: `state migrate` reads them).
-    ///
-    /// # Errors
-    /// No `$XDG_STATE_HOME` or `$HOME`.
-    pub fn token_files(&self) -> Result<FileStore> {
-        Ok(FileStore::new(self.state_dir()?.join("tokens")))
+        Ok(crate::outbox::Outbox::at(&self.state_home()?))
     }
 
     /// `[state]` of the configuration last loaded (loading it if none was).

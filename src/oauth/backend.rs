@@ -29,6 +29,15 @@ pub enum StoreLock {
 }
 
 impl Store {
+    /// The grants of `home`, unsealed (see [`Store::with_key`]): token files in its `tokens/`, or
+    /// the database's tables.
+    pub fn at(home: &crate::db::StateHome) -> Store {
+        match home {
+            crate::db::StateHome::Files(dir) => Store::Files(FileStore::new(dir.join("tokens"))),
+            crate::db::StateHome::Postgres(db) => Store::Postgres(PgStore::new(db.clone(), None)),
+        }
+    }
+
     /// Where the grants are, for messages (`token files in /path`, `grants in the state database
     /// host:port/db (schema s)`).
     pub fn describe(&self) -> String {

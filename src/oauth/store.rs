@@ -178,24 +178,8 @@ impl FileStore {
     /// # Errors
     /// The directory cannot be read.
     pub fn accounts(&self) -> Result<Vec<String>> {
-        let entries = match fs::read_dir(&self.dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => {
-                return Err(e).with_context(|| format!("failed to read {}", self.dir.display()))
-            }
-        };
-        let mut names = Vec::new();
-        for entry in entries {
-            let entry = entry.with_context(|| format!("failed to read {}", self.dir.display()))?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if let Some(account) = name.strip_suffix(".json") {
-                if !account.ends_with(".error") && !account.starts_with('.') {
-                    names.push(account.to_string());
-                }
-            }
-        }
-        names.sort();
+        let mut names = crate::fsutil::names_with_suffix(&self.dir, ".json")?;
+        names.retain(|name| !name.ends_with(".error"));
         Ok(names)
     }
 

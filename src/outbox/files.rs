@@ -331,20 +331,8 @@ impl FileOutbox {
 
 /// The ids of the `*.mail` files in `dir`, oldest first.
 fn ids(dir: &Path) -> Result<Vec<String>> {
-    let entries = match fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("failed to read {}", dir.display())),
-    };
-    let mut ids: Vec<String> = entries
-        .flatten()
-        .filter_map(|e| {
-            let name = e.file_name().to_string_lossy().into_owned();
-            name.strip_suffix(".mail").map(str::to_string)
-        })
-        .filter(|id| check_id(id).is_ok())
-        .collect();
-    ids.sort();
+    let mut ids = fsutil::names_with_suffix(dir, ".mail")?;
+    ids.retain(|id| check_id(id).is_ok());
     Ok(ids)
 }
 

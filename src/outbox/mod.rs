@@ -264,6 +264,14 @@ enum Settled<'a> {
 }
 
 impl Outbox {
+    /// The outbox of `home`: `outbox/` in the state directory, or the database's table.
+    pub fn at(home: &crate::db::StateHome) -> Outbox {
+        match home {
+            crate::db::StateHome::Files(dir) => Outbox::files(dir),
+            crate::db::StateHome::Postgres(db) => Outbox::Postgres(PgOutbox::new(db.clone())),
+        }
+    }
+
     /// The file outbox under `state_dir`.
     pub fn files(state_dir: &Path) -> Outbox {
         Outbox::Files(FileOutbox::new(state_dir))

@@ -359,13 +359,18 @@ impl PgOutbox {
 
     /// The server took it: delete and commit.
     pub(super) async fn sent(&self, session: &Session, claim: Claim) -> Result<()> {
-        self.db
-            .timed(
-                session
-                    .client()
-                    .execute("DELETE FROM outbox WHERE id = $1", &[&claim.id]),
-            )
-            .await?;
+        let sql = "DELETE FROM outbox WHERE id = $1";
+        self.settle(session, sql, &[&claim.id]).await
+    }
+
+    /// Runs `sql` on the claimed row in its open transaction, and commits.
+    async fn settle(
+        &self,
+        session: &Session,
+        sql: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+    ) -> Result<()> {
+        self.db.timed(session.client().execute(sql, params)).await?;
         self.end(session, "COMMIT").await
     }
 
@@ -380,13 +385,9 @@ impl PgOutbox {
     ) -> Result<()> {
         let state = super::deferred(state, reason, now);
         let next = i64::try_from(state.next_try).unwrap_or(i64::MAX);
-        self.db
-            .timed(session.client().execute(
-                "UPDATE outbox SET attempts = $2::text::jsonb, next_try = $3 WHERE id = $1",
-                &[&claim.id, &json(&state)?, &next],
-            ))
-            .await?;
-        self.end(session, "COMMIT").await
+        let sql = "UPDATE outbox SET attempts = $2::text::jsonb, next_try = $3 WHERE id = $1";
+        self.settle(session, sql, &[&claim.id, &json(&state)?, &next])
+            .await
     }
 
     /// Refused for good: mark it failed with the reason, and commit.
@@ -398,12 +399,8 @@ impl PgOutbox {
         reason: &str,
     ) -> Result<()> {
         let record = super::failed(state, reason);
-        self.db
-            .timed(session.client().execute(
-                "UPDATE outbox SET status = 'failed', attempts = $2::text::jsonb WHERE id = $1",
-                &[&claim.id, &json(&record)?],
-            ))
-            .await?;
-        self.end(session, "COMMIT").await
+        let sql = "UPDATE outbox SET status = 'failed', attempts = $2::text::jsonb WHERE id = $1";
+        self.settle(session, sql, &[&claim.id, &json(&record)?])
+            .await
     }
 }

@@ -166,12 +166,12 @@ pub async fn all(home: &StateHome) -> Result<Vec<(String, String, String)>> {
         StateHome::Files(dir) => {
             let mut out = Vec::new();
             let root = dir.join("poll");
-            for account in list_dir(&root)? {
-                for file in list_dir(&root.join(&account))? {
-                    let Some(mailbox) = file.strip_suffix(".json").and_then(decode_name) else {
+            for account in crate::fsutil::names_with_suffix(&root, "")? {
+                for file in crate::fsutil::names_with_suffix(&root.join(&account), ".json")? {
+                    let Some(mailbox) = decode_name(&file) else {
                         continue;
                     };
-                    let path = root.join(&account).join(&file);
+                    let path = root.join(&account).join(format!("{file}.json"));
                     let bytes = crate::fsutil::read_limited(&path, 16 * 1024 * 1024)?;
                     let json = String::from_utf8(bytes)
                         .with_context(|| format!("{} is not UTF-8", path.display()))?;
@@ -181,22 +181,6 @@ pub async fn all(home: &StateHome) -> Result<Vec<(String, String, String)>> {
             Ok(out)
         }
     }
-}
-
-/// The names in `dir` (none when it does not exist).
-fn list_dir(dir: &Path) -> Result<Vec<String>> {
-    let entries = match std::fs::read_dir(dir) {
-        Ok(e) => e,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("failed to read {}", dir.display())),
-    };
-    let mut names: Vec<String> = entries
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| !n.starts_with('.'))
-        .collect();
-    names.sort();
-    Ok(names)
 }
 
 /// The mailbox name of a checkpoint file name (the inverse of [`StateFiles::new`]'s encoding).
