@@ -356,6 +356,10 @@ mynetworks = 127.0.0.0/8
 alias_maps =
 alias_database =
 biff = no
+# A delivery Dovecot defers under load is retried within seconds, not the default 5 minutes.
+queue_run_delay = 1s
+minimal_backoff_time = 1s
+maximal_backoff_time = 4s
 smtputf8_enable = no
 line_length_limit = 16384
 smtpd_peername_lookup = no
