@@ -130,7 +130,9 @@ impl Db {
         if let Some(password) = password {
             config.password(password.expose());
         }
-        let search_path = format!("-c search_path={}", settings.schema);
+        // Quoted, so a reserved word (`user`) is a schema name too; validation allows only
+        // `[a-z_][a-z0-9_]*`, which needs no escaping inside the quotes.
+        let search_path = format!("-c search_path=\"{}\"", settings.schema);
         let options = match config.get_options() {
             Some(given) => format!("{given} {search_path}"),
             None => search_path,

@@ -87,7 +87,7 @@ pub fn latest() -> i32 {
 async fn version(db: &Db, client: &Client) -> Result<i32> {
     let exists = client
         .query_one(
-            "SELECT to_regclass(current_schema() || '.schema_migrations') IS NOT NULL",
+            "SELECT to_regclass(quote_ident(current_schema()) || '.schema_migrations') IS NOT NULL",
             &[],
         )
         .await
@@ -171,8 +171,8 @@ pub async fn init(db: &Db) -> Result<Applied> {
     let tx = client.transaction().await.map_err(|e| db.error(e))?;
     let key = super::lock_key(db.schema(), "schema");
     let setup = format!(
-        "CREATE SCHEMA IF NOT EXISTS {schema};
-         SET LOCAL search_path TO {schema};
+        "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
+         SET LOCAL search_path TO \"{schema}\";
          CREATE TABLE IF NOT EXISTS schema_migrations (
              version    integer PRIMARY KEY,
              applied_at timestamptz NOT NULL DEFAULT now()
