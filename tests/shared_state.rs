@@ -949,6 +949,65 @@ fn two_daemons_one_poll_job() {
     assert_eq!(ran, 2, "both daemons ran the job\n{stderr:#?}");
 }
 
+/// A poll whose mailbox lock goes with its database session (the session ended by the server, as
+/// a restart or a broken connection ends it, while the poll's other session lives on) records the
+/// message in hand and stops with 75, since another host may be polling now; a rerun goes on from
+/// there: every message handed over once.
+#[test]
+fn poll_stops_when_its_lock_is_lost() {
+    let stack = MailStack::get();
+    let pg = PgServer::start();
+    let (env, _text, user, _rcpt) = stack_host(stack, &pg, "pglost", "");
+    for s in ["m1", "m2", "m3", "m4"] {
+        stack.deliver(&user, "INBOX", s);
+    }
+    let log = env.root().join("log");
+    let go = env.root().join("go");
+    let held = format!(
+        "echo \"$MAILPILOT_UID\" >> {log}; [ \"$MAILPILOT_UID\" = 2 ] && while [ ! -e {go} ]; do sleep 0.05; done; true",
+        log = log.display(),
+        go = go.display()
+    );
+    let child = env
+        .cmd(&["poll", "--all", "--exec", &held])
+        .env("MP_TEST_SECRET", stack.oauth.client_secret())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn poll");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < 2
+    {
+        assert!(Instant::now() < deadline, "the handler never reached UID 2");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let ended = pg.psql(
+        "mailpilot",
+        "SELECT count(pg_terminate_backend(pid)) FROM pg_locks WHERE locktype = 'advisory'",
+    );
+    assert_eq!(ended.trim(), "1", "the poll lock's session ended");
+    std::fs::write(&go, "").expect("go");
+    let out = child.wait_with_output().expect("wait");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(75), "{stderr}");
+    assert!(
+        stderr.contains("was lost with its database session"),
+        "{stderr}"
+    );
+    let quick = format!("echo \"$MAILPILOT_UID\" >> {}", log.display());
+    env.run_with_secret(&stack.oauth, &["poll", "--exec", &quick])
+        .expect_code(0);
+    assert_eq!(
+        std::fs::read_to_string(&log).expect("log"),
+        "1\n2\n3\n4\n",
+        "each message once, UID 2 recorded before the stop"
+    );
+}
+
 /// A 300-row merge killed on host A and rerun on host B (same `--batch`): every row arrives,
 /// at most one twice, and that one with its twin's Message-ID; the journal is in the database.
 #[test]

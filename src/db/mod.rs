@@ -106,7 +106,25 @@ impl Lock {
     /// Whether the lock is still held: its session is gone when the server restarted or the
     /// connection broke, and with it the lock — a long holder (`watch`) must take it again.
     pub fn is_held(&self) -> bool {
-        !self.session.client.is_closed()
+        self.probe().is_held()
+    }
+
+    /// Tells later, without owning the lock, whether it is still held: for a writer that works
+    /// under a lock someone else holds (a poll's checkpoint under its mailbox lock).
+    pub fn probe(&self) -> LockProbe {
+        LockProbe(self.session.task.abort_handle())
+    }
+}
+
+/// Whether a [`Lock`] is still held: its session's connection task ends with the session (a
+/// server restart, a broken connection, or the lock released).
+#[derive(Debug, Clone)]
+pub struct LockProbe(tokio::task::AbortHandle);
+
+impl LockProbe {
+    /// `false` once the lock's session is gone.
+    pub fn is_held(&self) -> bool {
+        !self.0.is_finished()
     }
 }
 

@@ -10,9 +10,9 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
-use crate::db::{Db, RecordKind, StateHome};
+use crate::db::{Db, LockProbe, RecordKind, StateHome};
 use crate::error::Busy;
 
 /// How long a second poll of the same mailbox waits for the first before giving up (exit 75).
@@ -68,8 +68,13 @@ impl Checkpoint {
 pub(super) enum Checkpoints {
     /// Files in the state directory.
     Files(StateFiles),
-    /// A record in the state database (key `account/mailbox`) and an advisory lock of that name.
-    Postgres { db: Arc<Db>, key: String },
+    /// A record in the state database (key `account/mailbox`) and an advisory lock of that name;
+    /// `held` tells whether the lock last taken is still held (a restart takes it away).
+    Postgres {
+        db: Arc<Db>,
+        key: String,
+        held: Mutex<Option<LockProbe>>,
+    },
 }
 
 /// A held poll lock of either backend; dropping it releases the lock.
@@ -97,6 +102,7 @@ impl Checkpoints {
             StateHome::Postgres(db) => Checkpoints::Postgres {
                 db: db.clone(),
                 key: format!("{account}/{mailbox}"),
+                held: Mutex::new(None),
             },
         }
     }
@@ -105,7 +111,7 @@ impl Checkpoints {
     pub(super) async fn load(&self) -> Result<Option<Checkpoint>> {
         match self {
             Checkpoints::Files(files) => files.load(),
-            Checkpoints::Postgres { db, key } => db
+            Checkpoints::Postgres { db, key, .. } => db
                 .record(RecordKind::Poll, key)
                 .await?
                 .map(|text| {
@@ -119,12 +125,29 @@ impl Checkpoints {
     }
 
     /// Replaces the checkpoint (durable when this returns).
+    ///
+    /// # Errors
+    /// The write failed; or [`Busy`] after the write when the mailbox lock went with its
+    /// database session meanwhile: another host may be polling now, so nothing more is handed
+    /// over from here (the next poll, or the watch once it has the lock again, goes on).
     pub(super) async fn save(&self, cp: &Checkpoint) -> Result<()> {
         match self {
             Checkpoints::Files(files) => files.save(cp),
-            Checkpoints::Postgres { db, key } => {
+            Checkpoints::Postgres { db, key, held } => {
+                let lost = held
+                    .lock()
+                    .ok()
+                    .and_then(|probe| probe.clone())
+                    .is_some_and(|probe| !probe.is_held());
                 let text = serde_json::to_string(cp).context("failed to encode poll state")?;
-                db.put_record(RecordKind::Poll, key, &text).await
+                db.put_record(RecordKind::Poll, key, &text).await?;
+                if lost {
+                    return Err(Busy(format!(
+                        "the poll lock of {key} was lost with its database session; the message in hand is recorded"
+                    ))
+                    .into());
+                }
+                Ok(())
             }
         }
     }
@@ -133,10 +156,13 @@ impl Checkpoints {
     pub(super) async fn lock(&self, mailbox: &str) -> Result<Held> {
         let held = match self {
             Checkpoints::Files(files) => files.lock().await?.map(Held::File),
-            Checkpoints::Postgres { db, key } => db
-                .lock(&format!("poll {key}"), LOCK_WAIT)
-                .await?
-                .map(Held::Db),
+            Checkpoints::Postgres { db, key, held } => {
+                let lock = db.lock(&format!("poll {key}"), LOCK_WAIT).await?;
+                if let (Some(lock), Ok(mut held)) = (&lock, held.lock()) {
+                    *held = Some(lock.probe());
+                }
+                lock.map(Held::Db)
+            }
         };
         held.ok_or_else(|| {
             Busy(format!(
