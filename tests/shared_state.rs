@@ -102,6 +102,23 @@ fn init_creates_and_upgrades_once() {
         tables.trim(),
         "auth_metadata,journal,outbox,records,schema_migrations,token_errors,tokens"
     );
+    // A newer mailpilot upgraded the schema: this one neither writes into it nor "upgrades" it.
+    let newer = latest.parse::<u32>().expect("version") + 1;
+    pg.psql(
+        "mailpilot",
+        &format!("INSERT INTO {name}.schema_migrations (version) VALUES ({newer})"),
+    );
+    for args in [&["auth", "token", "a00"][..], &["state", "init"]] {
+        let run = env.run_with_secret(&server, args);
+        run.expect_code(1);
+        assert!(
+            run.stderr.contains(&format!(
+                "is at version {newer}, written by a newer mailpilot"
+            )) && run.stderr.contains("upgrade mailpilot on this host"),
+            "{args:?}: {}",
+            run.stderr
+        );
+    }
 }
 
 /// A schema named by a reserved word (`user`) works: the name is quoted wherever it reaches SQL.

@@ -4,7 +4,8 @@
 //! mailpilot knows, so an older binary never writes into a newer layout.
 
 use anyhow::Result;
-use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, GenericClient};
 
 use super::Db;
 use crate::error::StateError;
@@ -83,26 +84,23 @@ pub fn latest() -> i32 {
     MIGRATIONS.last().map_or(0, |m| m.version)
 }
 
-/// The version recorded in the database; 0 when the schema or its table does not exist.
-async fn version(db: &Db, client: &Client) -> Result<i32> {
-    let exists = client
-        .query_one(
-            "SELECT to_regclass(quote_ident(current_schema()) || '.schema_migrations') IS NOT NULL",
-            &[],
-        )
-        .await
-        .map_err(|e| db.error(e))?;
-    if !exists.get::<_, bool>(0) {
-        return Ok(0);
-    }
-    let row = client
-        .query_one(
-            "SELECT coalesce(max(version), 0) FROM schema_migrations",
-            &[],
-        )
-        .await
-        .map_err(|e| db.error(e))?;
-    Ok(row.get(0))
+/// The version recorded in the database; 0 when the schema or its table does not exist. One
+/// round trip (every new session asks).
+async fn version(db: &Db, client: &impl GenericClient) -> Result<i32> {
+    let asked = async {
+        match client
+            .query_one(
+                "SELECT coalesce(max(version), 0) FROM schema_migrations",
+                &[],
+            )
+            .await
+        {
+            Ok(row) => Ok(row.get(0)),
+            Err(e) if e.code() == Some(&SqlState::UNDEFINED_TABLE) => Ok(0),
+            Err(e) => Err(e),
+        }
+    };
+    db.timed(asked).await
 }
 
 /// Refuses a session whose schema is missing, older or newer than this mailpilot's.
@@ -168,7 +166,7 @@ pub struct Applied {
 /// [`StateError`] in the chain; a schema newer than this mailpilot.
 pub async fn init(db: &Db) -> Result<Applied> {
     let (mut client, _task) = db.connect().await?;
-    let tx = client.transaction().await.map_err(|e| db.error(e))?;
+    let tx = db.timed(client.transaction()).await?;
     let key = super::lock_key(db.schema(), "schema");
     let setup = format!(
         "CREATE SCHEMA IF NOT EXISTS \"{schema}\";
@@ -179,35 +177,24 @@ pub async fn init(db: &Db) -> Result<Applied> {
          );",
         schema = db.schema()
     );
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&key])
-        .await
-        .map_err(|e| db.error(e))?;
-    tx.batch_execute(&setup).await.map_err(|e| db.error(e))?;
-    let row = tx
-        .query_one(
-            "SELECT coalesce(max(version), 0) FROM schema_migrations",
-            &[],
-        )
-        .await
-        .map_err(|e| db.error(e))?;
-    let from: i32 = row.get(0);
-    if from > latest() {
-        return Err(mismatch(db, from).map_or_else(|| anyhow::anyhow!("newer schema"), Into::into));
+    db.timed(tx.execute("SELECT pg_advisory_xact_lock($1)", &[&key]))
+        .await?;
+    db.timed(tx.batch_execute(&setup)).await?;
+    let from = version(db, &tx).await?;
+    if let Some(newer) = mismatch(db, from).filter(|_| from > latest()) {
+        return Err(newer.into());
     }
     let mut steps = Vec::new();
     for migration in MIGRATIONS.iter().filter(|m| m.version > from) {
-        tx.batch_execute(migration.sql)
-            .await
-            .map_err(|e| db.error(e))?;
-        tx.execute(
+        db.timed(tx.batch_execute(migration.sql)).await?;
+        db.timed(tx.execute(
             "INSERT INTO schema_migrations (version) VALUES ($1)",
             &[&migration.version],
-        )
-        .await
-        .map_err(|e| db.error(e))?;
+        ))
+        .await?;
         steps.push(migration.summary);
     }
-    tx.commit().await.map_err(|e| db.error(e))?;
+    db.timed(tx.commit()).await?;
     Ok(Applied {
         from,
         to: latest().max(from),
