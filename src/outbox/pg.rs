@@ -265,18 +265,16 @@ impl PgOutbox {
         account: &Account,
         drain: &Drain,
     ) -> Result<Option<super::Taken<Claim>>> {
-        self.db
-            .timed(session.client().batch_execute("BEGIN"))
-            .await?;
-        let row = self
-            .db
-            .timed(session.client().query_opt(
-                "SELECT id, head::text, message, attempts::text, account FROM outbox
-                 WHERE id = $1 AND status = 'queued' FOR UPDATE SKIP LOCKED",
+        let next = self
+            .claim_where(
+                session,
+                "id = $1 AND status = 'queued'",
                 &[&id],
-            ))
+                account,
+                drain,
+            )
             .await?;
-        match self.take(session, row, account, drain).await? {
+        match next {
             Next::Taken(taken) => Ok(Some(taken)),
             Next::Passed(_) | Next::End => Ok(None),
         }
@@ -296,17 +294,37 @@ impl PgOutbox {
         drain: &Drain,
     ) -> Result<Next> {
         let now = i64::try_from(drain.now).unwrap_or(i64::MAX);
+        self.claim_where(
+            session,
+            "status = 'queued' AND account = $1 AND ($2 OR next_try <= $3) AND id > $4
+             ORDER BY id LIMIT 1",
+            &[&account.name, &drain.force, &now, &after],
+            account,
+            drain,
+        )
+        .await
+    }
+
+    /// Opens a transaction on `session` and locks the first row `filter` (a `WHERE` clause, with
+    /// any `ORDER BY … LIMIT`) selects that no one else holds; [`Self::take`] decides on it.
+    async fn claim_where(
+        &self,
+        session: &Session,
+        filter: &str,
+        params: &[&(dyn tokio_postgres::types::ToSql + Sync)],
+        account: &Account,
+        drain: &Drain,
+    ) -> Result<Next> {
+        let sql = format!(
+            "SELECT id, head::text, message, attempts::text, account FROM outbox
+             WHERE {filter} FOR UPDATE SKIP LOCKED"
+        );
         self.db
             .timed(session.client().batch_execute("BEGIN"))
             .await?;
         let row = self
             .db
-            .timed(session.client().query_opt(
-                "SELECT id, head::text, message, attempts::text, account FROM outbox
-                 WHERE status = 'queued' AND account = $1 AND ($2 OR next_try <= $3) AND id > $4
-                 ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED",
-                &[&account.name, &drain.force, &now, &after],
-            ))
+            .timed(session.client().query_opt(&sql, params))
             .await?;
         self.take(session, row, account, drain).await
     }
