@@ -12,7 +12,7 @@ use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use support::postgres::PgServer;
-use support::{MailStack, OAuthServer, TestEnv};
+use support::{numbered_accounts, MailStack, OAuthServer, TestEnv};
 
 const RUNS: usize = 100;
 
@@ -33,14 +33,6 @@ fn token_times(env: &TestEnv, server: &OAuthServer) -> (Duration, Duration) {
     (times[RUNS / 2], times[RUNS * 9 / 10])
 }
 
-fn key_file(env: &TestEnv) -> String {
-    use std::os::unix::fs::PermissionsExt;
-    let path = env.root().join("state.key");
-    std::fs::write(&path, [3u8; 32]).expect("key");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    format!("key_file = \"{}\"\n", path.display())
-}
-
 fn cached_token(pg: &PgServer) {
     let server = OAuthServer::start();
     let mut rows = Vec::new();
@@ -57,7 +49,8 @@ fn cached_token(pg: &PgServer) {
                 &env.root().join("db-password"),
             );
             if kind == "key" {
-                extra.push_str(&key_file(&env));
+                let key = env.key_file("state.key", 3);
+                extra.push_str(&format!("key_file = \"{}\"\n", key.display()));
             }
         }
         env.config_for(&server, "");
@@ -95,32 +88,14 @@ fn eight_by_twenty(pg: &PgServer) {
     server.set_rotation(true);
     let schema = "bench_eight";
     let first = TestEnv::new();
-    let mut text = pg.state_config(schema, &first.root().join("db-password"));
-    for i in 0..ACCOUNTS {
-        text.push_str(&format!(
-            "\n[accounts.a{i:02}]\nprovider = \"custom\"\nemail = \"user{i}@example.com\"\nclient_id = \"test-client\"\nclient_secret_env = \"MP_TEST_SECRET\"\ntoken_url = \"{}\"\nrefresh_margin = \"0s\"\n",
-            server.token_url()
-        ));
-    }
+    let state = pg.state_config(schema, &first.root().join("db-password"));
+    let text = numbered_accounts(&server, ACCOUNTS, &state);
     first.write_config(&text);
     first.run(&["state", "init"]).expect_code(0);
     for i in 0..ACCOUNTS {
-        let rt = server.issue_grant(&format!("user{i}@example.com"));
-        first
-            .run_full(
-                &["auth", "import", &format!("a{i:02}")],
-                &[("MP_TEST_SECRET", &server.client_secret())],
-                Some(&rt),
-            )
-            .expect_code(0);
+        first.import_numbered(&server, i);
     }
-    let hosts: Vec<TestEnv> = (0..HOSTS)
-        .map(|_| {
-            let env = TestEnv::new();
-            env.write_config(&text);
-            env
-        })
-        .collect();
+    let hosts: Vec<TestEnv> = (0..HOSTS).map(|_| TestEnv::with_config(&text)).collect();
     let expire = format!(
         "UPDATE {schema}.tokens SET record = jsonb_set(record, '{{expires_at}}', to_jsonb(extract(epoch FROM now())::bigint - 1))"
     );
@@ -170,13 +145,7 @@ fn drain(stack: &MailStack, pg: &PgServer, daemons: usize, count: usize) -> Dura
         .run(&["state", "migrate", "--from", "files", "--to", "postgres"])
         .expect_code(0);
     pg.queue_messages(&schema, &rcpt, 1, count);
-    let hosts: Vec<TestEnv> = (0..daemons)
-        .map(|_| {
-            let env = TestEnv::new();
-            env.write_config(&text);
-            env
-        })
-        .collect();
+    let hosts: Vec<TestEnv> = (0..daemons).map(|_| TestEnv::with_config(&text)).collect();
     let started = Instant::now();
     let children: Vec<Child> = hosts
         .iter()
@@ -189,11 +158,7 @@ fn drain(stack: &MailStack, pg: &PgServer, daemons: usize, count: usize) -> Dura
                 .expect("daemon")
         })
         .collect();
-    let count_sql = format!("SELECT count(*) FROM {schema}.outbox");
-    while pg.psql("mailpilot", &count_sql).trim() != "0" {
-        assert!(started.elapsed() < Duration::from_secs(600), "drain stuck");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    pg.wait_outbox_empty(&schema, Duration::from_secs(600));
     let took = started.elapsed();
     for mut child in children {
         let _ = child.kill();

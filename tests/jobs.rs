@@ -20,15 +20,6 @@ fn setup(stack: &MailStack, test: &str, jobs: &str) -> (TestEnv, String, String)
     (env, user, rcpt)
 }
 
-fn spawn(env: &TestEnv, stack: &MailStack, args: &[&str]) -> Child {
-    env.cmd(args)
-        .env("MP_TEST_SECRET", stack.oauth.client_secret())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn")
-}
-
 fn term(child: Child) -> (Option<i32>, String) {
     Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
@@ -61,7 +52,7 @@ from_now = true
 exec = "echo \"$MAILPILOT_SUBJECT\" >> ROOT/handled; sleep 1.2"
 "#;
     let (env, user, rcpt) = setup(stack, "daemon", jobs);
-    let daemon = spawn(&env, stack, &["daemon"]);
+    let daemon = env.spawn_with_secret(&stack.oauth, &["daemon"]);
     std::thread::sleep(Duration::from_millis(1500));
     stack.deliver(&user, "INBOX", "d1");
     std::thread::sleep(Duration::from_millis(1500));
@@ -127,7 +118,7 @@ exec = "sleep 2"
 "#;
     let (env, user, _) = setup(stack, "overlap", jobs);
     stack.deliver(&user, "INBOX", "x");
-    let first = spawn(&env, stack, &["run", "slow"]);
+    let first = env.spawn_with_secret(&stack.oauth, &["run", "slow"]);
     std::thread::sleep(Duration::from_millis(700));
     let second = env.run_full(
         &["run", "slow"],
@@ -179,7 +170,7 @@ each = "ROOT/rows.csv"
         csv.push_str(&format!("{rcpt},{i}\n"));
     }
     fs::write(env.root().join("rows.csv"), csv).expect("csv");
-    let daemon = spawn(&env, stack, &["daemon"]);
+    let daemon = env.spawn_with_secret(&stack.oauth, &["daemon"]);
     std::thread::sleep(Duration::from_millis(800));
     let (code, stderr) = term(daemon);
     assert_eq!(code, Some(0), "{stderr}");

@@ -7,14 +7,6 @@ use std::path::{Path, PathBuf};
 
 use crate::support::{OAuthServer, TestEnv};
 
-/// A key file of `byte` × 32, mode 0600.
-fn key_file(env: &TestEnv, name: &str, byte: u8) -> PathBuf {
-    let path = env.root().join(name);
-    std::fs::write(&path, [byte; 32]).expect("key");
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-    path
-}
-
 /// The account `work` on `server`, sealing with `key` (none: plain).
 fn config(env: &TestEnv, server: &OAuthServer, key: Option<&Path>) {
     let state = key.map_or(String::new(), |k| {
@@ -34,7 +26,7 @@ fn tokens_sealed_at_rest() {
     let server = OAuthServer::start();
     server.set_rotation(true);
     let env = TestEnv::new();
-    let key = key_file(&env, "state.key", 0x11);
+    let key = env.key_file("state.key", 0x11);
     config(&env, &server, Some(&key));
     env.import(&server);
     env.run_with_secret(&server, &["auth", "refresh", "work", "--force"])
@@ -76,12 +68,12 @@ fn tokens_sealed_at_rest() {
 fn wrong_or_missing_key() {
     let server = OAuthServer::start();
     let env = TestEnv::new();
-    let key = key_file(&env, "state.key", 0x11);
+    let key = env.key_file("state.key", 0x11);
     config(&env, &server, Some(&key));
     env.import(&server);
     let before = token_text(&env);
-    let other = key_file(&env, "other.key", 0x22);
-    let loose = key_file(&env, "loose.key", 0x11);
+    let other = env.key_file("other.key", 0x22);
+    let loose = env.key_file("loose.key", 0x11);
     std::fs::set_permissions(&loose, std::fs::Permissions::from_mode(0o644)).expect("chmod");
     let cases: [(Option<PathBuf>, &str); 4] = [
         (Some(other), "but the configured state key is"),
@@ -111,8 +103,8 @@ fn rotate_key_and_credential() {
     config(&env, &server, None);
     env.import(&server);
     assert!(token_text(&env).contains("\"version\": 1"));
-    let a = key_file(&env, "a.key", 0x11);
-    let b = key_file(&env, "b.key", 0x22);
+    let a = env.key_file("a.key", 0x11);
+    let b = env.key_file("b.key", 0x22);
     // A key configured over a plain grant: config check says how to seal it now.
     config(&env, &server, Some(&a));
     let check = env.run(&["config", "check"]);
@@ -195,8 +187,8 @@ fn daemon_takes_a_new_key_on_reload() {
     let stack = MailStack::get();
     let (env, user, rcpt) =
         TestEnv::for_sendmail(stack, "sealreload", stack.ports.postfix_submission);
-    let a = key_file(&env, "a.key", 0x31);
-    let b = key_file(&env, "b.key", 0x32);
+    let a = env.key_file("a.key", 0x31);
+    let b = env.key_file("b.key", 0x32);
     let port = free_port();
     let base = std::fs::read_to_string(env.config_path()).expect("config");
     let with_key = |key: &Path| {

@@ -16,15 +16,6 @@ fn server_back(env: &TestEnv, closed: u16, real: u16) {
 }
 
 /// Starts `mailpilot ARGS` (the daemon) in `env`.
-fn start_daemon(env: &TestEnv, stack: &MailStack, args: &[&str]) -> std::process::Child {
-    env.cmd(args)
-        .env("MP_TEST_SECRET", stack.oauth.client_secret())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("spawn the daemon")
-}
-
 /// Makes the cached access token expired, so the next send must refresh.
 fn expire_token(env: &TestEnv) {
     let mut token = env.token_json("work");
@@ -276,7 +267,7 @@ fn daemon_drains_the_outbox() {
     let doc: serde_json::Value = serde_json::from_str(&status.stdout).expect("status JSON");
     assert_eq!(doc["outbox"]["queued"], 1, "{}", status.stdout);
     server_back(&env, closed, stack.ports.postfix_submission);
-    let daemon = start_daemon(&env, stack, &["daemon"]);
+    let daemon = env.spawn_with_secret(&stack.oauth, &["daemon"]);
     stack.wait_delivered(&rcpt, 1);
     sendmail(
         &env,
@@ -507,9 +498,8 @@ fn other_users_drop_for_the_daemon() {
             "{user} cannot list the drop directory"
         );
     }
-    let daemon = start_daemon(
-        &env,
-        stack,
+    let daemon = env.spawn_with_secret(
+        &stack.oauth,
         &["--config", config.to_str().expect("utf8"), "daemon"],
     );
     let delivered = stack.wait_delivered(&rcpt, 2);

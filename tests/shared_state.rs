@@ -8,49 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::support::postgres::PgServer;
-use crate::support::{stop_daemon, Fault, MailStack, OAuthServer, TestEnv};
+use crate::support::{numbered_accounts, stop_daemon, Fault, MailStack, OAuthServer, TestEnv};
 
 /// A schema name unique to `test` in this run (tests share one server).
 fn schema(test: &str) -> String {
     format!("t_{test}_{}", std::process::id())
-}
-
-/// Accounts `a00`… against `server`, refreshing only when a token has expired (margin 0), with
-/// `state` as the `[state]` table.
-fn config(server: &OAuthServer, accounts: usize, state: &str) -> String {
-    let mut text = state.to_string();
-    for i in 0..accounts {
-        text.push_str(&format!(
-            "\n[accounts.a{i:02}]\nprovider = \"custom\"\nemail = \"user{i}@example.com\"\nclient_id = \"test-client\"\nclient_secret_env = \"MP_TEST_SECRET\"\ntoken_url = \"{}\"\nrefresh_margin = \"0s\"\n",
-            server.token_url()
-        ));
-    }
-    text
-}
-
-/// A "host": its own HOME and state directory, the shared configuration.
-fn host(config: &str) -> TestEnv {
-    let env = TestEnv::new();
-    env.write_config(config);
-    env
-}
-
-/// A state key file (mode 0600) of 32 bytes `byte`.
-fn write_key(path: &std::path::Path, byte: u8) {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, [byte; 32]).expect("key");
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).expect("chmod");
-}
-
-/// Imports a fresh grant for account `a{i}` through `env`.
-fn import(env: &TestEnv, server: &OAuthServer, i: usize) {
-    let rt = server.issue_grant(&format!("user{i}@example.com"));
-    env.run_full(
-        &["auth", "import", &format!("a{i:02}")],
-        &[("MP_TEST_SECRET", &server.client_secret())],
-        Some(&rt),
-    )
-    .expect_code(0);
 }
 
 /// `state init`, then the server's own view: the tables exist in the schema.
@@ -61,7 +23,7 @@ fn init_creates_and_upgrades_once() {
     let name = schema("init");
     let env = TestEnv::new();
     let state = pg.state_config(&name, &env.root().join("db-password"));
-    env.write_config(&config(&server, 1, &state));
+    env.write_config(&numbered_accounts(&server, 1, &state));
     // Before init: a clear error naming the command, exit 1.
     let run = env.run_with_secret(&server, &["auth", "token", "a00"]);
     run.expect_code(1);
@@ -128,9 +90,9 @@ fn reserved_word_schema() {
     let server = OAuthServer::start();
     let env = TestEnv::new();
     let state = pg.state_config("user", &env.root().join("db-password"));
-    env.write_config(&config(&server, 1, &state));
+    env.write_config(&numbered_accounts(&server, 1, &state));
     env.run(&["state", "init"]).expect_code(0);
-    import(&env, &server, 0);
+    env.import_numbered(&server, 0);
     let token = env.run_with_secret(&server, &["auth", "token", "a00"]);
     token.expect_code(0);
     assert_eq!(
@@ -150,11 +112,11 @@ fn grant_shared_between_hosts() {
     let server = OAuthServer::start();
     let a = TestEnv::new();
     let state = pg.state_config(&schema("shared"), &a.root().join("db-password"));
-    let text = config(&server, 1, &state);
+    let text = numbered_accounts(&server, 1, &state);
     a.write_config(&text);
     a.run(&["state", "init"]).expect_code(0);
-    import(&a, &server, 0);
-    let b = host(&text);
+    a.import_numbered(&server, 0);
+    let b = TestEnv::with_config(&text);
     let token = b.run_with_secret(&server, &["auth", "token", "a00"]);
     token.expect_code(0);
     assert_eq!(
@@ -196,12 +158,12 @@ fn outage_and_refused_login() {
     let env = TestEnv::new();
     let password_file = env.root().join("db-password");
     let state = pg.state_config(&schema("outage"), &password_file);
-    env.write_config(&config(&server, 1, &state));
+    env.write_config(&numbered_accounts(&server, 1, &state));
     env.run(&["state", "init"]).expect_code(0);
-    import(&env, &server, 0);
+    env.import_numbered(&server, 0);
     // Nothing listens on the port any more.
     let closed = crate::support::mailstack::free_port();
-    env.write_config(&config(
+    env.write_config(&numbered_accounts(
         &server,
         1,
         &state.replace(&format!(":{}/", pg.port), &format!(":{closed}/")),
@@ -220,7 +182,7 @@ fn outage_and_refused_login() {
         "no fall back to files"
     );
     // The right port, the wrong password.
-    env.write_config(&config(&server, 1, &state));
+    env.write_config(&numbered_accounts(&server, 1, &state));
     std::fs::write(&password_file, "not-the-password").expect("write");
     let run = env.run_with_secret(&server, &["auth", "token", "a00"]);
     run.expect_code(77);
@@ -235,7 +197,7 @@ fn outage_and_refused_login() {
         .filter(|l| !l.starts_with("password_file"))
         .map(|l| format!("{l}\n"))
         .collect();
-    env.write_config(&config(&server, 1, &without));
+    env.write_config(&numbered_accounts(&server, 1, &without));
     let run = env.run_with_secret(&server, &["auth", "token", "a00"]);
     run.expect_code(77);
     assert!(
@@ -254,13 +216,16 @@ fn migrate_round_trip() {
     let pg = PgServer::shared();
     let server = OAuthServer::start();
     let env = TestEnv::new();
-    let key = env.root().join("state.key");
-    write_key(&key, 7);
+    let key = env.key_file("state.key", 7);
     let key_line = format!("key_file = \"{}\"\n", key.display());
     // On files first, two grants (sealed).
-    env.write_config(&config(&server, 2, &format!("[state]\n{key_line}")));
-    import(&env, &server, 0);
-    import(&env, &server, 1);
+    env.write_config(&numbered_accounts(
+        &server,
+        2,
+        &format!("[state]\n{key_line}"),
+    ));
+    env.import_numbered(&server, 0);
+    env.import_numbered(&server, 1);
     let files_before: Vec<String> = (0..2)
         .map(|i| std::fs::read_to_string(env.token_file(&format!("a{i:02}"))).expect("read"))
         .collect();
@@ -278,7 +243,11 @@ fn migrate_round_trip() {
     }
     // Then the database.
     let state = pg.state_config(&schema("migrate"), &env.root().join("db-password"));
-    env.write_config(&config(&server, 2, &format!("{state}{key_line}")));
+    env.write_config(&numbered_accounts(
+        &server,
+        2,
+        &format!("{state}{key_line}"),
+    ));
     env.run(&["state", "init"]).expect_code(0);
     let run = env.run(&["state", "migrate", "--from", "files", "--to", "postgres"]);
     run.expect_code(0);
@@ -353,12 +322,20 @@ fn migrate_round_trip() {
     );
     // An older grant never replaces a newer one: files now hold a00's newest; make the database's
     // copy older by refreshing on files, then copy files → database → the newer one wins.
-    env.write_config(&config(&server, 2, &format!("[state]\n{key_line}")));
+    env.write_config(&numbered_accounts(
+        &server,
+        2,
+        &format!("[state]\n{key_line}"),
+    ));
     std::thread::sleep(Duration::from_millis(1100));
     env.run_with_secret(&server, &["auth", "token", "a00", "--force"])
         .expect_code(0);
     let newest = server.last_access_token().expect("issued");
-    env.write_config(&config(&server, 2, &format!("{state}{key_line}")));
+    env.write_config(&numbered_accounts(
+        &server,
+        2,
+        &format!("{state}{key_line}"),
+    ));
     let stale = env.run(&["state", "migrate", "--from", "postgres", "--to", "files"]);
     assert!(
         stale
@@ -380,17 +357,16 @@ fn sealed_in_database() {
     let pg = PgServer::shared();
     let server = OAuthServer::start();
     let env = TestEnv::new();
-    let key = env.root().join("state.key");
-    write_key(&key, 9);
+    let key = env.key_file("state.key", 9);
     let state = pg.state_config(&schema("sealed"), &env.root().join("db-password"));
-    env.write_config(&config(
+    env.write_config(&numbered_accounts(
         &server,
         3,
         &format!("{state}key_file = \"{}\"\n", key.display()),
     ));
     env.run(&["state", "init"]).expect_code(0);
     for i in 0..3 {
-        import(&env, &server, i);
+        env.import_numbered(&server, i);
         env.run_with_secret(&server, &["auth", "token", &format!("a{i:02}")])
             .expect_code(0);
     }
@@ -412,7 +388,7 @@ fn sealed_in_database() {
         check.stdout
     );
     // Without the key: 77, and the row is untouched.
-    env.write_config(&config(&server, 3, &state));
+    env.write_config(&numbered_accounts(&server, 3, &state));
     let before = pg.psql(
         "mailpilot",
         &format!(
@@ -431,16 +407,15 @@ fn sealed_in_database() {
     );
     assert_eq!(before, after);
     // rotate-key re-seals the rows under a new key, which then opens them.
-    let new_key = env.root().join("new.key");
-    write_key(&new_key, 10);
-    env.write_config(&config(
+    let new_key = env.key_file("new.key", 10);
+    env.write_config(&numbered_accounts(
         &server,
         3,
         &format!("{state}key_file = \"{}\"\n", key.display()),
     ));
     env.run(&["state", "rotate-key", new_key.to_str().expect("utf8")])
         .expect_code(0);
-    env.write_config(&config(
+    env.write_config(&numbered_accounts(
         &server,
         3,
         &format!("{state}key_file = \"{}\"\n", new_key.display()),
@@ -542,15 +517,15 @@ fn eight_hosts_one_refresh_per_expiry() {
     server.set_rotation(true);
     let first = TestEnv::new();
     let state = pg.state_config(&schema("eight"), &first.root().join("db-password"));
-    let text = config(&server, ACCOUNTS, &state);
+    let text = numbered_accounts(&server, ACCOUNTS, &state);
     first.write_config(&text);
     first.run(&["state", "init"]).expect_code(0);
     for i in 0..ACCOUNTS {
-        import(&first, &server, i);
+        first.import_numbered(&server, i);
     }
     let workers: Vec<Worker> = (0..HOSTS)
         .map(|_| Worker {
-            env: host(&text),
+            env: TestEnv::with_config(&text),
             current: Arc::new(Mutex::new(None)),
         })
         .collect();
@@ -727,18 +702,11 @@ fn four_daemons_drain_one_outbox() {
         .run(&["state", "migrate", "--from", "files", "--to", "postgres"])
         .expect_code(0);
     pg.queue_messages("drain", &rcpt, 1, 1000);
-    let hosts: Vec<TestEnv> = (0..DAEMONS).map(|_| host(&text)).collect();
+    let hosts: Vec<TestEnv> = (0..DAEMONS).map(|_| TestEnv::with_config(&text)).collect();
     let started = Instant::now();
     let mut daemons: Vec<Child> = hosts
         .iter()
-        .map(|env| {
-            env.cmd(&["daemon"])
-                .env("MP_TEST_SECRET", stack.oauth.client_secret())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn daemon")
-        })
+        .map(|env| env.spawn_with_secret(&stack.oauth, &["daemon"]))
         .collect();
     let have = wait_for_mail(stack, &rcpt, 1000, Duration::from_secs(120));
     let first_phase = started.elapsed();
@@ -755,15 +723,7 @@ fn four_daemons_drain_one_outbox() {
     pg.stop();
     std::thread::sleep(Duration::from_secs(2));
     pg.resume();
-    let deadline = Instant::now() + Duration::from_secs(120);
-    while pg
-        .psql("mailpilot", "SELECT count(*) FROM drain.outbox")
-        .trim()
-        != "0"
-    {
-        assert!(Instant::now() < deadline, "the outbox never emptied");
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    pg.wait_outbox_empty("drain", Duration::from_secs(120));
     // The outbox is empty once Postfix has answered 250 for every message; its delivery into the
     // mailbox is asynchronous and lags under load, so wait for all of them, then for stragglers.
     let counted = wait_for_distinct(stack, &rcpt, 2000, Duration::from_secs(120));
@@ -921,17 +881,10 @@ fn two_daemons_one_poll_job() {
         "[jobs.inbox]\nkind = \"poll\"\nevery = \"1s\"\nfrom_now = true\nexec = \"echo \\\"$MAILPILOT_SUBJECT $MAILPILOT_UID\\\" >> {log}; sleep 0.2\"\n"
     );
     let (first, text, user, _rcpt) = stack_host(stack, PgServer::shared(), "pgpoll", &jobs);
-    let second = host(&text);
+    let second = TestEnv::with_config(&text);
     let daemons: Vec<Child> = [&first, &second]
         .iter()
-        .map(|env| {
-            env.cmd(&["daemon"])
-                .env("MP_TEST_SECRET", stack.oauth.client_secret())
-                .stdout(Stdio::null())
-                .stderr(Stdio::piped())
-                .spawn()
-                .expect("spawn daemon")
-        })
+        .map(|env| env.spawn_with_secret(&stack.oauth, &["daemon"]))
         .collect();
     std::thread::sleep(Duration::from_millis(2500));
     for i in 0..12 {
@@ -985,13 +938,7 @@ fn poll_stops_when_its_lock_is_lost() {
         log = log.display(),
         go = go.display()
     );
-    let child = env
-        .cmd(&["poll", "--all", "--exec", &held])
-        .env("MP_TEST_SECRET", stack.oauth.client_secret())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn poll");
+    let child = env.spawn_with_secret(&stack.oauth, &["poll", "--all", "--exec", &held]);
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::fs::read_to_string(&log)
         .unwrap_or_default()
@@ -1033,7 +980,7 @@ fn merge_killed_on_one_host_finished_on_another() {
     let stack = MailStack::get();
     let pg = PgServer::shared();
     let (a, text, _user, rcpt) = stack_host(stack, pg, "pgmerge", "");
-    let b = host(&text);
+    let b = TestEnv::with_config(&text);
     merge_files(&[&a, &b], &rcpt, ROWS);
     let merge = |env: &TestEnv| merge_cmd(env, stack);
     let journaled = || journal_rows(pg, &schema("pgmerge"));
@@ -1086,11 +1033,11 @@ fn database_over_tls() {
         if ca {
             state.push_str(&format!("ca_file = \"{}\"\n", stack.ca_file.display()));
         }
-        config(&server, 1, &state)
+        numbered_accounts(&server, 1, &state)
     };
     env.write_config(&with("sslmode=require", true));
     env.run(&["state", "init"]).expect_code(0);
-    import(&env, &server, 0);
+    env.import_numbered(&server, 0);
     env.run_with_secret(&server, &["auth", "token", "a00"])
         .expect_code(0);
     env.write_config(&with("sslmode=require", false));

@@ -74,6 +74,21 @@ impl TestEnv {
         Self { dir }
     }
 
+    /// A fresh environment with `config` as its config file: another "host" sharing a config.
+    pub fn with_config(config: &str) -> Self {
+        let env = Self::new();
+        env.write_config(config);
+        env
+    }
+
+    /// A state key file `name` in the root: 32 bytes `byte`, mode 0600.
+    pub fn key_file(&self, name: &str, byte: u8) -> PathBuf {
+        let path = self.root().join(name);
+        fs::write(&path, [byte; 32]).expect("key");
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).expect("chmod key");
+        path
+    }
+
     /// The root of the temp directory.
     pub fn root(&self) -> &Path {
         self.dir.path()
@@ -325,6 +340,41 @@ ca_file = "{ca}"
     pub fn run_with_secret(&self, server: &OAuthServer, args: &[&str]) -> Run {
         self.run_full(args, &[("MP_TEST_SECRET", &server.client_secret())], None)
     }
+
+    /// Imports a fresh grant for account `a{i:02}` of [`numbered_accounts`].
+    pub fn import_numbered(&self, server: &OAuthServer, i: usize) {
+        let rt = server.issue_grant(&format!("user{i}@example.com"));
+        self.run_full(
+            &["auth", "import", &format!("a{i:02}")],
+            &[("MP_TEST_SECRET", &server.client_secret())],
+            Some(&rt),
+        )
+        .expect_code(0);
+    }
+
+    /// Starts the binary (a daemon, a long poll) with `server`'s client secret, without waiting;
+    /// stdout and stderr piped.
+    pub fn spawn_with_secret(&self, server: &OAuthServer, args: &[&str]) -> Child {
+        self.cmd(args)
+            .env("MP_TEST_SECRET", server.client_secret())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn mailpilot")
+    }
+}
+
+/// `state` (a `[state]` table, or nothing) and accounts `a00`… (`user0@example.com`…) against
+/// `server`, refreshing only when a token has expired (margin 0): many accounts sharing a state.
+pub fn numbered_accounts(server: &OAuthServer, accounts: usize, state: &str) -> String {
+    let mut text = state.to_string();
+    for i in 0..accounts {
+        text.push_str(&format!(
+            "\n[accounts.a{i:02}]\nprovider = \"custom\"\nemail = \"user{i}@example.com\"\nclient_id = \"test-client\"\nclient_secret_env = \"MP_TEST_SECRET\"\ntoken_url = \"{}\"\nrefresh_margin = \"0s\"\n",
+            server.token_url()
+        ));
+    }
+    text
 }
 
 /// SIGTERM to a daemon; it must stop with 0. Returns what it wrote on stderr.

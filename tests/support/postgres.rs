@@ -14,6 +14,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
+use std::time::{Duration, Instant};
 
 use super::mailstack::{free_port, wait_for_port, watchdog};
 
@@ -218,6 +219,20 @@ impl PgServer {
             bin = self.bin.display(),
             r = self.root.display()
         ));
+    }
+
+    /// Waits until the outbox table of `schema` is empty (every message delivered and settled);
+    /// panics after `within`.
+    pub fn wait_outbox_empty(&self, schema: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        let count = format!("SELECT count(*) FROM {schema}.outbox");
+        while self.psql("mailpilot", &count).trim() != "0" {
+            assert!(
+                Instant::now() < deadline,
+                "the outbox of {schema} never emptied in {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     /// Queues `count` messages numbered from `first` straight into the outbox table of `schema`
